@@ -1,0 +1,26 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: demo test lint eval bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+demo: $(BIN)/python
+	$(BIN)/python -m pip install --quiet .
+	$(BIN)/spkver demo
+
+test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/ruff check spkver tests scripts
+	$(BIN)/python -m pytest -q
+
+eval: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[plot]'
+	$(BIN)/python scripts/evaluate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,280 @@
+"""The ``spkver`` command line: parse, call the library, print.
+
+Results go to stdout; logs and progress to stderr. Exit codes: 0 success,
+2 bad usage or bad input (one line naming the file and the problem), 1 any
+other failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import click
+
+from spkver import __version__
+from spkver.adapt import ADAPT_MODES
+from spkver.audio import gather_inputs
+from spkver.errors import SpkverError
+from spkver.features import NORMALISATIONS, FeatureConfig
+from spkver.models import SpeakerStore, load_model, save_model, validate_speaker_id
+
+
+class Reporter:
+    """Where logs and progress go: stderr, unless ``--quiet``."""
+
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+
+    def log(self, message):
+        if not self.quiet:
+            click.echo(message, err=True)
+
+    def warn(self, message):
+        click.echo(f"spkver: warning: {message}", err=True)
+
+    def progress(self, label):
+        """A ``progress(iterator, length)`` wrapper drawing a bar over files."""
+
+        def wrap(results, length):
+            if self.quiet:
+                yield from results
+                return
+            with click.progressbar(results, length=length, label=label, file=sys.stderr,
+                                   show_pos=True) as bar:
+                yield from bar
+
+        return wrap
+
+    def iteration(self):
+        start = time.perf_counter()
+        last = [start]
+
+        def report(step, average, gain):
+            now = time.perf_counter()
+            gain_text = "" if gain is None else f"  gain {gain:+.2e}"
+            self.log(f"EM iteration {step:3d}: average log-likelihood {average:.4f}{gain_text}  "
+                     f"({now - last[0]:.2f} s)")
+            last[0] = now
+
+        return report
+
+
+class SpkverGroup(click.Group):
+    """Turns user errors into one line and exit code 2, and bugs into exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SpkverError as exc:
+            click.echo(f"spkver: error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("spkver: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last resort, shown without traceback
+            if os.environ.get("SPKVER_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"spkver: internal error: {type(exc).__name__}: {exc} "
+                       "(set SPKVER_DEBUG=1 for a traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=SpkverGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spkver")
+@click.option("-q", "--quiet", is_flag=True, help="No logs or progress on stderr.")
+@click.pass_context
+def cli(ctx, quiet):
+    """GMM-UBM speaker verification: train-ubm, enroll, verify."""
+    ctx.obj = Reporter(quiet)
+
+
+def audio_inputs(func):
+    """The AUDIO... arguments and the --list, --workers and --skip-bad options."""
+    func = click.argument("audio", nargs=-1, type=click.Path(path_type=Path))(func)
+    func = click.option("--list", "list_file", type=click.Path(path_type=Path),
+                        help="File with one audio path per line, or Kaldi wav.scp lines.")(func)
+    func = click.option("--workers", type=click.IntRange(min=1), default=None,
+                        help="Processes for feature extraction [default: all cores].")(func)
+    func = click.option("--skip-bad", is_flag=True,
+                        help="Report unreadable or silent files and go on without them.")(func)
+    return func
+
+
+def feature_options(func):
+    """Feature settings (used by train-ubm; stored in the model)."""
+    d = FeatureConfig()
+    options = [
+        click.option("--sample-rate", type=click.IntRange(min=1000), default=d.sample_rate, show_default=True,
+                     help="Feature sample rate in Hz (8000 for telephone speech)."),
+        click.option("--window-ms", type=click.FloatRange(min=1), default=d.window_ms, show_default=True),
+        click.option("--hop-ms", type=click.FloatRange(min=1), default=d.hop_ms, show_default=True),
+        click.option("--n-mels", type=click.IntRange(min=1), default=d.n_mels, show_default=True),
+        click.option("--n-ceps", type=click.IntRange(min=1), default=d.n_ceps, show_default=True),
+        click.option("--fmin", type=click.FloatRange(min=0), default=d.fmin, show_default=True),
+        click.option("--fmax", type=click.FloatRange(min=1), default=None, help="[default: Nyquist]"),
+        click.option("--deltas", type=click.IntRange(0, 2), default=d.deltas, show_default=True),
+        click.option("--norm", type=click.Choice(NORMALISATIONS), default=d.norm, show_default=True),
+        click.option("--vad/--no-vad", default=d.vad, show_default=True,
+                     help="Drop non-speech frames by energy."),
+        click.option("--vad-range-db", type=click.FloatRange(min=1), default=d.vad_range_db, show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_feature_config(**values) -> FeatureConfig:
+    try:
+        return FeatureConfig(**values)
+    except ValueError as exc:
+        raise SpkverError(f"invalid feature settings: {exc}") from None
+
+
+@cli.command("train-ubm")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="UBM file to write (.npz).")
+@click.option("--components", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--init", type=click.Choice(["kmeans", "split"]), default="kmeans", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="Stop when the relative gain in average log-likelihood is below this.")
+@click.option("--allow-fewer-components", is_flag=True,
+              help="With too little speech, train fewer components instead of failing.")
+@feature_options
+@audio_inputs
+@click.pass_obj
+def train_ubm_command(report, output, components, iterations, init, seed, tol, allow_fewer_components,
+                      audio, list_file, workers, skip_bad, **feature_values):
+    """Train a universal background model on AUDIO (files or folders)."""
+    from spkver.pipeline import train_ubm
+
+    config = make_feature_config(**feature_values)
+    if not output.parent.is_dir():
+        raise SpkverError("output folder does not exist", output.parent)
+    items = gather_inputs(audio, list_file)
+    report.log(f"train-ubm: {len(items)} files, {components} components, {config.dim}-dim features")
+    model = train_ubm(items, config, components, iterations, init, seed, tol, workers=workers,
+                      skip_bad=skip_bad, allow_fewer_components=allow_fewer_components,
+                      on_skip=report.warn, progress=report.progress("features"),
+                      on_iteration=report.iteration(), on_note=report.warn)
+    save_model(output, model)
+    summary = model.meta["training"]
+    report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
+               f"average log-likelihood {summary['average_log_likelihood']:.4f}")
+
+
+def load_store(ubm_path, models_dir):
+    ubm = load_model(ubm_path, kind="ubm")
+    return ubm, SpeakerStore(models_dir)
+
+
+@cli.command()
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
+@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
+              help="Speaker store folder (created if missing).")
+@click.option("--speaker", required=True)
+@click.option("--relevance", type=click.FloatRange(min=0), default=16.0, show_default=True)
+@click.option("--adapt", type=click.Choice(ADAPT_MODES), default="m", show_default=True,
+              help="Adapt means (m), and weights (w) and/or variances (v).")
+@click.option("--force", is_flag=True, help="Replace an enrolled speaker.")
+@audio_inputs
+@click.pass_obj
+def enroll(report, ubm_path, models_dir, speaker, relevance, adapt, force, audio, list_file,
+           workers, skip_bad):
+    """Enroll SPEAKER by MAP-adapting the UBM to AUDIO."""
+    from spkver.pipeline import enroll as enroll_speaker
+
+    validate_speaker_id(speaker)
+    ubm, store = load_store(ubm_path, models_dir)
+    if store.exists(speaker) and not force:
+        raise SpkverError(f"speaker {speaker!r} is already enrolled; pass --force to replace it",
+                          store.path(speaker))
+    items = gather_inputs(audio, list_file)
+    model = enroll_speaker(ubm, items, speaker, relevance, adapt, workers, skip_bad,
+                           on_skip=report.warn, progress=report.progress("features"))
+    with store.locked(speaker):
+        if store.exists(speaker) and not force:
+            raise SpkverError(f"speaker {speaker!r} was enrolled meanwhile; pass --force to replace it",
+                              store.path(speaker))
+        save_model(store.path(speaker), model)
+    report.log(f"enrolled {speaker}: {model.meta['training']['frames']} speech frames from "
+               f"{model.meta['training']['files']} files -> {store.path(speaker)}")
+
+
+@cli.command()
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
+@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--speaker", required=True, multiple=True, help="Claimed speaker (repeatable).")
+@click.option("--threshold", type=float, default=0.0, show_default=True,
+              help="Accept when the score is at least this.")
+@click.option("--top-c", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Score only the C best UBM components per frame; 0 for all.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@audio_inputs
+@click.pass_obj
+def verify(report, ubm_path, models_dir, speaker, threshold, top_c, as_json, audio, list_file,
+           workers, skip_bad):
+    """Is AUDIO spoken by SPEAKER? Prints speaker, path, score, accept|reject."""
+    from spkver.pipeline import verify as verify_trials
+
+    for name in speaker:
+        validate_speaker_id(name)
+    ubm, store = load_store(ubm_path, models_dir)
+    models = [store.load(name, ubm) for name in speaker]
+    items = gather_inputs(audio, list_file)
+    trials = verify_trials(ubm, models, items, threshold, top_c, workers, skip_bad,
+                           on_skip=report.warn, progress=report.progress("features"))
+    for t in trials:
+        decision = "accept" if t.accepted else "reject"
+        if as_json:
+            click.echo(json.dumps({"speaker": t.speaker, "path": t.path, "score": round(t.score, 6),
+                                   "decision": decision, "frames": t.frames}))
+        else:
+            click.echo(f"{t.speaker}\t{t.path}\t{t.score:.6f}\t{decision}")
+
+
+@cli.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info(model_path, as_json):
+    """Describe a model file."""
+    model = load_model(model_path)
+    meta = dict(model.meta)
+    meta.pop("feature_config", None)
+    if as_json:
+        meta.update(feature_config=model.feature_config.to_dict(), fingerprint=model.fingerprint,
+                    components=model.gmm.n_components, dim=model.gmm.dim)
+        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+        return
+    click.echo(f"{model_path}: {model.kind} model, {model.gmm.n_components} components, "
+               f"{model.gmm.dim} dimensions, format {meta.pop('format_version')}")
+    click.echo(f"fingerprint: {model.fingerprint}")
+    for key in ("speaker", "relevance", "adapt", "ubm_fingerprint"):
+        if key in meta:
+            click.echo(f"{key}: {meta[key]}")
+    training = {k: v for k, v in meta.get("training", {}).items() if k != "log_likelihood_history"}
+    click.echo("training: " + ", ".join(f"{k}={v}" for k, v in training.items()))
+    click.echo("features: " + ", ".join(f"{k}={v}" for k, v in model.feature_config.to_dict().items()))
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the demo's audio and models [default: a temporary folder].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_obj
+def demo(report, workdir, seed):
+    """Synthesize speakers, train a UBM, enroll, verify and report the EER."""
+    from spkver.demo import run_demo
+
+    run_demo(workdir, seed, echo=click.echo, progress=report.progress)
+
+
+def main():
+    cli(prog_name="spkver")

@@ -1,0 +1,100 @@
+"""Features of many recordings, extracted in parallel over the cores."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from spkver.audio import AudioItem, load_audio
+from spkver.errors import SpkverError
+from spkver.features import FeatureConfig, extract
+
+# Below this many files, worker start-up costs more than it saves.
+MIN_FILES_FOR_WORKERS = 24
+
+
+def features_of(item: AudioItem, config: FeatureConfig) -> np.ndarray:
+    """Speech-frame features of one recording.
+
+    Raises
+    ------
+    SpkverError
+        Unreadable audio, or no speech frame left after voice-activity detection.
+    """
+    frames = extract(load_audio(item.path, config.sample_rate), config)
+    if len(frames) == 0:
+        raise SpkverError("no speech found (the recording is silent or too quiet)", item.path)
+    return frames
+
+
+def _features_or_error(args):
+    item, config = args
+    try:
+        return features_of(item, config), None
+    except SpkverError as exc:
+        return None, str(exc)
+    except MemoryError:
+        return None, f"{item.path}: out of memory while reading it"
+
+
+def default_workers() -> int:
+    """All the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def iter_features(items, config: FeatureConfig, workers: int | None = None):
+    """Yield ``(item, features, error)`` for each item, in order.
+
+    ``error`` is the one-line message of a bad file (``features`` is then
+    None), so the caller decides whether to stop or skip it.
+    """
+    workers = workers or default_workers()
+    jobs = [(item, config) for item in items]
+    if workers <= 1 or len(jobs) < MIN_FILES_FOR_WORKERS:
+        for job in jobs:
+            yield (job[0], *_features_or_error(job))
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        chunk = max(1, min(64, len(jobs) // (8 * workers)))
+        for job, result in zip(jobs, pool.map(_features_or_error, jobs, chunksize=chunk)):
+            yield (job[0], *result)
+
+
+def extract_all(items, config: FeatureConfig, workers=None, skip_bad=False,
+                on_skip=None, progress=None):
+    """Features of every item; a bad file raises, or with ``skip_bad`` is reported and left out.
+
+    Parameters
+    ----------
+    progress : callable, optional
+        Wraps the result iterator (for a progress bar); called as
+        ``progress(iterator, length)`` and must return an iterator.
+    on_skip : callable, optional
+        Called with the error message of each skipped file.
+
+    Returns
+    -------
+    list of (AudioItem, numpy.ndarray)
+    """
+    results = iter_features(items, config, workers)
+    if progress is not None:
+        results = progress(results, len(items))
+    kept = []
+    for item, frames, error in results:
+        if error is None:
+            kept.append((item, frames))
+        elif skip_bad:
+            if on_skip is not None:
+                on_skip(error)
+        else:
+            raise SpkverError(error)
+    if not kept:
+        raise SpkverError("no usable audio: every input was skipped")
+    return kept
