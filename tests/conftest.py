@@ -1,0 +1,52 @@
+"""Shared fixtures: synthetic voices written as WAV files, and the recorded-speech root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from spkver.synth import WORDS, Voice, utterance
+
+DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def require_shared_data():
+    """Skip when ../shared/data is absent; under CI its absence is a failure."""
+    if not DATA_ROOT.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{DATA_ROOT} is missing under CI")
+        pytest.skip("../shared/data is not available")
+    return DATA_ROOT
+
+
+@pytest.fixture
+def shared_data():
+    return require_shared_data()
+
+
+def write_voice_files(folder: Path, voice: Voice, count: int, rng, words=WORDS, n_words=3, rate=16000):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{folder.name}_{i}.wav"
+        sf.write(path, utterance(voice, n_words, rate, rng, words), rate)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory):
+    """Background speakers (6), and two target speakers with enroll and test files."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(7)
+    voices = [Voice.random(rng) for _ in range(8)]
+    for i, voice in enumerate(voices[:6]):
+        write_voice_files(root / "background" / f"bg{i}", voice, 5, rng)
+    for name, voice in zip(["alice", "bob"], voices[6:]):
+        write_voice_files(root / "enroll" / name, voice, 3, rng, WORDS[:5])
+        write_voice_files(root / "test" / name, voice, 3, rng, WORDS[5:])
+    return root

@@ -1,0 +1,149 @@
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
+from sklearn.mixture import GaussianMixture
+
+from spkver.gmm import GMM, accumulate, em_iterations, iter_chunks, kmeans, m_step, train
+
+
+def three_blobs(rng, n=400, d=4):
+    centres = np.array([[-4.0] * d, [0.0] * d, [4.0] * d])
+    return np.vstack([rng.normal(c, 1.0 + 0.3 * i, size=(n, d)) for i, c in enumerate(centres)])
+
+
+def start_from(x, k, rng):
+    return GMM(np.full(k, 1.0 / k), x[rng.choice(len(x), k, replace=False)], np.ones((k, x.shape[1])))
+
+
+def sklearn_after(start, x, iterations):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GaussianMixture(
+            start.n_components, covariance_type="diag", weights_init=start.weights,
+            means_init=start.means, precisions_init=1.0 / start.variances, max_iter=iterations,
+            tol=0.0, reg_covar=0.0,
+        ).fit(x)
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 8])
+def test_em_equals_sklearn_from_the_same_start(iterations):
+    rng = np.random.default_rng(0)
+    x = three_blobs(rng)
+    start = start_from(x, 3, rng)
+    ours = em_iterations(start, [x], iterations, np.full(x.shape[1], 1e-12), rng, tol=-np.inf,
+                         dtype=np.float64, chunk_size=97)
+    ref = sklearn_after(start, x, iterations)
+    np.testing.assert_allclose(ours.gmm.weights, ref.weights_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.gmm.means, ref.means_, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(ours.gmm.variances, ref.covariances_, rtol=1e-9)
+    assert ours.history[-1] == pytest.approx(ref.score(x), rel=1e-12)
+
+
+def test_float32_kernel_is_close_to_float64():
+    rng = np.random.default_rng(1)
+    x = three_blobs(rng, d=20)
+    start = start_from(x, 8, rng)
+    s32 = accumulate(start, [x], np.float32)
+    s64 = accumulate(start, [x], np.float64)
+    np.testing.assert_allclose(s32.zeroth, s64.zeroth, rtol=1e-3, atol=1e-2)
+    assert s32.average_log_likelihood == pytest.approx(s64.average_log_likelihood, rel=1e-5)
+
+
+def test_log_likelihood_matches_scipy_densities():
+    rng = np.random.default_rng(2)
+    gmm = GMM(np.array([0.3, 0.7]), rng.normal(size=(2, 3)), rng.uniform(0.5, 2, size=(2, 3)))
+    x = rng.normal(size=(50, 3))
+    expected = np.log(sum(w * multivariate_normal(m, np.diag(v)).pdf(x)
+                          for w, m, v in zip(gmm.weights, gmm.means, gmm.variances)))
+    np.testing.assert_allclose(gmm.frame_log_likelihood(x), expected, rtol=1e-10)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 6), d=st.integers(1, 5))
+def test_average_log_likelihood_never_decreases(seed, k, d):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((300, d)) * rng.uniform(0.5, 3, size=d) + rng.integers(0, 3, size=(300, 1))
+    floor = np.full(d, 1e-3) * x.var(0)
+    result = em_iterations(start_from(x, k, rng), [x], 15, floor, rng, tol=-np.inf, dtype=np.float64)
+    if result.reseeded == 0:
+        assert np.all(np.diff(result.history) >= -1e-9 * np.abs(result.history[:-1]))
+
+
+def test_known_mixture_is_recovered():
+    rng = np.random.default_rng(3)
+    weights = np.array([0.2, 0.3, 0.5])
+    means = np.array([[-5.0, 0.0], [0.0, 5.0], [5.0, -2.0]])
+    stds = np.array([[0.5, 1.0], [1.0, 0.7], [0.8, 0.8]])
+    labels = rng.choice(3, size=20000, p=weights)
+    x = (means[labels] + stds[labels] * rng.standard_normal((20000, 2))).astype(np.float32)
+    fit = train([x], 3, iterations=50, seed=0).gmm
+    order = np.argsort(fit.means[:, 0])
+    np.testing.assert_allclose(fit.weights[order], weights, atol=0.01)
+    np.testing.assert_allclose(fit.means[order], means, atol=0.05)
+    np.testing.assert_allclose(np.sqrt(fit.variances[order]), stds, atol=0.05)
+
+
+@pytest.mark.parametrize("init", ["kmeans", "split"])
+def test_training_is_deterministic_for_a_seed(init):
+    x = three_blobs(np.random.default_rng(4)).astype(np.float32)
+    parts = [x[:500], x[500:]]
+    a = train(parts, 5, iterations=5, init=init, seed=11).gmm
+    b = train(parts, 5, iterations=5, init=init, seed=11).gmm
+    assert np.array_equal(a.means, b.means) and np.array_equal(a.variances, b.variances)
+    assert a.n_components == 5
+
+
+def test_split_init_reaches_non_power_of_two_sizes_and_improves_likelihood():
+    x = three_blobs(np.random.default_rng(5)).astype(np.float32)
+    result = train([x], 6, iterations=10, init="split")
+    assert result.gmm.n_components == 6
+    assert result.history[-1] > train([x], 1, iterations=1).history[-1]
+
+
+def test_stops_early_when_converged():
+    x = three_blobs(np.random.default_rng(6)).astype(np.float32)
+    result = train([x], 3, iterations=200, tol=1e-6)
+    assert result.converged and len(result.history) < 201
+
+
+def test_identical_frames_and_constant_dimension_stay_finite():
+    x = np.zeros((500, 3), dtype=np.float32)
+    x[:, 0] = np.repeat(np.arange(5), 100)  # five distinct frames, dims 1-2 constant
+    result = train([x], 8, iterations=5)
+    for array in (result.gmm.weights, result.gmm.means, result.gmm.variances):
+        assert np.isfinite(array).all()
+    assert (result.gmm.variances > 0).all()
+
+
+def test_component_without_frames_is_reported_and_reseeded():
+    x = np.random.default_rng(7).normal(size=(200, 2))
+    far = GMM(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [1e4, 1e4]]), np.ones((2, 2)))
+    gmm, dead = m_step(accumulate(far, [x], np.float64), np.full(2, 1e-3))
+    assert dead.tolist() == [False, True]
+    result = em_iterations(far, [x], 3, np.full(2, 1e-3), np.random.default_rng(0), tol=-np.inf)
+    assert result.reseeded >= 1 and np.isfinite(result.gmm.means).all()
+
+
+def test_chunking_packs_short_arrays_without_losing_frames():
+    arrays = [np.full((n, 2), i, dtype=np.float32) for i, n in enumerate([3, 0, 7, 1, 10])]
+    blocks = list(iter_chunks(arrays, 4))
+    assert [len(b) for b in blocks] == [4, 4, 4, 4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate(blocks), np.concatenate(arrays))
+    assert max(len(b) for b in blocks) <= 4
+
+
+def test_kmeans_separates_clear_clusters():
+    rng = np.random.default_rng(8)
+    centres_true = np.array([[-20.0, 0.0], [0.0, 20.0], [20.0, 0.0]])
+    x = np.vstack([rng.normal(c, 1.0, size=(200, 2)) for c in centres_true])
+    centres, labels = kmeans(x, 3, rng)
+    assert sorted(np.bincount(labels).tolist()) == [200, 200, 200]
+
+
+def test_too_few_frames_raise():
+    with pytest.raises(ValueError, match="frames"):
+        train([np.zeros((3, 2), dtype=np.float32)], 4)

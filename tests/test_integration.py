@@ -1,0 +1,70 @@
+"""On recorded speech (../shared/data): the accuracy protocols through the CLI."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_shared_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from evaluate import run_protocol  # noqa: E402
+from protocols import PROTOCOLS  # noqa: E402
+
+from spkver.audio import AudioItem  # noqa: E402
+from spkver.corpus import extract_all  # noqa: E402
+from spkver.metrics import eer  # noqa: E402
+from spkver.models import SpeakerStore, load_model  # noqa: E402
+from spkver.scoring import llr_scores  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+FLOORS = {"asc": 0.11, "fsdd": 0.09}
+
+
+@pytest.fixture(scope="module")
+def protocol_runs(tmp_path_factory):
+    root = require_shared_data()
+    work = tmp_path_factory.mktemp("eval")
+    runs = {}
+    for name in FLOORS:
+        protocol = PROTOCOLS[name](root)
+        runs[name] = (protocol, work / name, run_protocol(protocol, work / name))
+    return runs
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_protocol_eer_is_within_the_floor(protocol_runs, name):
+    protocol, _, (targets, nontargets, _) = protocol_runs[name]
+    n_speakers = len(protocol.enroll)
+    assert len(targets) == len(protocol.test)
+    assert len(nontargets) == len(protocol.test) * (n_speakers - 1)
+    assert eer(targets, nontargets) <= FLOORS[name]
+
+
+def test_top_c_agrees_with_full_scoring_on_real_speech(protocol_runs):
+    protocol, workdir, _ = protocol_runs["fsdd"]
+    ubm = load_model(workdir / "ubm.npz", "ubm")
+    store = SpeakerStore(workdir / "models")
+    speakers = [store.load(s, ubm).gmm for s in store.speakers()]
+    items = [AudioItem(str(p), p) for p in protocol.test[::12]]
+    fast, full = [], []
+    for _, frames in extract_all(items, ubm.feature_config, workers=1):
+        fast.extend(llr_scores(ubm.gmm, speakers, frames, top_c=5))
+        full.extend(llr_scores(ubm.gmm, speakers, frames, top_c=0))
+    fast, full = np.array(fast), np.array(full)
+    assert np.corrcoef(fast, full)[0, 1] > 0.999
+    assert np.median(np.abs(fast - full)) < 0.05 * np.std(full)
+
+
+def test_sixteen_khz_audio_runs_at_eight_khz(shared_data, tmp_path):
+    from click.testing import CliRunner
+
+    from spkver.cli import cli
+
+    files = sorted((shared_data / "asc" / "dataset" / "zero").glob("0000000[12]_*.wav"))
+    result = CliRunner().invoke(cli, ["train-ubm", "-o", str(tmp_path / "u.npz"), "--sample-rate", "8000",
+                                      "--components", "8", "--iterations", "3", *map(str, files)])
+    assert result.exit_code == 0, result.stderr
+    assert load_model(tmp_path / "u.npz").feature_config.sample_rate == 8000

@@ -1,0 +1,95 @@
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from spkver.errors import SpkverError
+from spkver.features import FeatureConfig
+from spkver.gmm import GMM
+from spkver.models import Model, SpeakerStore, fingerprint, load_model, save_model, validate_speaker_id
+
+
+def small_model(kind="ubm", dim=60, **meta):
+    rng = np.random.default_rng(0)
+    gmm = GMM(np.full(4, 0.25), rng.normal(size=(4, dim)), rng.uniform(0.5, 2, (4, dim)))
+    return Model(gmm, kind, FeatureConfig(), dict(meta))
+
+
+def test_round_trip_keeps_arrays_and_metadata(tmp_path):
+    model = small_model(training={"frames": 10})
+    save_model(tmp_path / "ubm.npz", model)
+    loaded = load_model(tmp_path / "ubm.npz", kind="ubm")
+    assert np.array_equal(loaded.gmm.means, model.gmm.means)
+    assert loaded.meta["training"] == {"frames": 10} and loaded.meta["format_version"] == 1
+    assert loaded.feature_config == FeatureConfig()
+    assert loaded.fingerprint == fingerprint(model.gmm)
+    assert [p.name for p in tmp_path.iterdir()] == ["ubm.npz"]  # no temporary file left
+
+
+def write_npz(path, **arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_pickled_content_is_refused_not_unpickled(tmp_path):
+    good = small_model()
+    meta = json.dumps({"format_version": 1, "kind": "ubm", "feature_config": FeatureConfig().to_dict()})
+    write_npz(tmp_path / "evil.npz", weights=np.array([object()], dtype=object), means=good.gmm.means,
+              variances=good.gmm.variances, meta=np.array(meta))
+    with pytest.raises(SpkverError, match="pickled"):
+        load_model(tmp_path / "evil.npz")
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda m: m.update(format_version=99), "newer"),
+    (lambda m: m.update(kind="other"), "kind"),
+    (lambda m: m.update(feature_config={"n_ceps": 13}), "dimension"),
+])
+def test_bad_metadata_is_refused(tmp_path, mutate, message):
+    model = small_model()
+    meta = {"format_version": 1, "kind": "ubm", "feature_config": FeatureConfig().to_dict()}
+    mutate(meta)
+    write_npz(tmp_path / "m.npz", weights=model.gmm.weights, means=model.gmm.means,
+              variances=model.gmm.variances, meta=np.array(json.dumps(meta)))
+    with pytest.raises(SpkverError, match=message):
+        load_model(tmp_path / "m.npz")
+
+
+def test_truncated_corrupted_and_wrong_kind(tmp_path):
+    save_model(tmp_path / "ubm.npz", small_model())
+    data = (tmp_path / "ubm.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SpkverError, match="not a valid model"):
+        load_model(tmp_path / "cut.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk" * 100)
+    with pytest.raises(SpkverError):
+        load_model(tmp_path / "junk.npz")
+    with pytest.raises(SpkverError, match="expected a speaker model"):
+        load_model(tmp_path / "ubm.npz", kind="speaker")
+    with zipfile.ZipFile(tmp_path / "empty.npz", "w"):
+        pass
+    with pytest.raises(SpkverError, match="missing"):
+        load_model(tmp_path / "empty.npz")
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "a\x00b", "a\nb", "x" * 200, ".hidden", "-x"])
+def test_unsafe_speaker_ids_are_rejected(bad):
+    with pytest.raises(SpkverError, match="not valid"):
+        validate_speaker_id(bad)
+
+
+def test_speaker_store_refuses_a_model_of_another_ubm(tmp_path):
+    ubm = small_model()
+    other = small_model()
+    other.gmm.means += 1
+    store = SpeakerStore(tmp_path)
+    save_model(store.path("alice"), small_model("speaker", speaker="alice", ubm_fingerprint=other.fingerprint))
+    assert store.speakers() == ["alice"]
+    with pytest.raises(SpkverError, match="different UBM"):
+        store.load("alice", ubm)
+    with pytest.raises(SpkverError, match="not enrolled"):
+        store.load("bob", ubm)
+    assert validate_speaker_id("A.b_c-1") == "A.b_c-1"
