@@ -43,7 +43,7 @@ def run_protocol(protocol, workdir: Path, extra_train=()):
     models = workdir / "models"
     if models.exists():
         shutil.rmtree(models)
-    spkver("train-ubm", "-o", ubm, *protocol.train_options, *extra_train,
+    spkver("train-ubm", "-o", ubm, "--force", *protocol.train_options, *extra_train,
            "--list", write_list(workdir / "ubm.lst", protocol.ubm))
     for speaker, files in sorted(protocol.enroll.items()):
         spkver("enroll", "--ubm", ubm, "--models", models, "--speaker", speaker,

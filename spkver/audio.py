@@ -20,10 +20,11 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".
 
 @dataclass(frozen=True)
 class AudioItem:
-    """One input recording: a key (utterance id, or the path) and its path."""
+    """One input recording: a key (utterance id, or the path), its path, and where it was named."""
 
     key: str
     path: Path
+    origin: str = ""
 
 
 def is_audio_file(path: Path) -> bool:
@@ -97,7 +98,7 @@ def read_list(list_path) -> list[AudioItem]:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpkverError(f"cannot read list: {exc}", list_path) from None
     base = list_path.parent
-    items = []
+    items, seen_keys, seen_paths = [], {}, {}
     for number, line in enumerate(text.splitlines(), start=1):
         if "\x00" in line:
             raise SpkverError(f"line {number}: contains a NUL byte", list_path)
@@ -105,8 +106,13 @@ def read_list(list_path) -> list[AudioItem]:
             item = parse_list_line(line, base)
         except ValueError as exc:
             raise SpkverError(f"line {number}: {exc}", list_path) from None
-        if item is not None:
-            items.append(item)
+        if item is None:
+            continue
+        for seen, value, what in ((seen_keys, item.key, "utterance id"), (seen_paths, item.path, "file")):
+            if value in seen:
+                raise SpkverError(f"line {number}: repeats the {what} of line {seen[value]}", list_path)
+            seen[value] = number
+        items.append(AudioItem(item.key, item.path, f"{list_path} line {number}"))
     if not items:
         raise SpkverError("list names no audio files", list_path)
     return items
@@ -122,27 +128,129 @@ def gather_inputs(paths, list_file=None) -> list[AudioItem]:
     return items
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, int]:
-    """Decode ``path`` to (frames × channels) float32 and its sample rate."""
+# Shorter than this, no analysis window fits: refuse rather than score noise.
+MIN_DURATION_S = 0.025
+BLOCK_SECONDS = 20.0
+
+
+def _decode_error(exc) -> str:
+    text = str(exc).split(":", 1)[-1].strip() if ":" in str(exc) else str(exc)
+    return text or type(exc).__name__
+
+
+def _librosa_fallback(path: Path, sample_rate: int):
+    """Formats libsndfile cannot read (some MP3 files): librosa/audioread, whole file."""
+    try:
+        import warnings
+
+        import librosa
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa warns when falling back to audioread
+            data, _ = librosa.load(str(path), sr=sample_rate, mono=True, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+        raise SpkverError(f"not a readable audio file ({_decode_error(exc)})", path) from None
+    if not np.isfinite(data).all():
+        raise SpkverError("audio holds NaN or infinite samples", path)
+    yield data
+
+
+def _check_block(block: np.ndarray, path: Path) -> np.ndarray:
+    if not np.isfinite(block).all():
+        raise SpkverError("audio holds NaN or infinite samples", path)
+    return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+
+
+def _native_blocks(handle, path: Path, block_frames: int):
+    while True:
+        block = handle.read(block_frames, dtype="float32", always_2d=True)
+        if len(block) == 0:
+            return
+        yield _check_block(block, path)
+
+
+def resampled_blocks(blocks, orig_rate: int, target_rate: int, block_frames: int):
+    """Resample a stream of mono blocks; the concatenation equals :func:`resample` of the whole.
+
+    Each block is resampled with ``margin`` input samples of context on both
+    sides (more than the anti-aliasing filter's half-length), then trimmed.
+    """
+    if orig_rate == target_rate:
+        yield from blocks
+        return
+    g = math.gcd(int(orig_rate), int(target_rate))
+    up, down = target_rate // g, orig_rate // g
+    margin = down * math.ceil((10 * max(up, down) / up + 2) / down)
+    step = max(down * max(1, block_frames // down), margin)
+    source = iter(blocks)
+    pending, left, done = np.zeros(0, dtype=np.float32), 0, False
+    while True:
+        while not done and len(pending) < left + step + margin:
+            block = next(source, None)
+            if block is None:
+                done = True
+            else:
+                pending = np.concatenate([pending, block])
+        if done:
+            yield resample(pending, orig_rate, target_rate)[left * up // down :]
+            return
+        out = resample(pending[: left + step + margin], orig_rate, target_rate)
+        yield out[left * up // down : (left + step) * up // down]
+        pending, left = pending[left + step - margin :], margin
+
+
+def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECONDS):
+    """Yield a recording as consecutive mono float32 blocks at ``sample_rate``.
+
+    Memory stays at a few blocks whatever the file's length, rate or channel
+    count; the concatenated blocks equal :func:`load_audio`'s result.
+
+    Raises
+    ------
+    SpkverError
+        Missing, empty, unreadable or too short file, or NaN/Inf samples.
+    """
     import soundfile as sf
 
+    path = Path(path)
+    if not path.exists():
+        raise SpkverError("no such file", path)
+    if path.is_dir():
+        raise SpkverError("is a folder, not an audio file", path)
+    if os.path.getsize(path) == 0:
+        raise SpkverError("empty file (0 bytes)", path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        return data, rate
-    except sf.LibsndfileError as exc:
-        reason = str(exc).split(":", 1)[-1].strip() or "unknown format"
+        handle = sf.SoundFile(str(path))
     except (RuntimeError, ValueError, TypeError, EOFError) as exc:
-        # soundfile raises a few kinds on malformed headers.
-        reason = str(exc) or type(exc).__name__
-    if path.suffix.lower() == ".mp3":
+        if path.suffix.lower() == ".mp3":
+            yield from _checked_total(_librosa_fallback(path, sample_rate), path, sample_rate)
+            return
+        raise SpkverError(f"not a readable audio file ({_decode_error(exc)})", path) from None
+    except OSError as exc:
+        raise SpkverError(f"cannot read file ({exc.strerror or exc})", path) from None
+    with handle:
+        rate = handle.samplerate
+        block_frames = max(1024, int(block_seconds * rate))
+        blocks = _native_blocks(handle, path, block_frames)
         try:
-            import librosa
+            yield from _checked_total(resampled_blocks(blocks, rate, sample_rate, block_frames), path,
+                                      sample_rate)
+        except (RuntimeError, EOFError) as exc:
+            raise SpkverError(f"audio data is corrupt ({_decode_error(exc)})", path) from None
 
-            data, rate = librosa.load(str(path), sr=None, mono=False, dtype=np.float32)
-            return np.atleast_2d(data).T, int(rate)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
-            reason = str(exc) or type(exc).__name__
-    raise SpkverError(f"not a readable audio file ({reason})", path)
+
+def _checked_total(blocks, path: Path, sample_rate: int):
+    total = 0
+    for block in blocks:
+        total += len(block)
+        if len(block):
+            yield np.ascontiguousarray(block, dtype=np.float32)
+    if total == 0:
+        raise SpkverError("audio holds no samples", path)
+    if total < MIN_DURATION_S * sample_rate:
+        raise SpkverError(
+            f"audio is too short ({1000 * total / sample_rate:.0f} ms; need at least "
+            f"{1000 * MIN_DURATION_S:.0f} ms)", path)
 
 
 def resample(signal: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -157,7 +265,7 @@ def resample(signal: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray
 
 
 def load_audio(path, sample_rate: int) -> np.ndarray:
-    """Load a recording as mono float32 at ``sample_rate``.
+    """Load a whole recording as mono float32 at ``sample_rate``.
 
     Parameters
     ----------
@@ -175,19 +283,6 @@ def load_audio(path, sample_rate: int) -> np.ndarray:
     Raises
     ------
     SpkverError
-        The file is missing, unreadable, empty, or holds NaN/Inf samples.
+        The file is missing, unreadable, empty, too short, or holds NaN/Inf.
     """
-    path = Path(path)
-    if not path.exists():
-        raise SpkverError("no such file", path)
-    if path.is_dir():
-        raise SpkverError("is a folder, not an audio file", path)
-    if os.path.getsize(path) == 0:
-        raise SpkverError("empty file (0 bytes)", path)
-    data, rate = _read_raw(path)
-    if data.shape[0] == 0:
-        raise SpkverError("audio holds no samples", path)
-    if not np.isfinite(data).all():
-        raise SpkverError("audio holds NaN or infinite samples", path)
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    return np.ascontiguousarray(resample(mono, rate, sample_rate), dtype=np.float32)
+    return np.concatenate(list(iter_audio_blocks(path, sample_rate)))

@@ -147,17 +147,22 @@ def make_feature_config(**values) -> FeatureConfig:
               help="Stop when the relative gain in average log-likelihood is below this.")
 @click.option("--allow-fewer-components", is_flag=True,
               help="With too little speech, train fewer components instead of failing.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing OUTPUT (speakers enrolled from it must be re-enrolled).")
 @feature_options
 @audio_inputs
 @click.pass_obj
 def train_ubm_command(report, output, components, iterations, init, seed, tol, allow_fewer_components,
-                      audio, list_file, workers, skip_bad, **feature_values):
+                      force, audio, list_file, workers, skip_bad, **feature_values):
     """Train a universal background model on AUDIO (files or folders)."""
     from spkver.pipeline import train_ubm
 
     config = make_feature_config(**feature_values)
     if not output.parent.is_dir():
         raise SpkverError("output folder does not exist", output.parent)
+    if output.exists() and not force:
+        raise SpkverError("already exists; pass --force to replace it (speakers enrolled from it "
+                          "will need re-enrolling)", output)
     items = gather_inputs(audio, list_file)
     report.log(f"train-ubm: {len(items)} files, {components} components, {config.dim}-dim features")
     model = train_ubm(items, config, components, iterations, init, seed, tol, workers=workers,

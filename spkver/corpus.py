@@ -8,9 +8,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from spkver.audio import AudioItem, load_audio
+from spkver.audio import AudioItem, iter_audio_blocks
 from spkver.errors import SpkverError
-from spkver.features import FeatureConfig, extract
+from spkver.features import FeatureConfig, extract_blocks
 
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 24
@@ -24,7 +24,7 @@ def features_of(item: AudioItem, config: FeatureConfig) -> np.ndarray:
     SpkverError
         Unreadable audio, or no speech frame left after voice-activity detection.
     """
-    frames = extract(load_audio(item.path, config.sample_rate), config)
+    frames = extract_blocks(iter_audio_blocks(item.path, config.sample_rate), config)
     if len(frames) == 0:
         raise SpkverError("no speech found (the recording is silent or too quiet)", item.path)
     return frames
@@ -35,7 +35,7 @@ def _features_or_error(args):
     try:
         return features_of(item, config), None
     except SpkverError as exc:
-        return None, str(exc)
+        return None, f"{exc} (named in {item.origin})" if item.origin else str(exc)
     except MemoryError:
         return None, f"{item.path}: out of memory while reading it"
 

@@ -171,16 +171,14 @@ def mel_filterbank(sample_rate, n_fft, n_mels=40, fmin=0.0, fmax=None):
     return weights.astype(np.float32)
 
 
-def frame_signal(signal, n_fft, hop_length):
-    """Centred frames (zero-padded by ``n_fft // 2``), as a strided view.
+def frame_signal(signal, n_fft, hop_length, centre=True):
+    """Frames of ``n_fft`` samples every ``hop_length``, as a strided view.
 
-    Returns
-    -------
-    numpy.ndarray, shape (n_frames, n_fft)
-        ``n_frames = 1 + len(signal) // hop_length``, librosa's centring.
+    With ``centre`` the signal is zero-padded by ``n_fft // 2`` on both sides
+    (librosa's centring), giving ``1 + len(signal) // hop_length`` frames.
     """
-    pad = n_fft // 2
-    padded = np.pad(np.asarray(signal, dtype=np.float32), (pad, pad))
+    signal = np.asarray(signal, dtype=np.float32)
+    padded = np.pad(signal, (n_fft // 2, n_fft // 2)) if centre else signal
     n_frames = 1 + (len(padded) - n_fft) // hop_length
     return np.lib.stride_tricks.as_strided(
         padded,
@@ -210,26 +208,81 @@ def preemphasize(signal, coefficient=0.97):
     return out
 
 
-def mfcc_and_energy(signal, config: FeatureConfig):
-    """MFCCs (frames × n_ceps) and windowed frame energy in dBFS (frames,).
+def stream_frames(blocks, n_fft, hop_length, preemphasis=0.0):
+    """Centred analysis frames of a signal given as consecutive blocks.
+
+    Yields (n_i, n_fft) arrays whose concatenation equals
+    ``frame_signal(preemphasize(concatenated blocks), n_fft, hop_length)``,
+    holding only about one block in memory.
+    """
+    pad = n_fft // 2
+    buffer = np.zeros(pad, dtype=np.float32)
+    previous = np.float32(0.0)
+    coefficient = np.float32(preemphasis)
+
+    def ready(buf):
+        return 0 if len(buf) < n_fft else 1 + (len(buf) - n_fft) // hop_length
+
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32)
+        if len(block) == 0:
+            continue
+        emphasized = block.copy()
+        if preemphasis:
+            emphasized[0] -= coefficient * previous
+            emphasized[1:] -= coefficient * block[:-1]
+        previous = block[-1]
+        buffer = np.concatenate([buffer, emphasized])
+        count = ready(buffer)
+        if count:
+            yield frame_signal(buffer, n_fft, hop_length, centre=False)[:count]
+            buffer = buffer[count * hop_length :]
+    buffer = np.concatenate([buffer, np.zeros(pad, dtype=np.float32)])
+    count = ready(buffer)
+    if count:
+        yield frame_signal(buffer, n_fft, hop_length, centre=False)[:count]
+
+
+def log_mel_and_energy(frames, config: FeatureConfig, fbank=None, window=None):
+    """Log-mel energies in dB (n, n_mels) and windowed frame energy in dBFS (n,)."""
+    n_fft = config.fft_size
+    window = analysis_window(config.win_length, n_fft) if window is None else window
+    fbank = mel_filterbank(config.sample_rate, n_fft, config.n_mels, config.fmin, config.fmax) \
+        if fbank is None else fbank
+    windowed = frames * window
+    power = np.abs(np.fft.rfft(windowed, axis=1)) ** 2
+    log_mel = 10.0 * np.log10(np.maximum(power.astype(np.float32) @ fbank.T, 1e-10))
+    energy = 10.0 * np.log10(np.einsum("ij,ij->i", windowed, windowed) / config.win_length + 1e-20)
+    return log_mel.astype(np.float32), energy.astype(np.float32)
+
+
+def mfcc_and_energy_blocks(blocks, config: FeatureConfig, frames_per_step=2048):
+    """MFCCs (frames × n_ceps) and frame energy (dBFS) of a signal given as blocks.
 
     The signal is pre-emphasised first; the rest equals
     ``librosa.feature.mfcc(y=preemphasized, n_mfcc=n_ceps, n_fft, hop_length,
-    win_length, n_mels, fmin, fmax, top_db)`` transposed.
+    win_length, n_mels, fmin, fmax)`` transposed (with ``top_db`` as set).
     """
-    signal = preemphasize(signal, config.preemphasis)
     n_fft = config.fft_size
-    frames = frame_signal(signal, n_fft, config.hop_length)
-    windowed = frames * analysis_window(config.win_length, n_fft)
-    power = np.abs(np.fft.rfft(windowed, axis=1)) ** 2
+    window = analysis_window(config.win_length, n_fft)
     fbank = mel_filterbank(config.sample_rate, n_fft, config.n_mels, config.fmin, config.fmax)
-    mel_power = power.astype(np.float32) @ fbank.T
-    log_mel = 10.0 * np.log10(np.maximum(mel_power, 1e-10))
+    log_mels, energies = [], []
+    for frames in stream_frames(blocks, n_fft, config.hop_length, config.preemphasis):
+        for start in range(0, len(frames), frames_per_step):
+            log_mel, energy = log_mel_and_energy(frames[start : start + frames_per_step], config, fbank, window)
+            log_mels.append(log_mel)
+            energies.append(energy)
+    log_mel = np.concatenate(log_mels) if log_mels else np.zeros((0, config.n_mels), np.float32)
+    energy_db = np.concatenate(energies) if energies else np.zeros(0, np.float32)
     if config.top_db is not None and log_mel.size:
         np.maximum(log_mel, log_mel.max() - config.top_db, out=log_mel)
     cepstra = scipy.fft.dct(log_mel, type=2, norm="ortho", axis=1)[:, : config.n_ceps]
-    energy_db = 10.0 * np.log10(np.einsum("ij,ij->i", windowed, windowed) / config.win_length + 1e-20)
-    return cepstra.astype(np.float32), energy_db.astype(np.float32)
+    return cepstra.astype(np.float32), energy_db
+
+
+def mfcc_and_energy(signal, config: FeatureConfig):
+    """:func:`mfcc_and_energy_blocks` of a whole signal."""
+    return mfcc_and_energy_blocks([signal], config)
 
 
 def deltas(features, width=2):
@@ -272,12 +325,18 @@ def normalise(features, mode="cmn"):
 
 
 def extract(signal, config: FeatureConfig = FeatureConfig()):
+    """Features of one utterance (:func:`extract_blocks` of a whole signal)."""
+    return extract_blocks([signal], config)
+
+
+def extract_blocks(blocks, config: FeatureConfig = FeatureConfig()):
     """Features of one utterance: MFCC (+Δ, ΔΔ), speech frames only, normalised.
 
     Parameters
     ----------
-    signal : numpy.ndarray
-        Mono audio at ``config.sample_rate``.
+    blocks : iterable of numpy.ndarray
+        Consecutive pieces of mono audio at ``config.sample_rate`` (one
+        array for a whole signal); only the features are held in memory.
     config : FeatureConfig
         Settings; defaults give 60-dimensional CMN'd MFCC + Δ + ΔΔ.
 
@@ -286,7 +345,7 @@ def extract(signal, config: FeatureConfig = FeatureConfig()):
     numpy.ndarray, shape (n_speech_frames, config.dim), float32
         Empty (0 rows) when the VAD finds no speech.
     """
-    cepstra, energy_db = mfcc_and_energy(signal, config)
+    cepstra, energy_db = mfcc_and_energy_blocks(blocks, config)
     parts = [cepstra]
     for _ in range(config.deltas):
         parts.append(deltas(parts[-1], config.delta_window))

@@ -73,14 +73,19 @@ def _encode(model: Model) -> bytes:
         kind=model.kind,
         feature_config=model.feature_config.to_dict(),
     )
+    arrays = {
+        "weights": model.gmm.weights,
+        "means": model.gmm.means,
+        "variances": model.gmm.variances,
+        "meta": np.array(json.dumps(meta, sort_keys=True)),
+    }
+    # Like np.savez, but with fixed zip timestamps: same model, same bytes.
     buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        weights=model.gmm.weights,
-        means=model.gmm.means,
-        variances=model.gmm.variances,
-        meta=np.array(json.dumps(meta, sort_keys=True)),
-    )
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
