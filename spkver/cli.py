@@ -15,12 +15,16 @@ import traceback
 from pathlib import Path
 
 import click
+import numpy as np
+from scipy.special import expit
 
 from spkver import __version__
 from spkver.adapt import ADAPT_MODES
 from spkver.audio import gather_inputs
+from spkver.calibration import load_calibration
 from spkver.errors import SpkverError
 from spkver.features import NORMALISATIONS, FeatureConfig
+from spkver.metrics import bayes_threshold
 from spkver.models import SpeakerStore, load_model, save_model, validate_speaker_id
 
 
@@ -105,6 +109,25 @@ def audio_inputs(func):
     func = click.option("--skip-bad", is_flag=True,
                         help="Report unreadable or silent files and go on without them.")(func)
     return func
+
+
+def top_c_option(func):
+    return click.option("--top-c", type=click.IntRange(min=0), default=5, show_default=True,
+                        help="Score only the C best UBM components per frame; 0 for all.")(func)
+
+
+def calibration_options(func):
+    func = click.option("--p-target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+                        show_default=True, help="Prior of the target speaker for calibrated decisions.")(func)
+    return click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
+                        help="CAL.json from `spkver calibrate`: scores become log-likelihood ratios.")(func)
+
+
+def decision_threshold(threshold, calibration, p_target):
+    """--threshold if given; else the Bayes threshold for calibrated LLRs; else 0."""
+    if threshold is not None:
+        return threshold
+    return bayes_threshold(p_target) if calibration is not None else 0.0
 
 
 def feature_options(func):
@@ -217,15 +240,16 @@ def enroll(report, ubm_path, models_dir, speaker, relevance, adapt, force, audio
 @click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
 @click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--speaker", required=True, multiple=True, help="Claimed speaker (repeatable).")
-@click.option("--threshold", type=float, default=0.0, show_default=True,
-              help="Accept when the score is at least this.")
-@click.option("--top-c", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Score only the C best UBM components per frame; 0 for all.")
+@click.option("--threshold", type=float, default=None,
+              help="Accept when the score is at least this [default: 0, or the Bayes threshold "
+                   "for --p-target with --calibration].")
+@top_c_option
+@calibration_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @audio_inputs
 @click.pass_obj
-def verify(report, ubm_path, models_dir, speaker, threshold, top_c, as_json, audio, list_file,
-           workers, skip_bad):
+def verify(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_path, p_target, as_json, audio,
+           list_file, workers, skip_bad):
     """Is AUDIO spoken by SPEAKER? Prints speaker, path, score, accept|reject."""
     from spkver.pipeline import verify as verify_trials
 
@@ -233,14 +257,20 @@ def verify(report, ubm_path, models_dir, speaker, threshold, top_c, as_json, aud
         validate_speaker_id(name)
     ubm, store = load_store(ubm_path, models_dir)
     models = [store.load(name, ubm) for name in speaker]
+    calibration = load_calibration(calibration_path) if calibration_path else None
+    threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
-    trials = verify_trials(ubm, models, items, threshold, top_c, workers, skip_bad,
-                           on_skip=report.warn, progress=report.progress("features"))
+    trials = verify_trials(ubm, models, items, threshold, top_c, workers, skip_bad, on_skip=report.warn,
+                           progress=report.progress("features"), calibration=calibration)
     for t in trials:
         decision = "accept" if t.accepted else "reject"
         if as_json:
-            click.echo(json.dumps({"speaker": t.speaker, "path": t.path, "score": round(t.score, 6),
-                                   "decision": decision, "frames": t.frames}))
+            record = {"speaker": t.speaker, "path": t.path, "score": round(t.score, 6),
+                      "decision": decision, "frames": t.frames}
+            if calibration is not None:
+                record["posterior"] = round(float(expit(t.score + np.log(p_target / (1 - p_target)))), 6)
+                record["p_target"] = p_target
+            click.echo(json.dumps(record))
         else:
             click.echo(f"{t.speaker}\t{t.path}\t{t.score:.6f}\t{decision}")
 
@@ -279,6 +309,9 @@ def demo(report, workdir, seed):
     from spkver.demo import run_demo
 
     run_demo(workdir, seed, echo=click.echo, progress=report.progress)
+
+
+from spkver import cli_eval  # noqa: E402,F401 - registers score, evaluate, calibrate, identify
 
 
 def main():

@@ -31,6 +31,7 @@ class GMM:
     weights: np.ndarray
     means: np.ndarray
     variances: np.ndarray
+    _projections: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.weights = np.asarray(self.weights, dtype=np.float64)
@@ -49,7 +50,16 @@ class GMM:
         return self.means.shape[1]
 
     def projection(self, dtype=np.float32) -> np.ndarray:
-        """The (2D+1) × K matrix ``P`` with ``[x², x, 1] @ P = log w_k + log N(x; μ_k, σ²_k)``."""
+        """The (2D+1) × K matrix ``P`` with ``[x², x, 1] @ P = log w_k + log N(x; μ_k, σ²_k)``.
+
+        Computed once per dtype (a GMM's arrays are not modified after creation).
+        """
+        key = np.dtype(dtype).str
+        if key not in self._projections:
+            self._projections[key] = self._make_projection(dtype)
+        return self._projections[key]
+
+    def _make_projection(self, dtype):
         precision = 1.0 / self.variances
         const = (
             np.log(np.maximum(self.weights, 1e-300))

@@ -49,3 +49,61 @@ def min_dcf(target_scores, nontarget_scores, p_target=0.01, c_miss=1.0, c_fa=1.0
     p_miss, p_fa = det_points(target_scores, nontarget_scores)
     cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
     return float(cost.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
+
+
+def bayes_threshold(p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
+    """Decision threshold on calibrated LLRs: ``log(C_fa (1 − P) / (C_miss P))``."""
+    return float(np.log(c_fa * (1 - p_target) / (c_miss * p_target)))
+
+
+def actual_dcf(target_llrs, nontarget_llrs, p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
+    """Normalised DCF of calibrated LLRs decided at the Bayes threshold."""
+    threshold = bayes_threshold(p_target, c_miss, c_fa)
+    p_miss = np.mean(np.asarray(target_llrs) < threshold)
+    p_fa = np.mean(np.asarray(nontarget_llrs) >= threshold)
+    cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
+    return float(cost / min(c_miss * p_target, c_fa * (1 - p_target)))
+
+
+def cllr(target_llrs, nontarget_llrs) -> float:
+    """Log-likelihood-ratio cost in bits (0 perfect, 1 uninformative; Brümmer & du Preez 2006)."""
+    tar = np.asarray(target_llrs, dtype=np.float64)
+    non = np.asarray(nontarget_llrs, dtype=np.float64)
+    return float((np.logaddexp(0, -tar).mean() + np.logaddexp(0, non).mean()) / (2 * np.log(2)))
+
+
+def pav(values, weights=None) -> np.ndarray:
+    """Pool-adjacent-violators: the weighted non-decreasing least-squares fit to ``values``.
+
+    With 0/1 labels in score order this is the monotone estimate of
+    P(target | score).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
+    sums, counts, sizes = [], [], []
+    for value, weight in zip(values, weights):
+        sums.append(value * weight)
+        counts.append(weight)
+        sizes.append(1)
+        while len(sums) > 1 and sums[-2] / counts[-2] >= sums[-1] / counts[-1]:
+            s, c, n = sums.pop(), counts.pop(), sizes.pop()
+            sums[-1] += s
+            counts[-1] += c
+            sizes[-1] += n
+    return np.repeat(np.array(sums) / np.array(counts), sizes)
+
+
+def min_cllr(target_scores, nontarget_scores) -> float:
+    """Cllr after the best monotone calibration (PAV), the discrimination part of Cllr."""
+    tar = np.asarray(target_scores, dtype=np.float64)
+    non = np.asarray(nontarget_scores, dtype=np.float64)
+    scores = np.concatenate([tar, non])
+    labels = np.concatenate([np.ones(len(tar)), np.zeros(len(non))])
+    # Tied scores share one posterior: pool them first, then PAV over the groups.
+    unique, group = np.unique(scores, return_inverse=True)
+    group_count = np.bincount(group).astype(np.float64)
+    group_rate = np.bincount(group, labels) / group_count
+    posterior = pav(group_rate, group_count)[group]
+    with np.errstate(divide="ignore"):
+        llr = np.log(posterior) - np.log1p(-posterior) - np.log(len(tar) / len(non))
+    return cllr(llr[: len(tar)], llr[len(tar) :])

@@ -17,7 +17,7 @@ from spkver.errors import SpkverError
 from spkver.features import FeatureConfig
 from spkver.gmm import accumulate, train
 from spkver.models import Model, validate_speaker_id
-from spkver.scoring import llr_scores
+from spkver.scoring import Scorer
 
 # EM needs several frames per Gaussian to estimate 2·D+1 parameters sensibly.
 MIN_FRAMES_PER_COMPONENT = 10
@@ -113,13 +113,19 @@ class Trial:
 
 
 def verify(ubm: Model, speakers, items, threshold=0.0, top_c=5, workers=None,
-           skip_bad=False, on_skip=None, progress=None) -> list[Trial]:
-    """Score each recording against each speaker model; accept when score ≥ threshold."""
+           skip_bad=False, on_skip=None, progress=None, calibration=None) -> list[Trial]:
+    """Score each recording against each speaker model; accept when score ≥ threshold.
+
+    With ``calibration`` the scores are log-likelihood ratios (compare with
+    :func:`spkver.metrics.bayes_threshold`).
+    """
     extracted = extract_all(items, ubm.feature_config, workers, skip_bad, on_skip, progress)
-    gmms = [s.gmm for s in speakers]
+    scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     trials = []
     for item, frames in extracted:
-        scores = llr_scores(ubm.gmm, gmms, frames, top_c)
+        scores = scorer.scores(frames)
+        if calibration is not None:
+            scores = calibration(scores)
         for model, score in zip(speakers, scores):
             trials.append(
                 Trial(model.meta["speaker"], str(item.path), float(score), bool(score >= threshold), len(frames))

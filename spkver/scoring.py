@@ -7,50 +7,73 @@ import numpy as np
 from spkver.gmm import GMM, augment, iter_chunks, logsumexp_rows
 
 
-def _gathered_log_densities(projection_t, z, top):
-    """``log w_c + log N(x_n; c)`` of the listed components ``top`` (N, C) for each frame."""
-    return np.matmul(projection_t[top], z[:, :, None])[:, :, 0]
-
-
-def llr_scores(ubm: GMM, speakers, frames, top_c: int = 5, chunk_size: int = 4096):
-    """Average log-likelihood ratio of ``frames`` for each speaker model.
+class Scorer:
+    """Scores frames against many speaker models adapted from one UBM, in one pass.
 
     ``score = mean_n [log p(x_n | speaker) − log p(x_n | UBM)]``.
+
+    With top-C fast scoring (Reynolds 2000), the UBM ranks its components for
+    each frame with one float32 product, and only the ``top_c`` best are
+    evaluated, in float64, in the UBM and in every speaker model: for each
+    component, one small product of the frames that chose it with that
+    component's parameters across all models.
 
     Parameters
     ----------
     ubm : GMM
     speakers : list of GMM
         Models adapted from ``ubm`` (same component order).
-    frames : numpy.ndarray, (N, D)
     top_c : int
-        Fast scoring (Reynolds 2000): only the ``top_c`` best UBM components
-        of each frame are evaluated, in both the UBM and the speaker models.
-        0 (or ≥ K) sums over every component.
+        Components evaluated per frame; 0 (or ≥ K) sums over every component.
+    """
+
+    def __init__(self, ubm: GMM, speakers, top_c: int = 5, chunk_size: int = 2048):
+        self.ubm, self.n_speakers, self.chunk_size = ubm, len(speakers), chunk_size
+        self.top_c = 0 if top_c <= 0 or top_c >= ubm.n_components else top_c
+        self.ubm_p32 = ubm.projection(np.float32)
+        # (K, 2D+1, 1 + S): per component, its parameters in the UBM then in each speaker model.
+        self.stacked = np.ascontiguousarray(
+            np.stack([ubm.projection(np.float64)] + [s.projection(np.float64) for s in speakers], axis=2)
+            .transpose(1, 0, 2)
+        )
+
+    def _chunk_log_likelihoods(self, block):
+        """Per-frame log-likelihoods (n, 1 + S): UBM first, then each speaker."""
+        z = augment(block, np.float64)
+        if not self.top_c:
+            return np.stack([logsumexp_rows(z @ self.stacked[:, :, m].T)
+                             for m in range(self.stacked.shape[2])], axis=1)
+        ranks = z.astype(np.float32) @ self.ubm_p32
+        top = np.argpartition(-ranks, self.top_c - 1, axis=1)[:, : self.top_c]
+        flat = top.ravel()
+        frame_of = np.repeat(np.arange(len(block)), self.top_c)
+        order = np.argsort(flat, kind="stable")
+        starts = np.searchsorted(flat[order], np.arange(self.ubm.n_components + 1))
+        out = np.empty((len(flat), self.stacked.shape[2]))
+        for k in np.flatnonzero(np.diff(starts)):
+            rows = order[starts[k] : starts[k + 1]]
+            out[rows] = z[frame_of[rows]] @ self.stacked[k]
+        per_component = out.reshape(len(block), self.top_c, -1)
+        peak = per_component.max(axis=1, keepdims=True)
+        return peak[:, 0, :] + np.log(np.exp(per_component - peak).sum(axis=1))
+
+    def scores(self, frames) -> np.ndarray:
+        """Average LLR of ``frames`` for each speaker; NaN when there are no frames."""
+        if len(frames) == 0:
+            return np.full(self.n_speakers, np.nan)
+        total = np.zeros(self.n_speakers)
+        for block in iter_chunks([frames], self.chunk_size):
+            ll = self._chunk_log_likelihoods(block)
+            total += (ll[:, 1:] - ll[:, :1]).sum(axis=0)
+        return total / len(frames)
+
+
+def llr_scores(ubm: GMM, speakers, frames, top_c: int = 5):
+    """Average log-likelihood ratio of ``frames`` for each speaker model (see :class:`Scorer`).
 
     Returns
     -------
     numpy.ndarray, shape (len(speakers),)
         Scores; NaN when ``frames`` is empty.
     """
-    if len(frames) == 0:
-        return np.full(len(speakers), np.nan)
-    totals = np.zeros(len(speakers))
-    full = top_c <= 0 or top_c >= ubm.n_components
-    ubm_p32 = ubm.projection(np.float32)
-    ubm_t64 = np.ascontiguousarray(ubm.projection(np.float64).T)
-    speaker_p = [np.ascontiguousarray(s.projection(np.float64).T) for s in speakers]
-    for block in iter_chunks([frames], chunk_size):
-        z = augment(block, np.float64)
-        if full:
-            ubm_ll = logsumexp_rows(z @ ubm_t64.T)
-            for i, pt in enumerate(speaker_p):
-                totals[i] += float((logsumexp_rows(z @ pt.T) - ubm_ll).sum())
-            continue
-        # Rank in float32 (one GEMM), then evaluate the chosen few in float64.
-        ranks = z.astype(np.float32) @ ubm_p32
-        top = np.argpartition(-ranks, top_c - 1, axis=1)[:, :top_c]
-        ubm_ll = logsumexp_rows(_gathered_log_densities(ubm_t64, z, top))
-        for i, pt in enumerate(speaker_p):
-            totals[i] += float((logsumexp_rows(_gathered_log_densities(pt, z, top)) - ubm_ll).sum())
-    return totals / len(frames)
+    return Scorer(ubm, speakers, top_c).scores(frames)

@@ -1,0 +1,101 @@
+"""Score calibration: raw scores → log-likelihood ratios by prior-weighted logistic regression.
+
+As in the BOSARIS toolkit, ``llr = scale · score + offset`` minimises the
+cross-entropy with target and non-target trials weighted by ``P`` and ``1 − P``
+(each class normalised by its count), so the result is calibrated for the
+application prior ``P``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from spkver.errors import SpkverError
+from spkver.models import write_atomic
+
+CALIBRATION_KIND = "spkver-calibration"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An affine map from raw scores to LLRs."""
+
+    scale: float
+    offset: float
+    p_target: float
+    targets: int = 0
+    nontargets: int = 0
+
+    def __call__(self, scores):
+        return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+
+
+def _objective(params, tar, non, prior):
+    scale, offset = params
+    shift = np.log(prior / (1 - prior))
+    z_tar = -(scale * tar + offset + shift)
+    z_non = scale * non + offset + shift
+    value = prior * np.logaddexp(0, z_tar).mean() + (1 - prior) * np.logaddexp(0, z_non).mean()
+    g_tar, g_non = expit(z_tar), expit(z_non)
+    grad_scale = -prior * (g_tar * tar).mean() + (1 - prior) * (g_non * non).mean()
+    grad_offset = -prior * g_tar.mean() + (1 - prior) * g_non.mean()
+    return value, np.array([grad_scale, grad_offset])
+
+
+def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibration:
+    """Fit ``scale`` and ``offset`` by prior-weighted logistic regression.
+
+    Parameters
+    ----------
+    target_scores, nontarget_scores : array-like
+        Raw scores of a development set's target and non-target trials.
+    p_target : float
+        The prior the LLRs are optimised for, 0.01 by default (NIST SRE).
+    """
+    if not 0 < p_target < 1:
+        raise ValueError("p_target must be between 0 and 1")
+    tar = np.asarray(target_scores, dtype=np.float64)
+    non = np.asarray(nontarget_scores, dtype=np.float64)
+    if len(tar) == 0 or len(non) == 0:
+        raise ValueError("need target and non-target scores to calibrate")
+    centre = 0.5 * (tar.mean() + non.mean())
+    spread = max(np.concatenate([tar, non]).std(), 1e-12)
+    # Fit on standardised scores for conditioning, then map back.
+    result = minimize(_objective, np.zeros(2), args=((tar - centre) / spread, (non - centre) / spread, p_target),
+                      jac=True, method="BFGS")
+    scale, offset = result.x
+    return Calibration(float(scale / spread), float(offset - scale * centre / spread), p_target, len(tar), len(non))
+
+
+def save_calibration(path, calibration: Calibration) -> None:
+    data = {"kind": CALIBRATION_KIND, "version": 1, **asdict(calibration)}
+    try:
+        write_atomic(Path(path), (json.dumps(data, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise SpkverError(f"cannot write calibration: {exc.strerror or exc}", path) from None
+
+
+def load_calibration(path) -> Calibration:
+    """Read a calibration file written by ``spkver calibrate``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpkverError("no such calibration file", path) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SpkverError(f"not a valid calibration file ({exc})", path) from None
+    if not isinstance(data, dict) or data.get("kind") != CALIBRATION_KIND:
+        raise SpkverError("not a spkver calibration file", path)
+    try:
+        calibration = Calibration(float(data["scale"]), float(data["offset"]), float(data["p_target"]),
+                                  int(data.get("targets", 0)), int(data.get("nontargets", 0)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpkverError(f"calibration file lacks a field ({exc})", path) from None
+    if not (np.isfinite(calibration.scale) and np.isfinite(calibration.offset) and 0 < calibration.p_target < 1):
+        raise SpkverError("calibration file holds invalid numbers", path)
+    return calibration

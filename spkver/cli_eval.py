@@ -1,0 +1,178 @@
+"""Evaluation commands: score, evaluate, calibrate, identify (registered on the ``spkver`` group)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from spkver.audio import find_audio, gather_inputs, is_audio_file, read_list
+from spkver.calibration import fit_calibration, load_calibration, save_calibration
+from spkver.cli import audio_inputs, calibration_options, cli, decision_threshold, load_store, top_c_option
+from spkver.errors import SpkverError
+from spkver.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
+from spkver.models import SpeakerStore, write_atomic
+from spkver.normalization import NORMS, Cohort
+from spkver.trials import CALIBRATED_MARK, format_score, labelled_scores, read_scores, read_trials
+
+
+def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
+    """A Cohort from --cohort values: model stores (folders of .npz) and audio (folders or lists)."""
+    audio, model_store = [], None
+    for raw in cohort_paths:
+        path = Path(raw)
+        if path.is_dir() and any(path.glob("*.npz")):
+            if model_store is not None:
+                raise SpkverError("give at most one cohort model store", path)
+            model_store = SpeakerStore(path)
+        elif path.is_file() and not is_audio_file(path):
+            audio.extend(read_list(path))
+        else:
+            audio.extend(find_audio([path]))
+    return Cohort(ubm, audio, model_store, top_c, cache_dir=Path(models_dir) / ".cohort-cache", workers=workers,
+                  progress=report.progress)
+
+
+@cli.command()
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
+@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--trials", "trials_path", required=True, type=click.Path(path_type=Path),
+              help="Lines 'speaker test [target|nontarget]'.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scores file to write.")
+@top_c_option
+@click.option("--norm", type=click.Choice(NORMS), default="none", show_default=True,
+              help="Score normalisation against --cohort.")
+@click.option("--cohort", multiple=True, type=click.Path(path_type=Path),
+              help="Impostor cohort: audio folder or list (Z, S, T) and/or a model store (T). Repeatable.")
+@click.option("--top-n", type=click.IntRange(min=1), default=None,
+              help="Adaptive normalisation: statistics of the N highest cohort scores.")
+@click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
+              help="CAL.json: write calibrated log-likelihood ratios.")
+@click.option("--wav-scp", type=click.Path(path_type=Path), help="Kaldi wav.scp: tests are utterance ids.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="[default: all cores]")
+@click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
+@click.pass_obj
+def score(report, ubm_path, models_dir, trials_path, output, top_c, norm, cohort, top_n, calibration_path,
+          wav_scp, workers, skip_bad):
+    """Score a trial list: one 'speaker<TAB>test<TAB>score[<TAB>label]' line per trial."""
+    from spkver.evaluation import score_trials
+
+    ubm, store = load_store(ubm_path, models_dir)
+    scp = {item.key: item.path for item in read_list(wav_scp)} if wav_scp else None
+    trials = read_trials(trials_path, scp)
+    calibration = load_calibration(calibration_path) if calibration_path else None
+    if norm != "none" and not cohort:
+        raise SpkverError(f"--norm {norm} needs --cohort")
+    cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" else None
+    scored = score_trials(ubm, store, trials, top_c, norm, cohort_obj, top_n, calibration, workers, skip_bad,
+                          on_skip=report.warn, progress=report.progress("features"), source=str(trials_path))
+    lines = [CALIBRATED_MARK] if calibration is not None else []
+    lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
+    try:
+        write_atomic(output, ("\n".join(lines) + "\n").encode())
+    except OSError as exc:
+        raise SpkverError(f"cannot write scores: {exc.strerror or exc}", output) from None
+    report.log(f"scored {len(scored)} of {len(trials)} trials -> {output}")
+
+
+def summary(path, trials_path, p_targets):
+    scores, calibrated = read_scores(path)
+    trials = read_trials(trials_path) if trials_path else None
+    tar, non = labelled_scores(scores, trials, str(path))
+    result = {"scores": str(path), "targets": len(tar), "nontargets": len(non), "eer": eer(tar, non),
+              "min_dcf": {str(p): min_dcf(tar, non, p) for p in p_targets}, "min_cllr": min_cllr(tar, non),
+              "calibrated": calibrated}
+    if calibrated:
+        result["act_dcf"] = {str(p): actual_dcf(tar, non, p) for p in p_targets}
+        result["cllr"] = cllr(tar, non)
+    return result, tar, non
+
+
+@cli.command()
+@click.argument("scores_paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--trials", "trials_path", type=click.Path(path_type=Path),
+              help="Labels for scores files that have none.")
+@click.option("--p-target", "p_targets", multiple=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=(0.01,), show_default=True, help="Target prior for DCF (repeatable).")
+@click.option("--det", "det_path", type=click.Path(path_type=Path), help="Draw DET curves to this PNG.")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(scores_paths, trials_path, p_targets, det_path, as_json):
+    """EER, minDCF, Cllr/minCllr (and actual DCF for calibrated scores) of SCORES files."""
+    curves = []
+    for path in scores_paths:
+        result, tar, non = summary(path, trials_path, p_targets)
+        curves.append((Path(path).stem, tar, non))
+        if as_json:
+            click.echo(json.dumps(result))
+            continue
+        click.echo(f"{path}: {result['targets']} target, {result['nontargets']} non-target trials"
+                   f"{' (calibrated LLRs)' if result['calibrated'] else ''}")
+        click.echo(f"  EER       {100 * result['eer']:.2f}%")
+        for p in p_targets:
+            line = f"  minDCF({p:g})  {result['min_dcf'][str(p)]:.4f}"
+            if result["calibrated"]:
+                line += f"   actDCF({p:g})  {result['act_dcf'][str(p)]:.4f}"
+            click.echo(line)
+        click.echo(f"  minCllr   {result['min_cllr']:.4f}" +
+                   (f"   Cllr  {result['cllr']:.4f}" if result["calibrated"] else ""))
+    if det_path:
+        from spkver.plots import det_plot
+
+        det_plot(curves, det_path)
+
+
+@cli.command()
+@click.argument("scores_path", type=click.Path(path_type=Path))
+@click.option("--trials", "trials_path", type=click.Path(path_type=Path), help="Labels, if SCORES has none.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option("--p-target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Prior the calibration is optimised for.")
+@click.pass_obj
+def calibrate(report, scores_path, trials_path, output, p_target):
+    """Fit a score → log-likelihood-ratio calibration on a development set's scores."""
+    scores, calibrated = read_scores(scores_path)
+    if calibrated:
+        raise SpkverError("scores are already calibrated; calibrate raw scores", scores_path)
+    trials = read_trials(trials_path) if trials_path else None
+    tar, non = labelled_scores(scores, trials, str(scores_path))
+    calibration = fit_calibration(tar, non, p_target)
+    save_calibration(output, calibration)
+    llr_tar, llr_non = calibration(tar), calibration(non)
+    report.log(f"calibration: llr = {calibration.scale:.4f} * score {calibration.offset:+.4f}; on these trials "
+               f"Cllr {cllr(llr_tar, llr_non):.4f} (min {min_cllr(tar, non):.4f}), "
+               f"actDCF({p_target:g}) {actual_dcf(llr_tar, llr_non, p_target):.4f} -> {output}")
+
+
+@cli.command()
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
+@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Speakers listed per file.")
+@click.option("--threshold", type=float, default=None,
+              help="Answer 'unknown' when the best score is below this (open set) [default: closed set, "
+                   "or the Bayes threshold with --calibration].")
+@top_c_option
+@calibration_options
+@click.option("--json", "as_json", is_flag=True)
+@audio_inputs
+@click.pass_obj
+def identify(report, ubm_path, models_dir, top, threshold, top_c, calibration_path, p_target, as_json, audio,
+             list_file, workers, skip_bad):
+    """Which enrolled speaker is it? Ranks all speakers for each AUDIO file."""
+    from spkver.evaluation import identify as identify_files
+
+    ubm, store = load_store(ubm_path, models_dir)
+    speakers = [store.load(name, ubm) for name in store.speakers()]
+    calibration = load_calibration(calibration_path) if calibration_path else None
+    if calibration is not None:
+        threshold = decision_threshold(threshold, calibration, p_target)
+    items = gather_inputs(audio, list_file)
+    answers = identify_files(ubm, speakers, items, top, threshold, top_c, workers, skip_bad, report.warn,
+                             report.progress("features"), calibration)
+    for answer in answers:
+        if as_json:
+            click.echo(json.dumps({"path": answer.path, "decision": answer.decision,
+                                   "ranking": [{"speaker": s, "score": round(v, 6)} for s, v in answer.ranking]}))
+        else:
+            ranked = "\t".join(f"{s}:{v:.4f}" for s, v in answer.ranking)
+            click.echo(f"{answer.path}\t{answer.decision}\t{ranked}")

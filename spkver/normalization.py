@@ -1,0 +1,149 @@
+"""Score normalisation against an impostor cohort: Z-, T- and S-norm (adaptive top-N).
+
+- Z-norm: each speaker model scores the cohort recordings; its scores are
+  standardised by their mean and deviation (one pair per model).
+- T-norm: each test recording scores the cohort models; standardised by
+  that pair (one pair per test file).
+- S-norm: the mean of the two. With ``top_n``, only the N highest cohort
+  scores enter the statistics (adaptive S-norm, Matějka et al. 2017).
+
+A cohort is audio (scored as impostor tests for Z, and each file MAP-adapted
+into an impostor model for T) and/or a store of cohort speaker models (T).
+Raw cohort scores are cached per UBM and cohort in ``DIR/.cohort-cache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from spkver.adapt import map_adapt
+from spkver.corpus import extract_all
+from spkver.errors import SpkverError
+from spkver.gmm import accumulate
+from spkver.models import Model, SpeakerStore, write_atomic
+from spkver.scoring import Scorer
+
+NORMS = ("none", "z", "t", "s")
+
+
+def file_key(path) -> str:
+    """Identity of a file's contents for caching: resolved path, size, modification time."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return str(path)
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def cohort_statistics(scores, top_n=None):
+    """Mean and standard deviation of cohort scores (rows), optionally of the top N only."""
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    if top_n and top_n < scores.shape[1]:
+        scores = -np.sort(-scores, axis=1)[:, :top_n]
+    return scores.mean(axis=1), np.maximum(scores.std(axis=1), 1e-6)
+
+
+def normalise_scores(raw, kind, z_stats=None, t_stats=None):
+    """Apply Z-, T- or S-norm to raw scores given (mean, std) pairs aligned with them."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if kind == "none":
+        return raw
+    z = (raw - z_stats[0]) / z_stats[1] if kind in ("z", "s") else None
+    t = (raw - t_stats[0]) / t_stats[1] if kind in ("t", "s") else None
+    return {"z": z, "t": t, "s": None if z is None or t is None else 0.5 * (z + t)}[kind]
+
+
+class Cohort:
+    """Impostor cohort for one UBM; computes and caches raw cohort scores.
+
+    Parameters
+    ----------
+    ubm : Model
+    audio_items : list of AudioItem
+        Cohort recordings (needed for Z- and S-norm; also become T models).
+    model_store : SpeakerStore, optional
+        Cohort speaker models adapted from ``ubm`` (used for T-norm when given).
+    cache_dir : Path, optional
+        Where raw cohort scores are kept between runs.
+    """
+
+    def __init__(self, ubm: Model, audio_items=(), model_store: SpeakerStore | None = None, top_c=5,
+                 cache_dir=None, relevance=16.0, workers=None, progress=None):
+        self.ubm, self.audio_items, self.model_store = ubm, list(audio_items), model_store
+        self.top_c, self.relevance, self.workers, self.progress = top_c, relevance, workers, progress
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self._features = None
+        self._models = None
+        self._t_scorer = None
+        identity = [ubm.fingerprint, str(top_c), str(relevance)]
+        identity += sorted(file_key(item.path) for item in self.audio_items)
+        if model_store is not None:
+            identity += [f"{s}:{file_key(model_store.path(s))}" for s in model_store.speakers()]
+        self.key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:20]
+        self._cache = {"z": self._load("z"), "t": self._load("t")}
+
+    def _cache_path(self, kind):
+        return None if self.cache_dir is None else self.cache_dir / f"{self.key}-{kind}.json"
+
+    def _load(self, kind):
+        path = self._cache_path(kind)
+        if path is None or not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}  # a damaged cache is recomputed, never trusted
+
+    def save(self):
+        if self.cache_dir is None:
+            return
+        os.makedirs(self.cache_dir, exist_ok=True)
+        for kind, data in self._cache.items():
+            if data:
+                write_atomic(self._cache_path(kind), json.dumps(data).encode())
+
+    def features(self):
+        if self._features is None:
+            if not self.audio_items:
+                raise SpkverError("Z- and S-norm need cohort recordings: give --cohort with audio files")
+            extracted = extract_all(self.audio_items, self.ubm.feature_config, self.workers, skip_bad=True,
+                                    progress=self.progress("cohort") if self.progress else None)
+            self._features = [frames for _, frames in extracted]
+        return self._features
+
+    def models(self):
+        """Cohort models: the given store, else one MAP model per cohort recording."""
+        if self._models is None:
+            if self.model_store is not None and self.model_store.speakers():
+                self._models = [self.model_store.load(s, self.ubm).gmm for s in self.model_store.speakers()]
+            else:
+                self._models = [map_adapt(self.ubm.gmm, accumulate(self.ubm.gmm, [f], np.float64), self.relevance)
+                                for f in self.features()]
+            if len(self._models) < 2:
+                raise SpkverError("a cohort needs at least two models or recordings")
+        return self._models
+
+    def z_scores(self, speakers) -> np.ndarray:
+        """Scores of the cohort recordings against each speaker model, (S, cohort size)."""
+        missing = [m for m in speakers if m.fingerprint not in self._cache["z"]]
+        if missing:
+            scorer = Scorer(self.ubm.gmm, [m.gmm for m in missing], self.top_c)
+            table = np.array([scorer.scores(f) for f in self.features()]).T
+            for model, row in zip(missing, table):
+                self._cache["z"][model.fingerprint] = row.tolist()
+        return np.array([self._cache["z"][m.fingerprint] for m in speakers])
+
+    def t_scores(self, test_key: str, frames) -> np.ndarray:
+        """Scores of one test recording against every cohort model."""
+        if test_key not in self._cache["t"]:
+            if self._t_scorer is None:
+                self._t_scorer = Scorer(self.ubm.gmm, self.models(), self.top_c)
+            self._cache["t"][test_key] = self._t_scorer.scores(frames).tolist()
+        return np.array(self._cache["t"][test_key])

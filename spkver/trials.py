@@ -1,0 +1,145 @@
+"""Trial lists and score files (Kaldi conventions).
+
+A trial line is ``speaker test [target|nontarget]``, tab- or space-separated;
+``test`` is a path, or an utterance id when a ``wav.scp`` is given. A score
+line is ``speaker<TAB>test<TAB>score[<TAB>label]``. Lines starting with
+``#`` are comments; blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from spkver.errors import SpkverError
+
+LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False}
+CALIBRATED_MARK = "# spkver: calibrated log-likelihood ratios"
+
+
+@dataclass(frozen=True)
+class TrialLine:
+    """One trial: claimed speaker, test as written, resolved audio path, label or None."""
+
+    speaker: str
+    test: str
+    path: Path
+    label: bool | None
+    line: int
+
+
+def _read_lines(path: Path, what: str):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpkverError(f"no such {what} file", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpkverError(f"cannot read {what} file: {exc}", path) from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if "\x00" in raw:
+            raise SpkverError(f"line {number}: contains a NUL byte", path)
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def _split_trial(line: str):
+    fields = line.split("\t") if "\t" in line else line.split()
+    fields = [f.strip() for f in fields if f.strip()]
+    label = None
+    if len(fields) >= 3 and fields[-1].lower() in LABELS:
+        label = LABELS[fields.pop().lower()]
+    if len(fields) < 2:
+        raise ValueError("expected 'speaker test [target|nontarget]'")
+    return fields[0], " ".join(fields[1:]), label
+
+
+def read_trials(path, wav_scp: dict | None = None) -> list[TrialLine]:
+    """Parse a trial list; ``wav_scp`` maps utterance ids to paths (Kaldi ``trials``).
+
+    Raises
+    ------
+    SpkverError
+        Unreadable file, malformed or duplicate lines, unknown utterance ids,
+        or no trial at all; messages carry the line number.
+    """
+    path = Path(path)
+    trials, seen = [], {}
+    for number, line in _read_lines(path, "trials"):
+        try:
+            speaker, test, label = _split_trial(line)
+        except ValueError as exc:
+            raise SpkverError(f"line {number}: {exc}", path) from None
+        if wav_scp is not None and test in wav_scp:
+            audio = Path(wav_scp[test])
+        elif wav_scp is not None and not (path.parent / test).exists():
+            raise SpkverError(f"line {number}: utterance id {test!r} is not in the wav.scp", path)
+        else:
+            audio = path.parent / test
+        if (speaker, test) in seen:
+            raise SpkverError(f"line {number}: repeats the trial of line {seen[speaker, test]}", path)
+        seen[speaker, test] = number
+        trials.append(TrialLine(speaker, test, audio, label, number))
+    if not trials:
+        raise SpkverError("trial list holds no trials", path)
+    return trials
+
+
+@dataclass(frozen=True)
+class ScoreLine:
+    speaker: str
+    test: str
+    score: float
+    label: bool | None
+
+
+def read_scores(path) -> tuple[list[ScoreLine], bool]:
+    """Parse a score file; also return whether it holds calibrated LLRs."""
+    path = Path(path)
+    try:
+        calibrated = Path(path).read_text(encoding="utf-8").startswith(CALIBRATED_MARK)
+    except (OSError, UnicodeDecodeError):
+        calibrated = False
+    scores = []
+    for number, line in _read_lines(path, "scores"):
+        fields = line.split("\t")
+        if len(fields) not in (3, 4):
+            raise SpkverError(f"line {number}: expected 'speaker<TAB>test<TAB>score[<TAB>label]'", path)
+        try:
+            value = float(fields[2])
+        except ValueError:
+            raise SpkverError(f"line {number}: score {fields[2]!r} is not a number", path) from None
+        if not math.isfinite(value):
+            raise SpkverError(f"line {number}: score is not finite", path)
+        label = None
+        if len(fields) == 4:
+            if fields[3].lower() not in LABELS:
+                raise SpkverError(f"line {number}: label {fields[3]!r} is not target or nontarget", path)
+            label = LABELS[fields[3].lower()]
+        scores.append(ScoreLine(fields[0], fields[1], value, label))
+    if not scores:
+        raise SpkverError("score file holds no scores", path)
+    return scores, calibrated
+
+
+def labelled_scores(scores, trials=None, source=""):
+    """Split scores into target and non-target lists, labels from the scores or from ``trials``."""
+    labels = {(t.speaker, t.test): t.label for t in trials} if trials is not None else None
+    targets, nontargets = [], []
+    for s in scores:
+        label = s.label if labels is None else labels.get((s.speaker, s.test))
+        if label is None:
+            where = "the trials" if labels is not None else "the score file (give --trials)"
+            raise SpkverError(f"no target/nontarget label for {s.speaker} {s.test} in {where}", source or None)
+        (targets if label else nontargets).append(s.score)
+    if not targets or not nontargets:
+        raise SpkverError("need both target and non-target trials to evaluate", source or None)
+    return targets, nontargets
+
+
+def format_score(speaker, test, score, label=None) -> str:
+    text = f"{speaker}\t{test}\t{score:.6f}"
+    if label is not None:
+        text += "\ttarget" if label else "\tnontarget"
+    return text
