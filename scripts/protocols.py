@@ -22,6 +22,7 @@ class Protocol:
     test: list
     speaker_of: object
     train_options: list
+    cohort: list
 
 
 def asc_speaker(path: Path) -> str:
@@ -44,7 +45,17 @@ def asc(root: Path = DEFAULT_DATA_ROOT) -> Protocol:
             else:
                 test.append(p)
     return Protocol("asc", "ASC text-independent, 16 kHz: enroll 10 digits x 5 takes, test 1 s commands",
-                    ubm, enroll, test, asc_speaker, ["--components", "128", "--no-vad"])
+                    ubm, enroll, test, asc_speaker,
+                    ["--components", "256", "--no-vad", "--n-mels", "64", "--n-ceps", "30"], ubm[::5])
+
+
+def asc_short(root: Path = DEFAULT_DATA_ROOT) -> Protocol:
+    """As ``asc``, but each speaker enrolls on only 3 s: zero, one and two, take 01; single-keyword tests."""
+    base = asc(root)
+    enroll = {s: [p for p in files if p.parent.name in ASC_DIGITS[:3] and p.stem.endswith("_01")]
+              for s, files in base.enroll.items()}
+    return Protocol("asc-short", "ASC, 3 s enrollment (3 keywords, 1 take), 1 s single-keyword tests",
+                    base.ubm, enroll, base.test, asc_speaker, base.train_options, base.cohort)
 
 
 def fsdd(root: Path = DEFAULT_DATA_ROOT) -> Protocol:
@@ -61,7 +72,9 @@ def fsdd(root: Path = DEFAULT_DATA_ROOT) -> Protocol:
     return Protocol("fsdd", "FSDD 8 kHz digits: UBM takes 0-19, enroll 20-29, test 30-49",
                     [p for p in files if take(p) < 20], enroll, [p for p in files if take(p) >= 30],
                     fsdd_speaker,
-                    ["--sample-rate", "8000", "--components", "64", "--norm", "cmvn", "--no-vad"])
+                    ["--sample-rate", "8000", "--components", "64", "--norm", "cmvn", "--no-vad", "--n-mels", "48",
+                     "--n-ceps", "30"],
+                    [p for p in files if take(p) < 20][::6])
 
 
-PROTOCOLS = {"asc": asc, "fsdd": fsdd}
+PROTOCOLS = {"asc": asc, "asc-short": asc_short, "fsdd": fsdd}

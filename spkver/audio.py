@@ -27,6 +27,14 @@ class AudioItem:
     origin: str = ""
 
 
+def path_exists(path: Path) -> bool:
+    """``path.exists()`` that answers False for names the OS refuses (too long, invalid)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def is_audio_file(path: Path) -> bool:
     """Whether ``path`` names a file with a known audio extension."""
     return path.suffix.lower() in AUDIO_EXTENSIONS
@@ -49,14 +57,14 @@ def find_audio(paths) -> list[AudioItem]:
     items = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if path_exists(path) and path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p))
             if not found:
                 raise SpkverError(
                     f"folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})", path
                 )
             items.extend(AudioItem(str(p), p) for p in found)
-        elif path.exists():
+        elif path_exists(path):
             items.append(AudioItem(str(path), path))
         else:
             raise SpkverError("no such file or folder", path)
@@ -75,7 +83,7 @@ def parse_list_line(line: str, base: Path) -> AudioItem | None:
     if text.endswith("|"):
         raise ValueError("piped commands are not supported; give a file path")
     whole = base / text
-    if whole.exists():
+    if path_exists(whole):
         return AudioItem(text, whole)
     fields = text.split(None, 1)
     if len(fields) == 1:
@@ -213,7 +221,7 @@ def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECON
     import soundfile as sf
 
     path = Path(path)
-    if not path.exists():
+    if not path_exists(path):
         raise SpkverError("no such file", path)
     if path.is_dir():
         raise SpkverError("is a folder, not an audio file", path)

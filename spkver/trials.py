@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from spkver.audio import path_exists
 from spkver.errors import SpkverError
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False}
@@ -73,7 +74,7 @@ def read_trials(path, wav_scp: dict | None = None) -> list[TrialLine]:
             raise SpkverError(f"line {number}: {exc}", path) from None
         if wav_scp is not None and test in wav_scp:
             audio = Path(wav_scp[test])
-        elif wav_scp is not None and not (path.parent / test).exists():
+        elif wav_scp is not None and not path_exists(path.parent / test):
             raise SpkverError(f"line {number}: utterance id {test!r} is not in the wav.scp", path)
         else:
             audio = path.parent / test

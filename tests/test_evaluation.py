@@ -1,0 +1,228 @@
+"""Trial lists, batch scoring, normalisation, calibration and identification."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spkver.calibration import fit_calibration, load_calibration
+from spkver.cli import cli
+from spkver.errors import SpkverError
+from spkver.metrics import actual_dcf, bayes_threshold, cllr, min_cllr, pav
+from spkver.normalization import cohort_statistics, normalise_scores
+from spkver.trials import read_scores, read_trials
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def enrolled(synthetic_corpus, tmp_path_factory):
+    """UBM, two enrolled speakers and a labelled trial list over the synthetic test files."""
+    work = tmp_path_factory.mktemp("evaluation")
+    ubm, models = work / "ubm.npz", work / "models"
+    assert run("-q", "train-ubm", "-o", ubm, "--components", 16, "--iterations", 5,
+               synthetic_corpus / "background").exit_code == 0
+    for name in ["alice", "bob"]:
+        assert run("-q", "enroll", "--ubm", ubm, "--models", models, "--speaker", name,
+                   synthetic_corpus / "enroll" / name).exit_code == 0
+    lines = []
+    for test in sorted((synthetic_corpus / "test").rglob("*.wav")):
+        for name in ["alice", "bob"]:
+            label = "target" if test.parent.name == name else "nontarget"
+            lines.append(f"{name}\t{test}\t{label}")
+    trials = work / "trials"
+    trials.write_text("\n".join(lines) + "\n")
+    return work, ubm, models, trials, synthetic_corpus
+
+
+def test_score_writes_trials_in_order_and_matches_verify(enrolled):
+    work, ubm, models, trials, corpus = enrolled
+    out = work / "raw.scores"
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    scores, calibrated = read_scores(out)
+    assert not calibrated and len(scores) == 12
+    assert [(s.speaker, s.test) for s in scores] == [(t.speaker, t.test) for t in read_trials(trials)]
+    first = scores[0]
+    verify = run("-q", "verify", "--ubm", ubm, "--models", models, "--speaker", first.speaker, first.test)
+    assert float(verify.stdout.split("\t")[2]) == pytest.approx(first.score, abs=1e-6)
+
+
+def test_kaldi_trials_with_wav_scp(enrolled, tmp_path):
+    work, ubm, models, _, corpus = enrolled
+    files = sorted((corpus / "test").rglob("*.wav"))[:2]
+    scp = tmp_path / "wav.scp"
+    scp.write_text("".join(f"utt{i} {f}\n" for i, f in enumerate(files)))
+    kaldi = tmp_path / "trials"
+    kaldi.write_text("alice utt0 target\nbob utt1 nontarget\n")
+    out = tmp_path / "scores"
+    assert run("score", "--ubm", ubm, "--models", models, "--trials", kaldi, "--wav-scp", scp, "-o", out).exit_code == 0
+    assert [line.split("\t")[1] for line in out.read_text().splitlines()] == ["utt0", "utt1"]
+    kaldi.write_text("alice utt9 target\n")
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", kaldi, "--wav-scp", scp, "-o", out)
+    assert result.exit_code == 2 and "line 1" in result.stderr and "utt9" in result.stderr
+
+
+def test_unknown_speakers_and_bad_files_fail_or_are_skipped(enrolled, tmp_path):
+    work, ubm, models, trials, _ = enrolled
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"junk")
+    extra = tmp_path / "trials"
+    extra.write_text(trials.read_text() + f"carol\t{bad}\tnontarget\nalice\t{bad}\tnontarget\n")
+    out = tmp_path / "scores"
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", extra, "-o", out)
+    assert result.exit_code == 2 and "line 13" in result.stderr and "carol" in result.stderr
+    assert not out.exists()
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", extra, "-o", out, "--skip-bad")
+    assert result.exit_code == 0 and "carol" in result.stderr and "bad.wav" in result.stderr
+    assert len(out.read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize("norm", ["z", "t", "s"])
+def test_normalised_scoring_uses_and_caches_the_cohort(enrolled, tmp_path, norm):
+    work, ubm, models, trials, corpus = enrolled
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    args = ["score", "--ubm", ubm, "--models", models, "--trials", trials, "--norm", norm,
+            "--cohort", corpus / "background"]
+    assert run(*args, "-o", out1).exit_code == 0
+    assert any((models / ".cohort-cache").glob("*.json"))
+    assert run(*args, "-o", out2).exit_code == 0
+    assert out1.read_text() == out2.read_text()
+    raw = {(s.speaker, s.test): s.score for s in read_scores(work / "raw.scores")[0]} \
+        if (work / "raw.scores").exists() else None
+    normed, _ = read_scores(out1)
+    if raw:
+        assert any(abs(s.score - raw[s.speaker, s.test]) > 1e-3 for s in normed)
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "--norm", norm, "-o", out1)
+    assert result.exit_code == 2 and "--cohort" in result.stderr
+
+
+def test_cohort_cache_is_reused_without_recomputing(enrolled, monkeypatch):
+    from spkver.audio import find_audio
+    from spkver.evaluation import score_trials
+    from spkver.models import SpeakerStore, load_model
+    from spkver.normalization import Cohort
+
+    work, ubm_path, models, trials, corpus = enrolled
+    ubm = load_model(ubm_path)
+    cohort_files = find_audio([corpus / "background"])
+    first = score_trials(ubm, SpeakerStore(models), read_trials(trials), norm="s",
+                         cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), workers=1)
+    monkeypatch.setattr(Cohort, "features", lambda self: pytest.fail("cohort recomputed"))
+    second = score_trials(ubm, SpeakerStore(models), read_trials(trials), norm="s",
+                          cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), workers=1)
+    assert [t.score for t in first] == [t.score for t in second]
+
+
+def test_normalisation_formulas():
+    raw = np.array([1.0, 2.0])
+    z = (np.array([0.0, 1.0]), np.array([1.0, 2.0]))
+    t = (0.5, 0.5)
+    np.testing.assert_allclose(normalise_scores(raw, "z", z), [1.0, 0.5])
+    np.testing.assert_allclose(normalise_scores(raw, "t", t_stats=t), [1.0, 3.0])
+    np.testing.assert_allclose(normalise_scores(raw, "s", z, t), [1.0, 1.75])
+    mean, std = cohort_statistics([[1.0, 5.0, 3.0, 9.0]], top_n=2)
+    assert mean[0] == 7.0 and std[0] == 2.0
+
+
+def test_evaluate_reports_metrics_and_draws_a_det(enrolled, tmp_path):
+    work, ubm, models, trials, _ = enrolled
+    scores = work / "raw.scores"
+    run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", scores)
+    result = run("evaluate", scores, "--p-target", "0.01", "--p-target", "0.1", "--json", "--det", tmp_path / "d.png")
+    record = json.loads(result.stdout)
+    assert record["targets"] == 6 and record["nontargets"] == 6
+    assert 0 <= record["eer"] <= 0.5 and set(record["min_dcf"]) == {"0.01", "0.1"}
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+    unlabelled = tmp_path / "plain.scores"
+    unlabelled.write_text("".join("\t".join(line.split("\t")[:3]) + "\n" for line in scores.read_text().splitlines()))
+    assert run("evaluate", unlabelled).exit_code == 2
+    assert run("evaluate", unlabelled, "--trials", trials).exit_code == 0
+
+
+def test_calibrate_then_verify_and_score_with_llrs(enrolled, tmp_path):
+    work, ubm, models, trials, corpus = enrolled
+    raw = tmp_path / "raw"
+    run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", raw)
+    cal = tmp_path / "cal.json"
+    result = run("calibrate", raw, "-o", cal, "--p-target", "0.1")
+    assert result.exit_code == 0 and "Cllr" in result.stderr
+    calibration = load_calibration(cal)
+    assert calibration.scale > 0
+    llrs = tmp_path / "llr"
+    run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", llrs, "--calibration", cal)
+    scores, calibrated = read_scores(llrs)
+    assert calibrated
+    raw_scores, _ = read_scores(raw)
+    np.testing.assert_allclose([s.score for s in scores], calibration([s.score for s in raw_scores]), atol=1e-5)
+    assert "actDCF" in run("evaluate", llrs).stdout
+    test = sorted((corpus / "test" / "alice").glob("*.wav"))[0]
+    out = run("verify", "--ubm", ubm, "--models", models, "--speaker", "alice", "--calibration", cal,
+              "--p-target", "0.1", "--json", test)
+    record = json.loads(out.stdout)
+    assert 0 <= record["posterior"] <= 1 and record["p_target"] == 0.1
+    expected = "accept" if record["score"] >= bayes_threshold(0.1) else "reject"
+    assert record["decision"] == expected
+
+
+def test_calibration_recovers_a_known_llr():
+    # Scores ~ N(±1, 1): the true LLR is 2·s. With equal priors the fit must find it.
+    rng = np.random.default_rng(0)
+    tar, non = rng.normal(1, 1, 20000), rng.normal(-1, 1, 20000)
+    cal = fit_calibration(tar, non, p_target=0.5)
+    assert cal.scale == pytest.approx(2.0, rel=0.05) and cal.offset == pytest.approx(0.0, abs=0.05)
+    cal01 = fit_calibration(3 * tar + 7, 3 * non + 7, p_target=0.01)
+    assert cal01.scale == pytest.approx(2 / 3, rel=0.1)
+    llr_tar, llr_non = cal01(3 * tar + 7), cal01(3 * non + 7)
+    assert cllr(llr_tar, llr_non) >= min_cllr(tar, non) - 1e-9
+    assert actual_dcf(llr_tar, llr_non, 0.01) < 1.0
+
+
+def test_cllr_and_pav_hand_cases():
+    assert cllr([0.0], [0.0]) == pytest.approx(1.0)
+    assert min_cllr([2, 3], [0, 1]) == pytest.approx(0.0)
+    assert min_cllr([1, 1], [1, 1]) == pytest.approx(1.0)
+    np.testing.assert_allclose(pav([0, 1, 0, 1, 1]), [0, 0.5, 0.5, 1, 1])
+    np.testing.assert_allclose(pav([1, 0, 0]), [1 / 3] * 3)
+
+
+def test_identify_ranks_speakers_and_answers_unknown(enrolled):
+    work, ubm, models, trials, corpus = enrolled
+    tests = sorted((corpus / "test").rglob("*.wav"))
+    result = run("-q", "identify", "--ubm", ubm, "--models", models, "--top", "2", *tests)
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == len(tests) and all(len(r) == 4 for r in rows)
+    correct = np.mean([r[1] == r[0].split("/")[-2] for r in rows])
+    assert correct >= 0.6
+    result = run("-q", "identify", "--ubm", ubm, "--models", models, "--threshold", "1e9", "--json", tests[0])
+    assert json.loads(result.stdout)["decision"] == "unknown"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_fuzz_trials_and_scores_parsers(tmp_path, text):
+    path = tmp_path / "t"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    for parse in (read_trials, read_scores):
+        try:
+            parse(path)
+        except SpkverError:
+            pass
+
+
+def test_trials_errors_have_line_numbers(tmp_path):
+    path = tmp_path / "trials"
+    path.write_text("a x.wav target\r\nonlyone\r\n")
+    with pytest.raises(SpkverError, match="line 2"):
+        read_trials(path)
+    path.write_text("a x.wav\na x.wav\n")
+    with pytest.raises(SpkverError, match="line 2: repeats"):
+        read_trials(path)
+    path.write_text("# empty\n")
+    with pytest.raises(SpkverError, match="no trials"):
+        read_trials(path)
