@@ -172,12 +172,25 @@ def make_feature_config(**values) -> FeatureConfig:
               help="With too little speech, train fewer components instead of failing.")
 @click.option("--force", is_flag=True,
               help="Replace an existing OUTPUT (speakers enrolled from it must be re-enrolled).")
+@click.option("--features", "features_dir", type=click.Path(path_type=Path),
+              help="Train on a feature store made by `spkver extract` (instead of AUDIO).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep extracted features here for re-runs [default: $SPKVER_CACHE_DIR or ~/.cache/spkver].")
+@click.option("--no-cache", is_flag=True, help="Keep features in memory only.")
+@click.option("--scheduler", default=None, help="Dask scheduler address: accumulate EM statistics on a cluster.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT's checkpoint.")
 @feature_options
 @audio_inputs
 @click.pass_obj
 def train_ubm_command(report, output, components, iterations, init, seed, tol, allow_fewer_components,
-                      force, audio, list_file, workers, skip_bad, **feature_values):
-    """Train a universal background model on AUDIO (files or folders)."""
+                      force, features_dir, cache_dir, no_cache, scheduler, resume, audio, list_file, workers,
+                      skip_bad, **feature_values):
+    """Train a universal background model on AUDIO (files or folders).
+
+    A checkpoint (OUTPUT.checkpoint.npz) is written after every EM iteration;
+    --resume continues from it after a crash or Ctrl-C.
+    """
+    from spkver.featstore import default_cache_dir
     from spkver.pipeline import train_ubm
 
     config = make_feature_config(**feature_values)
@@ -186,16 +199,39 @@ def train_ubm_command(report, output, components, iterations, init, seed, tol, a
     if output.exists() and not force:
         raise SpkverError("already exists; pass --force to replace it (speakers enrolled from it "
                           "will need re-enrolling)", output)
-    items = gather_inputs(audio, list_file)
-    report.log(f"train-ubm: {len(items)} files, {components} components, {config.dim}-dim features")
+    if features_dir is not None and (audio or list_file):
+        raise SpkverError("give either --features or AUDIO/--list, not both")
+    items = None if features_dir is not None else gather_inputs(audio, list_file)
+    if items is not None:
+        report.log(f"train-ubm: {len(items)} files, {components} components, {config.dim}-dim features")
+    cache = None if no_cache or features_dir is not None else (cache_dir or default_cache_dir())
     model = train_ubm(items, config, components, iterations, init, seed, tol, workers=workers,
                       skip_bad=skip_bad, allow_fewer_components=allow_fewer_components,
                       on_skip=report.warn, progress=report.progress("features"),
-                      on_iteration=report.iteration(), on_note=report.warn)
+                      on_iteration=report.iteration(), on_note=report.warn, cache_dir=cache,
+                      features_dir=features_dir, scheduler=scheduler,
+                      checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume)
     save_model(output, model)
     summary = model.meta["training"]
     report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
                f"average log-likelihood {summary['average_log_likelihood']:.4f}")
+
+
+@cli.command()
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Feature store folder.")
+@feature_options
+@audio_inputs
+@click.pass_obj
+def extract(report, output, audio, list_file, workers, skip_bad, **feature_values):
+    """Extract features of AUDIO into a feature store (re-runs skip unchanged files)."""
+    from spkver.featstore import FeatureStore
+
+    store = FeatureStore(output, make_feature_config(**feature_values))
+    items = gather_inputs(audio, list_file)
+    kept = store.extract(items, workers, skip_bad, report.warn, report.progress("features"))
+    frames = sum(len(a) for _, a in kept)
+    report.log(f"{output}: {len(kept)} of {len(items)} files, {frames} speech frames, "
+               f"{len(store.entries)} entries in the store")
 
 
 def load_store(ubm_path, models_dir):

@@ -347,18 +347,40 @@ class TrainingResult:
     variance_floor: np.ndarray | None = None
 
 
+@dataclass
+class EMState:
+    """Where EM stands after ``step`` M-steps: enough to resume bit-for-bit."""
+
+    gmm: GMM
+    history: list
+    step: int
+    reseeded: int
+    rng_state: dict
+
+
 def em_iterations(gmm, arrays, iterations, variance_floor, rng, tol=1e-4, dtype=np.float32,
-                  on_iteration=None, chunk_size=None):
+                  on_iteration=None, chunk_size=None, engine=None, state: EMState | None = None,
+                  on_checkpoint=None):
     """Run EM from ``gmm``: at most ``iterations`` M-steps, fewer once the gain is small.
 
     The average log-likelihood is measured at every E-step; training stops
     when its relative gain falls below ``tol`` (the model is then left as it
     is) or after ``iterations`` M-steps (a last E-step measures the final
     model). ``history[i]`` is the average log-likelihood after ``i`` M-steps.
+
+    ``engine`` (:class:`spkver.engine.Engine`) computes the statistics in
+    parallel; ``on_checkpoint`` receives an :class:`EMState` after every
+    M-step, and ``state`` resumes from one.
     """
-    history, converged, reseeded = [], False, 0
-    for step in range(iterations + 1):
-        stats = accumulate(gmm, arrays, dtype, chunk_size)
+    history, converged, reseeded, start = [], False, 0, 0
+    if state is not None:
+        gmm, history, start, reseeded = state.gmm, list(state.history), state.step, state.reseeded
+        rng.bit_generator.state = state.rng_state
+    for step in range(start, iterations + 1):
+        if engine is not None:
+            stats = engine.accumulate(gmm, dtype, chunk_size)
+        else:
+            stats = accumulate(gmm, arrays, dtype, chunk_size)
         average = stats.average_log_likelihood
         gain = None if not history else (average - history[-1]) / max(abs(history[-1]), 1e-12)
         history.append(average)
@@ -373,18 +395,21 @@ def em_iterations(gmm, arrays, iterations, variance_floor, rng, tol=1e-4, dtype=
         if dead.any():
             reseeded += int(dead.sum())
             gmm = reseed_dead(gmm, dead, rng)
+        if on_checkpoint is not None:
+            on_checkpoint(EMState(gmm, list(history), step + 1, reseeded, rng.bit_generator.state))
     return TrainingResult(gmm, history, converged, reseeded, variance_floor)
 
 
 def train(arrays, n_components, iterations=20, init="kmeans", seed=0, tol=1e-4,
           variance_floor_ratio=1e-3, kmeans_frames=None, split_iterations=3,
-          dtype=np.float32, on_iteration=None, chunk_size=None) -> TrainingResult:
+          dtype=np.float32, on_iteration=None, chunk_size=None, engine=None,
+          resume: EMState | None = None, on_checkpoint=None) -> TrainingResult:
     """Fit a diagonal GMM to frames by EM.
 
     Parameters
     ----------
     arrays : list of numpy.ndarray
-        Training frames, (n_i, D) each.
+        Training frames, (n_i, D) each (memory-mapped arrays are streamed).
     n_components : int
         K, the number of Gaussians.
     iterations : int
@@ -402,24 +427,30 @@ def train(arrays, n_components, iterations=20, init="kmeans", seed=0, tol=1e-4,
     kmeans_frames : int, optional
         Subsample size for k-means; default ``max(20000, 100 K)`` capped at
         200 000 frames.
+    engine : spkver.engine.Engine, optional
+        Parallel or distributed computation of the statistics.
+    resume, on_checkpoint
+        Resume from an :class:`EMState`; receive one after every M-step.
     """
     rng = np.random.default_rng(seed)
     total = sum(len(a) for a in arrays)
     if total < n_components:
         raise ValueError(f"{total} frames cannot train {n_components} components")
-    _, global_var = global_moments(arrays)
+    mean, global_var = global_moments(arrays)
     floor = np.maximum(variance_floor_ratio * global_var, 1e-10)
-    if init == "kmeans":
+    if resume is not None:
+        gmm = resume.gmm
+    elif init == "kmeans":
         n_sample = kmeans_frames or min(max(20000, 100 * n_components), 200000)
         points = sample_frames(arrays, min(n_sample, total), rng)
         gmm = init_kmeans(points, n_components, floor, rng)
     elif init == "split":
-        mean, _ = global_moments(arrays)
         gmm = GMM(np.ones(1), mean[None, :], np.maximum(global_var, floor)[None, :])
         while gmm.n_components < n_components:
             gmm = split_components(gmm, min(gmm.n_components, n_components - gmm.n_components))
             gmm = em_iterations(gmm, arrays, split_iterations, floor, rng, 0.0, dtype,
-                                chunk_size=chunk_size).gmm
+                                chunk_size=chunk_size, engine=engine).gmm
     else:
         raise ValueError(f"unknown init {init!r}: use 'kmeans' or 'split'")
-    return em_iterations(gmm, arrays, iterations, floor, rng, tol, dtype, on_iteration, chunk_size)
+    return em_iterations(gmm, arrays, iterations, floor, rng, tol, dtype, on_iteration, chunk_size,
+                         engine, resume, on_checkpoint)

@@ -73,10 +73,15 @@ def _encode(model: Model) -> bytes:
         kind=model.kind,
         feature_config=model.feature_config.to_dict(),
     )
+    return npz_bytes(model.gmm, meta)
+
+
+def npz_bytes(gmm: GMM, meta: dict) -> bytes:
+    """The arrays of ``gmm`` and ``meta`` (as JSON) in ``.npz`` form, without pickle."""
     arrays = {
-        "weights": model.gmm.weights,
-        "means": model.gmm.means,
-        "variances": model.gmm.variances,
+        "weights": gmm.weights,
+        "means": gmm.means,
+        "variances": gmm.variances,
         "meta": np.array(json.dumps(meta, sort_keys=True)),
     }
     # Like np.savez, but with fixed zip timestamps: same model, same bytes.
@@ -89,20 +94,27 @@ def _encode(model: Model) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
+def write_atomic(path, data: bytes, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    With ``sync`` (models) the data and the folder are fsynced; caches skip
+    that, since a damaged cache entry is detected and recomputed.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not sync:
+        return
     with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -238,3 +250,29 @@ class SpeakerStore:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def save_checkpoint(path, state, identity: str) -> None:
+    """Write an EM checkpoint (:class:`spkver.gmm.EMState`) atomically."""
+    meta = {"kind": "checkpoint", "format_version": FORMAT_VERSION, "identity": identity,
+            "history": state.history, "step": state.step, "reseeded": state.reseeded,
+            "rng_state": state.rng_state}
+    write_atomic(path, npz_bytes(state.gmm, meta))
+
+
+def load_checkpoint(path, identity: str):
+    """The EM state saved at ``path`` for the same training ``identity``, else None."""
+    from spkver.gmm import EMState
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"].item()))
+            gmm = GMM(archive["weights"], archive["means"], archive["variances"])
+        if meta.get("kind") != "checkpoint" or meta.get("identity") != identity:
+            return None
+        return EMState(gmm, list(meta["history"]), int(meta["step"]), int(meta["reseeded"]), meta["rng_state"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None

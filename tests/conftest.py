@@ -50,3 +50,9 @@ def synthetic_corpus(tmp_path_factory):
         write_voice_files(root / "enroll" / name, voice, 3, rng, WORDS[:5])
         write_voice_files(root / "test" / name, voice, 3, rng, WORDS[5:])
     return root
+
+
+@pytest.fixture(autouse=True)
+def feature_cache(tmp_path_factory, monkeypatch):
+    """Keep train-ubm's automatic feature cache out of the user's home during tests."""
+    monkeypatch.setenv("SPKVER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "spkver-cache"))

@@ -1,0 +1,137 @@
+"""Where EM statistics are computed: in this process, in a pool of processes, or on Dask.
+
+The frames are cut into a fixed list of shards (whatever the number of
+workers); each shard's statistics are computed alone and the results are
+summed in shard order, so 1 worker, N workers and a Dask cluster give
+bit-identical models.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from spkver.gmm import Statistics, accumulate
+
+SHARD_FRAMES = 1 << 17
+
+_ARRAYS = None  # the frames, inherited by forked workers
+_OPENED = {}  # per-process cache of memory-mapped feature files (Dask workers)
+
+
+def make_shards(lengths, shard_frames=SHARD_FRAMES):
+    """Partition arrays of the given lengths into shards of about ``shard_frames`` frames.
+
+    Returns
+    -------
+    list of list of (array index, start row, stop row)
+    """
+    shards, current, count = [], [], 0
+    for index, length in enumerate(lengths):
+        start = 0
+        while start < length:
+            take = min(shard_frames - count, length - start)
+            current.append((index, start, start + take))
+            count += take
+            start += take
+            if count == shard_frames:
+                shards.append(current)
+                current, count = [], 0
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_statistics(gmm, arrays, shard, dtype, chunk_size) -> Statistics:
+    """Statistics of one shard (the unit of work everywhere)."""
+    return accumulate(gmm, [arrays[i][a:b] for i, a, b in shard], dtype, chunk_size)
+
+
+def _limit_blas_threads():
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # without threadpoolctl, BLAS may oversubscribe the cores
+        pass
+
+
+def _init_worker(arrays):
+    global _ARRAYS
+    _ARRAYS = arrays
+    _limit_blas_threads()
+
+
+def _pool_task(gmm, shard, dtype, chunk_size):
+    return shard_statistics(gmm, _ARRAYS, shard, dtype, chunk_size)
+
+
+def _dask_task(gmm, shard, paths, dtype, chunk_size):
+    arrays = {}
+    for i, _, _ in shard:
+        if paths[i] not in _OPENED:
+            _OPENED[paths[i]] = np.load(paths[i], mmap_mode="r", allow_pickle=False)
+        arrays[i] = _OPENED[paths[i]]
+    return shard_statistics(gmm, arrays, shard, dtype, chunk_size)
+
+
+class Engine:
+    """Computes EM statistics of ``arrays`` for a mixture, with ``workers`` processes.
+
+    Parameters
+    ----------
+    arrays : list of numpy.ndarray
+        Frames (memory-mapped arrays are read a chunk at a time).
+    workers : int
+        1 computes in this process; more fork a pool that lives until
+        :meth:`close`.
+    scheduler : str, optional
+        Address of a Dask scheduler; then ``paths`` (the ``.npy`` files
+        behind ``arrays``, readable by every Dask worker) are required.
+    """
+
+    def __init__(self, arrays, workers=1, scheduler=None, paths=None, shard_frames=SHARD_FRAMES):
+        self.arrays = arrays
+        self.shards = make_shards([len(a) for a in arrays], shard_frames)
+        self.pool = self.client = None
+        if scheduler is not None:
+            if paths is None:
+                raise ValueError("a Dask scheduler needs features on shared storage (a feature store)")
+            from distributed import Client
+
+            self.client = Client(scheduler)
+            self.paths = [str(p) for p in paths]
+        elif workers > 1 and len(self.shards) > 1:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = ProcessPoolExecutor(min(workers, len(self.shards)),
+                                            mp_context=multiprocessing.get_context(method),
+                                            initializer=_init_worker, initargs=(arrays,))
+
+    def accumulate(self, gmm, dtype=np.float32, chunk_size=None) -> Statistics:
+        if self.client is not None:
+            futures = [self.client.submit(_dask_task, gmm, shard, self.paths, dtype, chunk_size, pure=False)
+                       for shard in self.shards]
+            parts = self.client.gather(futures)
+        elif self.pool is not None:
+            parts = list(self.pool.map(_pool_task, [gmm] * len(self.shards), self.shards,
+                                       [dtype] * len(self.shards), [chunk_size] * len(self.shards)))
+        else:
+            parts = [shard_statistics(gmm, self.arrays, shard, dtype, chunk_size) for shard in self.shards]
+        total = Statistics.zeros(gmm.n_components, gmm.dim)
+        for part in parts:  # always in shard order: the sum is the same however it was computed
+            total = total + part
+        return total
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.client is not None:
+            self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
