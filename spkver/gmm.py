@@ -240,7 +240,7 @@ def reseed_dead(gmm: GMM, dead, rng, offset=0.2):
 def global_moments(arrays):
     """Mean and variance of all frames, per dimension (float64, chunked)."""
     total, sum1, sum2 = 0, 0.0, 0.0
-    for block in iter_chunks(arrays, 65536):
+    for block in iter_chunks(arrays, 16384):
         block = block.astype(np.float64)
         total += len(block)
         sum1 = sum1 + block.sum(0)

@@ -1,0 +1,140 @@
+"""The training engine: sharded parallel EM, feature store, streaming, resume, Dask."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from spkver.audio import find_audio
+from spkver.cli import cli
+from spkver.engine import Engine, make_shards
+from spkver.errors import SpkverError
+from spkver.featstore import FeatureStore
+from spkver.features import FeatureConfig
+from spkver.gmm import GMM, accumulate, train
+
+
+def blobs(seed=0, n=6000, d=6):
+    rng = np.random.default_rng(seed)
+    x = np.vstack([rng.normal(c, 1.0, size=(n // 3, d)) for c in (-3.0, 0.0, 3.0)]).astype(np.float32)
+    return [x[i : i + 700] for i in range(0, len(x), 700)]
+
+
+def test_shards_cover_every_frame_once():
+    shards = make_shards([5, 0, 12, 3], shard_frames=4)
+    covered = [(i, r) for shard in shards for i, a, b in shard for r in range(a, b)]
+    assert covered == [(0, r) for r in range(5)] + [(2, r) for r in range(12)] + [(3, r) for r in range(3)]
+    assert all(sum(b - a for _, a, b in shard) <= 4 for shard in shards)
+
+
+def test_one_and_many_workers_give_bit_identical_statistics_and_models():
+    arrays = blobs()
+    gmm = GMM(np.full(4, 0.25), np.random.default_rng(1).normal(size=(4, 6)), np.ones((4, 6)))
+    with Engine(arrays, workers=1, shard_frames=1000) as one, Engine(arrays, workers=3, shard_frames=1000) as many:
+        assert many.pool is not None
+        a, b = one.accumulate(gmm), many.accumulate(gmm)
+        assert np.array_equal(a.first, b.first) and np.array_equal(a.second, b.second)
+        m1 = train(arrays, 4, iterations=5, seed=2, engine=one).gmm
+        m2 = train(arrays, 4, iterations=5, seed=2, engine=many).gmm
+    assert np.array_equal(m1.means, m2.means) and np.array_equal(m1.variances, m2.variances)
+    # and the sharded sum equals the plain float64 computation within float32 round-off
+    exact = accumulate(gmm, arrays, np.float64)
+    np.testing.assert_allclose(a.zeroth, exact.zeroth, rtol=1e-4, atol=1e-3)
+    assert a.average_log_likelihood == pytest.approx(exact.average_log_likelihood, rel=1e-6)
+
+
+def test_feature_store_skips_unchanged_files_and_redoes_changed_ones(synthetic_corpus, tmp_path):
+    items = find_audio([synthetic_corpus / "enroll" / "alice"])
+    store = FeatureStore(tmp_path / "feats", FeatureConfig())
+    first = store.extract(items, workers=1)
+    npy = sorted((tmp_path / "feats").glob("*.npy"))
+    stamps = [p.stat().st_mtime_ns for p in npy]
+    time.sleep(0.01)
+    again = FeatureStore(tmp_path / "feats").extract(items, workers=1)
+    assert [p.stat().st_mtime_ns for p in npy] == stamps
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again))
+    os.utime(items[0].path)  # a changed recording is extracted again
+    FeatureStore(tmp_path / "feats").extract(items, workers=1)
+    assert npy[[p.stem for p in npy].index(store.key(items[0].path))].stat().st_mtime_ns != \
+        stamps[[p.stem for p in npy].index(store.key(items[0].path))]
+    with pytest.raises(SpkverError, match="other settings"):
+        FeatureStore(tmp_path / "feats", FeatureConfig(n_ceps=13))
+
+
+def test_train_on_feature_store_equals_train_on_audio(synthetic_corpus, tmp_path):
+    runner = CliRunner()
+    background = str(synthetic_corpus / "background")
+    assert runner.invoke(cli, ["-q", "extract", "-o", str(tmp_path / "feats"), background]).exit_code == 0
+    common = ["--components", "8", "--iterations", "4", "--seed", "3"]
+    r1 = runner.invoke(cli, ["-q", "train-ubm", "-o", str(tmp_path / "a.npz"), *common, "--features",
+                             str(tmp_path / "feats")])
+    r2 = runner.invoke(cli, ["-q", "train-ubm", "-o", str(tmp_path / "b.npz"), *common, "--no-cache", background])
+    r3 = runner.invoke(cli, ["-q", "train-ubm", "-o", str(tmp_path / "c.npz"), *common, "--cache-dir",
+                             str(tmp_path / "cache"), background])
+    assert r1.exit_code == r2.exit_code == r3.exit_code == 0, r1.stderr + r2.stderr + r3.stderr
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes() == (tmp_path / "c.npz").read_bytes()
+    assert any((tmp_path / "cache").rglob("index.json"))
+
+
+def test_em_streams_a_memory_mapped_store_with_bounded_memory(tmp_path):
+    """EM over 600 000 frames (144 MB on disk) allocates a small fraction of that."""
+    config = FeatureConfig(n_ceps=20, deltas=2)
+    rng = np.random.default_rng(0)
+    entries = {}
+    for i in range(4):
+        frames = rng.standard_normal((150_000, 60)).astype(np.float32)
+        np.save(tmp_path / f"{i:024d}.npy", frames)
+        entries[f"{i:024d}"] = {"source": f"/x/{i}.wav", "size": 1, "mtime_ns": 1, "frames": 150_000}
+    (tmp_path / "index.json").write_text(json.dumps({"format": 1, "feature_config": config.to_dict(),
+                                                     "entries": entries}))
+    code = (
+        "import sys, tracemalloc; from spkver.featstore import FeatureStore; from spkver.gmm import train;"
+        "arrays = FeatureStore(sys.argv[1]).arrays(); tracemalloc.start();"
+        "train(arrays, 32, iterations=2, kmeans_frames=20000);"
+        "print(tracemalloc.get_traced_memory()[1] // 2**20)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 40  # MiB allocated at peak, against 144 MB of frames
+
+
+def test_killed_training_resumes_to_the_same_model(synthetic_corpus, tmp_path):
+    base = [sys.executable, "-m", "spkver", "-q", "train-ubm", "--components", "16", "--iterations", "25",
+            "--tol", "0", "--workers", "1", str(synthetic_corpus / "background")]
+    env = {**os.environ}
+    subprocess.run([*base, "-o", str(tmp_path / "whole.npz")], check=True, env=env)
+    target = tmp_path / "resumed.npz"
+    checkpoint = tmp_path / "resumed.npz.checkpoint.npz"
+    process = subprocess.Popen([*base, "-o", str(target)], env=env)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not target.exists(), "training finished before it could be killed"
+    assert checkpoint.exists()
+    result = subprocess.run([*base, "-o", str(target), "--resume"], capture_output=False, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    assert result.returncode == 0
+    assert target.read_bytes() == (tmp_path / "whole.npz").read_bytes()
+    assert not checkpoint.exists()
+
+
+def test_dask_cluster_trains_the_same_model_as_local(synthetic_corpus, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    store = FeatureStore(tmp_path / "feats", FeatureConfig())
+    store.extract(find_audio([synthetic_corpus / "background"]), workers=1)
+    arrays, paths = store.arrays(), store.paths()
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) \
+            as cluster, Engine(arrays, scheduler=cluster.scheduler_address, paths=paths, shard_frames=500) as remote, \
+            Engine(arrays, workers=1, shard_frames=500) as local:
+        m_remote = train(arrays, 8, iterations=3, seed=4, engine=remote).gmm
+        m_local = train(arrays, 8, iterations=3, seed=4, engine=local).gmm
+    assert len(remote.shards) > 2
+    assert np.array_equal(m_remote.means, m_local.means) and np.array_equal(m_remote.weights, m_local.weights)
