@@ -22,5 +22,11 @@ eval: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[plot]'
 	$(BIN)/python scripts/evaluate.py
 
+bench: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python scripts/bench_em.py
+	$(BIN)/python scripts/bench_score.py
+	$(BIN)/python scripts/bench_features.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -60,41 +60,49 @@ def iter_features(items, config: FeatureConfig, workers: int | None = None):
         for job in jobs:
             yield (job[0], *_features_or_error(job))
         return
+    from spkver.engine import limit_blas_threads
+
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                             initializer=limit_blas_threads) as pool:
         chunk = max(1, min(64, len(jobs) // (8 * workers)))
         for job, result in zip(jobs, pool.map(_features_or_error, jobs, chunksize=chunk)):
             yield (job[0], *result)
 
 
-def extract_all(items, config: FeatureConfig, workers=None, skip_bad=False,
-                on_skip=None, progress=None):
-    """Features of every item; a bad file raises, or with ``skip_bad`` is reported and left out.
+def usable_features(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None):
+    """Yield ``(item, features)`` of each good recording, in order.
+
+    A bad file raises :class:`SpkverError`, or with ``skip_bad`` is passed to
+    ``on_skip`` (its one-line message) and left out.
 
     Parameters
     ----------
     progress : callable, optional
         Wraps the result iterator (for a progress bar); called as
         ``progress(iterator, length)`` and must return an iterator.
-    on_skip : callable, optional
-        Called with the error message of each skipped file.
+    """
+    items = list(items)
+    results = iter_features(items, config, workers)
+    if progress is not None:
+        results = progress(results, len(items))
+    for item, frames, error in results:
+        if error is None:
+            yield item, frames
+        elif not skip_bad:
+            raise SpkverError(error)
+        elif on_skip is not None:
+            on_skip(error)
+
+
+def extract_all(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None):
+    """Features of every good item (see :func:`usable_features`); at least one must be usable.
 
     Returns
     -------
     list of (AudioItem, numpy.ndarray)
     """
-    results = iter_features(items, config, workers)
-    if progress is not None:
-        results = progress(results, len(items))
-    kept = []
-    for item, frames, error in results:
-        if error is None:
-            kept.append((item, frames))
-        elif skip_bad:
-            if on_skip is not None:
-                on_skip(error)
-        else:
-            raise SpkverError(error)
+    kept = list(usable_features(items, config, workers, skip_bad, on_skip, progress))
     if not kept:
         raise SpkverError("no usable audio: every input was skipped")
     return kept

@@ -15,7 +15,7 @@ import numpy as np
 
 from spkver.gmm import Statistics, accumulate
 
-SHARD_FRAMES = 1 << 17
+SHARD_FRAMES = 1 << 15
 
 _ARRAYS = None  # the frames, inherited by forked workers
 _OPENED = {}  # per-process cache of memory-mapped feature files (Dask workers)
@@ -49,7 +49,8 @@ def shard_statistics(gmm, arrays, shard, dtype, chunk_size) -> Statistics:
     return accumulate(gmm, [arrays[i][a:b] for i, a, b in shard], dtype, chunk_size)
 
 
-def _limit_blas_threads():
+def limit_blas_threads():
+    """One BLAS thread in this process: worker processes share the cores instead."""
     try:
         from threadpoolctl import threadpool_limits
 
@@ -61,7 +62,7 @@ def _limit_blas_threads():
 def _init_worker(arrays):
     global _ARRAYS
     _ARRAYS = arrays
-    _limit_blas_threads()
+    limit_blas_threads()
 
 
 def _pool_task(gmm, shard, dtype, chunk_size):
@@ -126,7 +127,7 @@ class Engine:
 
     def close(self):
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
         if self.client is not None:
             self.client.close()
 

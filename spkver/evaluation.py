@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spkver.audio import AudioItem
-from spkver.corpus import iter_features
+from spkver.corpus import usable_features
 from spkver.errors import SpkverError
 from spkver.models import Model, SpeakerStore
 from spkver.normalization import Cohort, cohort_statistics, file_key, normalise_scores
@@ -36,18 +36,8 @@ def _test_features(ubm, trials, workers, skip_bad, on_skip, progress):
     distinct = {}
     for trial in trials:
         distinct.setdefault(str(trial.path), AudioItem(trial.test, trial.path, f"trials line {trial.line}"))
-    results = iter_features(list(distinct.values()), ubm.feature_config, workers)
-    if progress is not None:
-        results = progress(results, len(distinct))
-    features = {}
-    for item, frames, error in results:
-        if error is not None:
-            if not skip_bad:
-                raise SpkverError(error)
-            if on_skip:
-                on_skip(error)
-        features[str(item.path)] = frames
-    return features
+    good = usable_features(distinct.values(), ubm.feature_config, workers, skip_bad, on_skip, progress)
+    return {str(item.path): frames for item, frames in good}
 
 
 @dataclass
@@ -119,17 +109,8 @@ def identify(ubm: Model, speakers, items, top=3, threshold=None, top_c=5, worker
     if not speakers:
         raise SpkverError("no speakers are enrolled in the model store")
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
-    results = iter_features(items, ubm.feature_config, workers)
-    if progress is not None:
-        results = progress(results, len(items))
     answers = []
-    for item, frames, error in results:
-        if error is not None:
-            if not skip_bad:
-                raise SpkverError(error)
-            if on_skip:
-                on_skip(error)
-            continue
+    for item, frames in usable_features(items, ubm.feature_config, workers, skip_bad, on_skip, progress):
         scores = scorer.scores(frames)
         if calibration is not None:
             scores = calibration(scores)

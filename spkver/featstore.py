@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.corpus import iter_features
+from spkver.corpus import usable_features
 from spkver.errors import SpkverError
 from spkver.features import FeatureConfig
 from spkver.models import write_atomic
@@ -171,17 +171,9 @@ class FeatureStore:
                 todo.append(item)
             else:
                 ready[str(item.path)] = frames
-        results = iter_features(todo, self.config, workers)
-        if progress is not None:
-            results = progress(results, len(todo))
+        good = usable_features(todo, self.config, workers, skip_bad, on_skip, progress)
         try:
-            for done, (item, frames, error) in enumerate(results, start=1):
-                if error is not None:
-                    if not skip_bad:
-                        raise SpkverError(error)
-                    if on_skip:
-                        on_skip(error)
-                    continue
+            for done, (item, frames) in enumerate(good, start=1):
                 self.put(item.path, frames)
                 ready[str(item.path)] = self.open(self.key(item.path))
                 if done % 1000 == 0:

@@ -99,16 +99,6 @@ def logsumexp_rows(scores: np.ndarray) -> np.ndarray:
     return (top[:, 0].astype(np.float64)) + np.log(np.exp(scores - top).sum(axis=1, dtype=np.float64))
 
 
-def posteriors_in_place(scores: np.ndarray) -> np.ndarray:
-    """Turn log-densities into responsibilities in place; return per-frame log-likelihoods."""
-    top = scores.max(axis=1, keepdims=True)
-    scores -= top
-    np.exp(scores, out=scores)
-    total = scores.sum(axis=1, keepdims=True)
-    scores /= total
-    return top[:, 0].astype(np.float64) + np.log(total[:, 0].astype(np.float64))
-
-
 def iter_chunks(arrays, chunk_size):
     """Yield blocks of at most ``chunk_size`` frames from a list of (n_i, D) arrays.
 
@@ -189,9 +179,14 @@ def accumulate(gmm: GMM, arrays, dtype=np.float32, chunk_size=None) -> Statistic
     for block in iter_chunks(arrays, chunk_size or default_chunk_size(k)):
         z = augment(block, dtype)
         scores = z @ projection
-        stats.log_likelihood += float(posteriors_in_place(scores).sum())
+        top = scores.max(axis=1, keepdims=True)
+        scores -= top
+        np.exp(scores, out=scores)
+        total = scores.sum(axis=1, keepdims=True)
+        stats.log_likelihood += float((top[:, 0].astype(np.float64) + np.log(total[:, 0].astype(np.float64))).sum())
         stats.n_frames += len(block)
-        summed = scores.T @ z
+        # γ = exp(scores) / total: dividing z (N × (2D+1)) is cheaper than dividing scores (N × K).
+        summed = scores.T @ (z / total)
         stats.second += summed[:, :d]
         stats.first += summed[:, d : 2 * d]
         stats.zeroth += summed[:, 2 * d]

@@ -56,3 +56,25 @@ def synthetic_corpus(tmp_path_factory):
 def feature_cache(tmp_path_factory, monkeypatch):
     """Keep train-ubm's automatic feature cache out of the user's home during tests."""
     monkeypatch.setenv("SPKVER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "spkver-cache"))
+
+
+def run_cli(*args):
+    """Invoke the spkver CLI in-process; arguments may be paths or numbers."""
+    from click.testing import CliRunner
+
+    from spkver.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def train_and_enroll(corpus: Path, work: Path):
+    """A 16-component UBM on the background voices and alice and bob enrolled, through the CLI."""
+    ubm, models = work / "ubm.npz", work / "models"
+    result = run_cli("train-ubm", "-o", ubm, "--components", 16, "--iterations", 5, "--workers", 1,
+                     corpus / "background")
+    assert result.exit_code == 0, result.stderr
+    assert "EM iteration" in result.stderr
+    for name in ["alice", "bob"]:
+        result = run_cli("enroll", "--ubm", ubm, "--models", models, "--speaker", name, corpus / "enroll" / name)
+        assert result.exit_code == 0, result.stderr
+    return ubm, models

@@ -7,29 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
+from conftest import run_cli, train_and_enroll
 
 from spkver import __version__
-from spkver.cli import cli
 
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+run = run_cli
 
 
 @pytest.fixture(scope="module")
 def trained(synthetic_corpus, tmp_path_factory):
     """A UBM and two enrolled speakers, made through the CLI."""
-    work = tmp_path_factory.mktemp("cli")
-    ubm, models = work / "ubm.npz", work / "models"
-    result = run("train-ubm", "-o", ubm, "--components", 16, "--iterations", 5, "--workers", 1,
-                 synthetic_corpus / "background")
-    assert result.exit_code == 0, result.stderr
-    assert "EM iteration" in result.stderr
-    for name in ["alice", "bob"]:
-        result = run("enroll", "--ubm", ubm, "--models", models, "--speaker", name,
-                     synthetic_corpus / "enroll" / name)
-        assert result.exit_code == 0, result.stderr
+    ubm, models = train_and_enroll(synthetic_corpus, tmp_path_factory.mktemp("cli"))
     return ubm, models, synthetic_corpus
 
 

@@ -4,32 +4,24 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import run_cli, train_and_enroll
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spkver.calibration import fit_calibration, load_calibration
-from spkver.cli import cli
 from spkver.errors import SpkverError
 from spkver.metrics import actual_dcf, bayes_threshold, cllr, min_cllr, pav
 from spkver.normalization import cohort_statistics, normalise_scores
 from spkver.trials import read_scores, read_trials
 
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+run = run_cli
 
 
 @pytest.fixture(scope="module")
 def enrolled(synthetic_corpus, tmp_path_factory):
     """UBM, two enrolled speakers and a labelled trial list over the synthetic test files."""
     work = tmp_path_factory.mktemp("evaluation")
-    ubm, models = work / "ubm.npz", work / "models"
-    assert run("-q", "train-ubm", "-o", ubm, "--components", 16, "--iterations", 5,
-               synthetic_corpus / "background").exit_code == 0
-    for name in ["alice", "bob"]:
-        assert run("-q", "enroll", "--ubm", ubm, "--models", models, "--speaker", name,
-                   synthetic_corpus / "enroll" / name).exit_code == 0
+    ubm, models = train_and_enroll(synthetic_corpus, work)
     lines = []
     for test in sorted((synthetic_corpus / "test").rglob("*.wav")):
         for name in ["alice", "bob"]:
