@@ -15,19 +15,31 @@ import numpy as np
 
 from spkver.gmm import Statistics, accumulate
 
-SHARD_FRAMES = 1 << 15
+MIN_SHARD, MAX_SHARD = 1 << 15, 1 << 17
 
 _ARRAYS = None  # the frames, inherited by forked workers
 _OPENED = {}  # per-process cache of memory-mapped feature files (Dask workers)
 
 
-def make_shards(lengths, shard_frames=SHARD_FRAMES):
+def shard_size(total_frames: int) -> int:
+    """Frames per shard: an eighth of the data, between 32 768 and 131 072.
+
+    It depends on the data only, never on the number of workers, so that the
+    summation order (and the model) is the same however many workers run.
+    """
+    return int(min(MAX_SHARD, max(MIN_SHARD, total_frames // 8)))
+
+
+def make_shards(lengths, shard_frames=None):
     """Partition arrays of the given lengths into shards of about ``shard_frames`` frames.
+
+    ``shard_frames`` defaults to :func:`shard_size` of the total.
 
     Returns
     -------
     list of list of (array index, start row, stop row)
     """
+    shard_frames = shard_frames or shard_size(sum(lengths))
     shards, current, count = [], [], 0
     for index, length in enumerate(lengths):
         start = 0
@@ -93,7 +105,7 @@ class Engine:
         behind ``arrays``, readable by every Dask worker) are required.
     """
 
-    def __init__(self, arrays, workers=1, scheduler=None, paths=None, shard_frames=SHARD_FRAMES):
+    def __init__(self, arrays, workers=1, scheduler=None, paths=None, shard_frames=None):
         self.arrays = arrays
         self.shards = make_shards([len(a) for a in arrays], shard_frames)
         self.pool = self.client = None

@@ -78,3 +78,12 @@ def train_and_enroll(corpus: Path, work: Path):
         result = run_cli("enroll", "--ubm", ubm, "--models", models, "--speaker", name, corpus / "enroll" / name)
         assert result.exit_code == 0, result.stderr
     return ubm, models
+
+
+def python_output(code: str, *args) -> str:
+    """Run ``code`` in a fresh interpreter (its own memory accounting) and return its stdout."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", code, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout

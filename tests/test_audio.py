@@ -12,7 +12,8 @@ def tone(rate, seconds=0.5, freq=440.0):
 
 
 @pytest.mark.parametrize("ext,subtype", [("wav", "PCM_16"), ("wav", "PCM_24"), ("wav", "FLOAT"),
-                                         ("wav", "PCM_U8"), ("flac", "PCM_16"), ("ogg", "VORBIS")])
+                                         ("wav", "PCM_U8"), ("flac", "PCM_16"), ("ogg", "VORBIS"),
+                                         ("mp3", "MPEG_LAYER_III")])
 def test_formats_load_as_mono_float32(tmp_path, ext, subtype):
     path = tmp_path / f"a.{ext}"
     sf.write(path, tone(16000), 16000, subtype=subtype)
