@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spkver.kernels import softmax_rows
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -179,14 +181,13 @@ def accumulate(gmm: GMM, arrays, dtype=np.float32, chunk_size=None) -> Statistic
     for block in iter_chunks(arrays, chunk_size or default_chunk_size(k)):
         z = augment(block, dtype)
         scores = z @ projection
-        top = scores.max(axis=1, keepdims=True)
-        scores -= top
-        np.exp(scores, out=scores)
-        total = scores.sum(axis=1, keepdims=True)
-        stats.log_likelihood += float((top[:, 0].astype(np.float64) + np.log(total[:, 0].astype(np.float64))).sum())
+        top = np.empty(len(block), dtype=scores.dtype)
+        total = np.empty(len(block), dtype=scores.dtype)
+        softmax_rows(scores, top, total)
+        stats.log_likelihood += float((top.astype(np.float64) + np.log(total.astype(np.float64))).sum())
         stats.n_frames += len(block)
         # γ = exp(scores) / total: dividing z (N × (2D+1)) is cheaper than dividing scores (N × K).
-        summed = scores.T @ (z / total)
+        summed = scores.T @ (z / total[:, None])
         stats.second += summed[:, :d]
         stats.first += summed[:, d : 2 * d]
         stats.zeroth += summed[:, 2 * d]

@@ -147,3 +147,19 @@ def test_kmeans_separates_clear_clusters():
 def test_too_few_frames_raise():
     with pytest.raises(ValueError, match="frames"):
         train([np.zeros((3, 2), dtype=np.float32)], 4)
+
+
+def test_fused_softmax_kernel_matches_numpy():
+    from spkver.kernels import _numpy_softmax_rows, softmax_rows
+
+    rng = np.random.default_rng(9)
+    scores = (rng.standard_normal((300, 77)) * 30 - 200).astype(np.float32)
+    scores[0, :] = -1e30  # a row far below everything still gives finite results
+    fused, plain = scores.copy(), scores.copy()
+    top_f, total_f = np.empty(300, np.float32), np.empty(300, np.float32)
+    top_p, total_p = np.empty(300, np.float32), np.empty(300, np.float32)
+    softmax_rows(fused, top_f, total_f)
+    _numpy_softmax_rows(plain, top_p, total_p)
+    np.testing.assert_array_equal(top_f, top_p)
+    np.testing.assert_allclose(total_f, total_p, rtol=1e-5)
+    np.testing.assert_allclose(fused, plain, rtol=2e-5, atol=1e-30)
