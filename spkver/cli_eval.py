@@ -62,9 +62,7 @@ def score(report, ubm_path, models_dir, trials_path, output, top_c, norm, cohort
     scp = {item.key: item.path for item in read_list(wav_scp)} if wav_scp else None
     trials = read_trials(trials_path, scp)
     calibration = load_calibration(calibration_path) if calibration_path else None
-    if norm != "none" and not cohort:
-        raise SpkverError(f"--norm {norm} needs --cohort")
-    cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" else None
+    cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" and cohort else None
     scored = score_trials(ubm, store, trials, top_c, norm, cohort_obj, top_n, calibration, workers, skip_bad,
                           on_skip=report.warn, progress=report.progress("features"), source=str(trials_path))
     lines = [CALIBRATED_MARK] if calibration is not None else []

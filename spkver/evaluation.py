@@ -80,7 +80,8 @@ def score_trials(ubm: Model, store: SpeakerStore, trials, top_c=5, norm="none", 
     for path, indices in by_file.items():
         frames = features[path]
         columns = np.array([column[trials[i].speaker] for i in indices])
-        raw = scorer.scores(frames)[columns]
+        # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
+        raw = scorer.scores(frames, columns)
         z = t = None
         if z_stats is not None:
             z = (z_stats[0][columns], z_stats[1][columns])

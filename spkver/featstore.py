@@ -84,10 +84,18 @@ class FeatureStore:
     def key(path: Path) -> str:
         return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
 
+    def file(self, key: str) -> Path:
+        """The ``.npy`` file of entry ``key``."""
+        return self.root / f"{key}.npy"
+
+    def _ordered_keys(self):
+        """Entry keys in a fixed order (by source path), so training data order is stable."""
+        return [key for key, _ in sorted(self.entries.items(), key=lambda kv: kv[1].get("source", ""))]
+
     def open(self, key: str):
         """The memory-mapped array of entry ``key``, or None when missing or damaged."""
         try:
-            array = np.load(self.root / f"{key}.npy", mmap_mode="r", allow_pickle=False)
+            array = np.load(self.file(key), mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
             return None
         entry = self.entries.get(key, {})
@@ -113,7 +121,7 @@ class FeatureStore:
         key = self.key(path)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(frames, dtype=np.float32), allow_pickle=False)
-        write_atomic(self.root / f"{key}.npy", buffer.getvalue(), sync=False)
+        write_atomic(self.file(key), buffer.getvalue(), sync=False)
         size, mtime = _source_stat(Path(path))
         self.entries[key] = {"source": str(Path(path).resolve()), "size": size, "mtime_ns": mtime,
                              "frames": int(len(frames))}
@@ -137,10 +145,10 @@ class FeatureStore:
     def arrays(self):
         """All stored arrays, memory-mapped, in a fixed order (by source path)."""
         out = []
-        for key, entry in sorted(self.entries.items(), key=lambda kv: kv[1].get("source", "")):
+        for key in self._ordered_keys():
             array = self.open(key)
             if array is None:
-                raise SpkverError(f"feature store entry of {entry.get('source')} is missing or damaged; "
+                raise SpkverError(f"feature store entry of {self.entries[key].get('source')} is missing or damaged; "
                                   "run spkver extract again", self.root)
             out.append(array)
         if not out:
@@ -149,8 +157,7 @@ class FeatureStore:
 
     def paths(self):
         """The ``.npy`` files behind :meth:`arrays`, in the same order."""
-        return [self.root / f"{key}.npy"
-                for key, _ in sorted(self.entries.items(), key=lambda kv: kv[1].get("source", ""))]
+        return [self.file(key) for key in self._ordered_keys()]
 
     def fingerprint(self) -> str:
         """Identity of the stored data: config and every entry's source, size, time and length."""

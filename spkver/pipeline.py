@@ -69,7 +69,7 @@ def training_frames(items, config, workers=None, skip_bad=False, on_skip=None, p
     if cache_dir is not None:
         store = FeatureStore(Path(cache_dir) / f"features-{config.fingerprint()}", config)
         kept = store.extract(items, workers, skip_bad, on_skip, progress)
-        return [a for _, a in kept], [store.root / f"{store.key(i.path)}.npy" for i, _ in kept], config
+        return [a for _, a in kept], [store.file(store.key(i.path)) for i, _ in kept], config
     extracted = extract_all(items, config, workers, skip_bad, on_skip, progress)
     return [frames for _, frames in extracted], None, config
 

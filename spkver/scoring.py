@@ -37,33 +37,37 @@ class Scorer:
             .transpose(1, 0, 2)
         )
 
-    def _chunk_log_likelihoods(self, block):
-        """Per-frame log-likelihoods (n, 1 + S): UBM first, then each speaker."""
+    def _chunk_log_likelihoods(self, block, stacked):
+        """Per-frame log-likelihoods (n, 1 + S): UBM first, then each model of ``stacked``."""
         z = augment(block, np.float64)
         if not self.top_c:
-            return np.stack([logsumexp_rows(z @ self.stacked[:, :, m].T)
-                             for m in range(self.stacked.shape[2])], axis=1)
+            return np.stack([logsumexp_rows(z @ stacked[:, :, m].T) for m in range(stacked.shape[2])], axis=1)
         ranks = z.astype(np.float32) @ self.ubm_p32
         top = np.argpartition(-ranks, self.top_c - 1, axis=1)[:, : self.top_c]
         flat = top.ravel()
         frame_of = np.repeat(np.arange(len(block)), self.top_c)
         order = np.argsort(flat, kind="stable")
         starts = np.searchsorted(flat[order], np.arange(self.ubm.n_components + 1))
-        out = np.empty((len(flat), self.stacked.shape[2]))
+        out = np.empty((len(flat), stacked.shape[2]))
         for k in np.flatnonzero(np.diff(starts)):
             rows = order[starts[k] : starts[k + 1]]
-            out[rows] = z[frame_of[rows]] @ self.stacked[k]
-        per_component = out.reshape(len(block), self.top_c, -1)
-        peak = per_component.max(axis=1, keepdims=True)
-        return peak[:, 0, :] + np.log(np.exp(per_component - peak).sum(axis=1))
+            out[rows] = z[frame_of[rows]] @ stacked[k]
+        return logsumexp_rows(out.reshape(len(block), self.top_c, -1))
 
-    def scores(self, frames) -> np.ndarray:
-        """Average LLR of ``frames`` for each speaker; NaN when there are no frames."""
+    def scores(self, frames, speakers=None) -> np.ndarray:
+        """Average LLR of ``frames`` for each speaker; NaN when there are no frames.
+
+        ``speakers`` (indices) limits the work to those models, in that order.
+        """
+        stacked = self.stacked
+        if speakers is not None:
+            stacked = stacked[:, :, np.concatenate([[0], np.asarray(speakers, dtype=int) + 1])]
+        n_scores = stacked.shape[2] - 1
         if len(frames) == 0:
-            return np.full(self.n_speakers, np.nan)
-        total = np.zeros(self.n_speakers)
+            return np.full(n_scores, np.nan)
+        total = np.zeros(n_scores)
         for block in iter_chunks([frames], self.chunk_size):
-            ll = self._chunk_log_likelihoods(block)
+            ll = self._chunk_log_likelihoods(block, stacked)
             total += (ll[:, 1:] - ll[:, :1]).sum(axis=0)
         return total / len(frames)
 

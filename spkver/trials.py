@@ -30,13 +30,18 @@ class TrialLine:
     line: int
 
 
-def _read_lines(path: Path, what: str):
+def _read_text(path: Path, what: str) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpkverError(f"no such {what} file", path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpkverError(f"cannot read {what} file: {exc}", path) from None
+
+
+def _read_lines(path: Path, what: str, text: str | None = None):
+    """Numbered non-blank, non-comment lines of ``path`` (or of ``text`` already read from it)."""
+    text = _read_text(path, what) if text is None else text
     for number, raw in enumerate(text.splitlines(), start=1):
         if "\x00" in raw:
             raise SpkverError(f"line {number}: contains a NUL byte", path)
@@ -98,12 +103,10 @@ class ScoreLine:
 def read_scores(path) -> tuple[list[ScoreLine], bool]:
     """Parse a score file; also return whether it holds calibrated LLRs."""
     path = Path(path)
-    try:
-        calibrated = Path(path).read_text(encoding="utf-8").startswith(CALIBRATED_MARK)
-    except (OSError, UnicodeDecodeError):
-        calibrated = False
+    text = _read_text(path, "scores")
+    calibrated = text.startswith(CALIBRATED_MARK)
     scores = []
-    for number, line in _read_lines(path, "scores"):
+    for number, line in _read_lines(path, "scores", text):
         fields = line.split("\t")
         if len(fields) not in (3, 4):
             raise SpkverError(f"line {number}: expected 'speaker<TAB>test<TAB>score[<TAB>label]'", path)

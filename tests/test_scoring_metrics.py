@@ -67,3 +67,16 @@ def test_metrics_reject_empty_or_nonfinite():
         eer([], [1.0])
     with pytest.raises(ValueError):
         eer([np.nan], [1.0])
+
+
+@pytest.mark.parametrize("top_c", [0, 3])
+def test_scoring_a_subset_of_models_equals_picking_from_all(top_c):
+    from spkver.scoring import Scorer
+
+    rng = np.random.default_rng(3)
+    ubm = GMM(np.full(8, 1 / 8), rng.normal(scale=3, size=(8, 2)), np.ones((8, 2)))
+    x = rng.normal(scale=3, size=(200, 2))
+    speakers = [map_adapt(ubm, accumulate(ubm, [x[i::5]], np.float64), relevance=4) for i in range(5)]
+    scorer = Scorer(ubm, speakers, top_c)
+    everything = scorer.scores(x[:50])
+    np.testing.assert_allclose(scorer.scores(x[:50], [3, 1]), everything[[3, 1]], rtol=1e-12)
