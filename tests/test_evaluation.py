@@ -218,3 +218,14 @@ def test_trials_errors_have_line_numbers(tmp_path):
     path.write_text("# empty\n")
     with pytest.raises(SpkverError, match="no trials"):
         read_trials(path)
+
+
+def test_det_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    from spkver.plots import det_plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SpkverError, match=r"needs matplotlib: pip install 'spkver\[plot\]'"):
+        det_plot([("x", [1.0, 2.0], [0.0, 0.5])], tmp_path / "d.png")
+    assert not (tmp_path / "d.png").exists()
