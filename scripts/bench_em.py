@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """EM speed: spkver vs scikit-learn GaussianMixture(covariance_type="diag"), same data, same start.
 
-    python scripts/bench_em.py [--components 64 256 512 1024] [--frames 100000 1000000] [--big]
+    python scripts/bench_em.py [--components 64 256 512 1024] [--frames 100000 1000000] [--big] [--kernel]
 
 For each (M, N) both run in a fresh process (so peak RSS is each one's own):
-seconds per EM iteration, peak RSS, achieved GFLOP/s, and the ratio, beside
-the machine's measured float32 GEMM throughput. scikit-learn is skipped where
-its float64 N × M work arrays would not fit in memory (said in the table).
-``--big`` also trains a 1024-component UBM on 10 million frames from a
-memory-mapped feature store.
+seconds per EM iteration, peak RSS, achieved GFLOP/s, and the ratio. spkver's
+run is bracketed by measurements of the float32 GEMM throughput of all
+cores, just before and just after it (this VM's throughput drifts by ±15%
+over minutes), and its "% of GEMM" is against their mean. spkver's seconds per iteration are the
+median of ``--iterations`` timed iterations after a first E-step (which warms
+the worker pool). scikit-learn is skipped where its float64 N × M work arrays
+would not fit in memory (said in the table). ``--big`` also trains a
+1024-component UBM on 10 million frames from a memory-mapped feature store;
+``--kernel`` times the compiled posterior pass against numpy.
 """
 
 from __future__ import annotations
@@ -29,14 +33,14 @@ MEMORY_BYTES = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def gemm_gflops(threads=None, n=3072, repeats=5):
-    """Measured float32 matrix-product throughput (best of ``repeats``)."""
+    """Measured float32 matrix-product throughput (median of ``repeats``)."""
     from threadpoolctl import threadpool_limits
 
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     with threadpool_limits(threads):
         a @ a
-        best = min(_timed(lambda: a @ a) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+        seconds = np.median([_timed(lambda: a @ a) for _ in range(repeats)])
+    return 2 * n**3 / seconds / 1e9
 
 
 def _timed(fn):
@@ -58,17 +62,18 @@ def run_one(tool, n, m, iterations):
     import resource
 
     x, weights, means, variances = data_and_start(n, m)
+    result = {}
     if tool == "spkver":
         from spkver.engine import Engine
         from spkver.gmm import GMM, em_iterations
 
         arrays = [x]
+        stamps = []
         with Engine(arrays, workers=int(os.environ.get("BENCH_WORKERS", os.cpu_count()))) as engine:
-            start = GMM(weights, means, variances)
-            em_iterations(start, arrays, 1, np.full(D, 1e-3), np.random.default_rng(0), tol=-1, engine=engine)
-            t = _timed(lambda: em_iterations(start, arrays, iterations, np.full(D, 1e-3), np.random.default_rng(0),
-                                             tol=-1, engine=engine))
-        per_iteration = t / (iterations + 1)  # iterations M-steps and iterations+1 E-steps
+            em_iterations(GMM(weights, means, variances), arrays, iterations, np.full(D, 1e-3),
+                          np.random.default_rng(0), tol=-1, engine=engine,
+                          on_iteration=lambda *_: stamps.append(time.perf_counter()))
+        per_iteration = float(np.median(np.diff(stamps)))  # one M-step and one E-step each
     else:
         import warnings
 
@@ -80,8 +85,9 @@ def run_one(tool, n, m, iterations):
             warnings.simplefilter("ignore")
             t = _timed(lambda: gm.fit(x))
         per_iteration = t / (iterations + 1)  # fit runs one more E-step after the loop
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": per_iteration, "peak_mb": peak}))
+    result["seconds"] = per_iteration
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
 
 
 def measure(tool, n, m, iterations):
@@ -114,6 +120,7 @@ def big_run():
         with open(os.path.join(tmp, "index.json"), "w") as handle:
             json.dump({"format": 1, "feature_config": FeatureConfig().to_dict(), "entries": entries}, handle)
         times = []
+        peak_before = gemm_gflops()
         start = time.perf_counter()
         model = train_ubm(None, n_components=1024, iterations=2, features_dir=FeatureStore(tmp).root,
                           on_iteration=lambda step, avg, gain: times.append(time.perf_counter()))
@@ -122,10 +129,29 @@ def big_run():
         total = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         per_iteration = np.diff(times).mean()
+        gflops, gemm = 4 * 10_000_000 * 1024 * (2 * D + 1) / per_iteration / 1e9, (peak_before + gemm_gflops()) / 2
         print(f"\n1024 components x 10 000 000 frames (D = 60, 2.4 GB memory-mapped): "
-              f"{per_iteration:.1f} s per EM iteration, {total:.0f} s for init + 2 iterations, "
+              f"{per_iteration:.1f} s per EM iteration ({gflops:.1f} GFLOP/s, {100 * gflops / gemm:.0f}% of "
+              f"{gemm:.1f} measured around it), {total:.0f} s for init + 2 iterations, "
               f"peak RSS {peak:.0f} MB (mapped feature pages included), "
               f"average log-likelihood {model.meta['training']['average_log_likelihood']:.3f}")
+
+
+def kernel_run():
+    """The posterior pass (row max, exp, sum) on 2048 × 512 float32 scores: compiled vs numpy."""
+    from threadpoolctl import threadpool_limits
+
+    from spkver.kernels import _numpy_softmax_rows, softmax_rows
+
+    scores = (np.random.default_rng(0).standard_normal((2048, 512)) * 30).astype(np.float32)
+    top, total = np.empty(2048, np.float32), np.empty(2048, np.float32)
+    print("\nposterior pass on 2048 x 512 scores, one core (median of 50):")
+    with threadpool_limits(1):
+        for name, fn in (("spkver compiled", softmax_rows), ("numpy max/exp/sum", _numpy_softmax_rows)):
+            work = scores.copy()
+            fn(work, top, total)
+            seconds = np.median([_timed(lambda f=fn, w=work: f(w, top, total)) for _ in range(50)])
+            print(f"  {name}: {seconds * 1e3:.2f} ms, {seconds / scores.size * 1e9:.2f} ns per element")
 
 
 def main():
@@ -135,20 +161,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--components", type=int, nargs="+", default=[64, 256, 512, 1024])
     parser.add_argument("--frames", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--big", action="store_true")
+    parser.add_argument("--kernel", action="store_true")
     args = parser.parse_args()
     cores = os.cpu_count()
     peak_all, peak_one = gemm_gflops(), gemm_gflops(1)
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, "
           f"{MEMORY_BYTES / 2**30:.0f} GiB; numpy {np.__version__}")
-    print(f"measured float32 GEMM: {peak_all:.1f} GFLOP/s on {cores} cores, {peak_one:.1f} GFLOP/s on one\n")
-    print("| M | N | spkver s/iter | sklearn s/iter | speed-up | spkver GFLOP/s | % of GEMM | spkver peak MB "
-          "| sklearn peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"measured float32 GEMM at the start: {peak_all:.1f} GFLOP/s on {cores} cores, {peak_one:.1f} on one\n")
+    print("| M | N | spkver s/iter | sklearn s/iter | speed-up | spkver GFLOP/s | GEMM GFLOP/s | % of GEMM "
+          "| ns per frame·component | spkver peak MB | sklearn peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.frames:
         for m in args.components:
+            gemm_before = gemm_gflops()
             ours = measure("spkver", n, m, args.iterations)
+            ours["gemm"] = (gemm_before + gemm_gflops()) / 2
             flops = 4 * n * m * (2 * D + 1)
             if sklearn_bytes(n, m) > 0.8 * MEMORY_BYTES:
                 theirs, note = None, f"cannot run: needs ~{sklearn_bytes(n, m) / 2**30:.0f} GiB"
@@ -157,11 +186,14 @@ def main():
                 note = "failed" if theirs is None else f"{theirs['seconds']:.2f}"
             ratio = f"{theirs['seconds'] / ours['seconds']:.1f}x" if theirs else "-"
             gflops = flops / ours["seconds"] / 1e9
-            print(f"| {m} | {n:,} | {ours['seconds']:.3f} | {note} | {ratio} | {gflops:.1f} | "
-                  f"{100 * gflops / peak_all:.0f}% | {ours['peak_mb']:.0f} | "
-                  f"{theirs['peak_mb'] if theirs else float('nan'):.0f} |", flush=True)
+            print(f"| {m} | {n:,} | {ours['seconds']:.3f} | {note} | {ratio} | {gflops:.1f} | {ours['gemm']:.1f} | "
+                  f"{100 * gflops / ours['gemm']:.0f}% | {ours['seconds'] / (n * m) * 1e9:.1f} | "
+                  f"{ours['peak_mb']:.0f} | {theirs['peak_mb'] if theirs else float('nan'):.0f} |", flush=True)
     print(f"\nFLOPs counted: the two matrix products, 4 N M (2D + 1) per iteration; spkver float32 with float64 "
-          f"sums, scikit-learn float64. Data: N x {D} float32 = {4 * D} bytes per frame.")
+          f"sums, scikit-learn float64. GEMM: {cores}-core float32 3072³ product, median of 5, measured just "
+          f"before and after each spkver run. Data: N x {D} float32 = {4 * D} bytes per frame.")
+    if args.kernel:
+        kernel_run()
     if args.big:
         big_run()
 

@@ -15,19 +15,21 @@ import numpy as np
 
 from spkver.gmm import Statistics, accumulate
 
-MIN_SHARD, MAX_SHARD = 1 << 15, 1 << 17
+MIN_SHARD, MAX_SHARD, MIN_SHARDS = 1 << 12, 1 << 17, 16
 
 _ARRAYS = None  # the frames, inherited by forked workers
 _OPENED = {}  # per-process cache of memory-mapped feature files (Dask workers)
 
 
 def shard_size(total_frames: int) -> int:
-    """Frames per shard: an eighth of the data, between 32 768 and 131 072.
+    """Frames per shard: at least 16 equal shards of at most 131 072 frames (at least 4096 frames).
 
     It depends on the data only, never on the number of workers, so that the
-    summation order (and the model) is the same however many workers run.
+    summation order (and the model) is the same however many workers run;
+    16 or more equal shards keep 2, 4, 8 or 16 workers evenly loaded.
     """
-    return int(min(MAX_SHARD, max(MIN_SHARD, total_frames // 8)))
+    n_shards = max(MIN_SHARDS, -(-total_frames // MAX_SHARD))
+    return int(max(MIN_SHARD, -(-total_frames // n_shards)))
 
 
 def make_shards(lengths, shard_frames=None):

@@ -84,11 +84,11 @@ class GMM:
         return float(self.frame_log_likelihood(frames, dtype).mean())
 
 
-def augment(frames, dtype=np.float32) -> np.ndarray:
-    """``[x², x, 1]`` for a block of frames, shape (N, 2D+1)."""
-    frames = np.asarray(frames, dtype=dtype)
+def augment(frames, dtype=np.float32, out=None) -> np.ndarray:
+    """``[x², x, 1]`` for a block of frames, shape (N, 2D+1), written into ``out`` if given."""
+    frames = np.asarray(frames)
     n, d = frames.shape
-    z = np.empty((n, 2 * d + 1), dtype=dtype)
+    z = np.empty((n, 2 * d + 1), dtype=dtype) if out is None else out[:n]
     np.multiply(frames, frames, out=z[:, :d])
     z[:, d : 2 * d] = frames
     z[:, 2 * d] = 1.0
@@ -123,8 +123,8 @@ def iter_chunks(arrays, chunk_size):
 
 
 def default_chunk_size(n_components: int) -> int:
-    """Frames per block: about 4 MiB of float32 scores, at least 256 frames."""
-    return int(np.clip((1 << 20) // max(n_components, 1), 256, 16384))
+    """Frames per block: about 2 MiB of float32 scores (mostly in a core's L2 cache), at least 256 frames."""
+    return int(np.clip((1 << 19) // max(n_components, 1), 256, 16384))
 
 
 @dataclass
@@ -177,21 +177,27 @@ def accumulate(gmm: GMM, arrays, dtype=np.float32, chunk_size=None) -> Statistic
         arrays = [arrays]
     k, d = gmm.n_components, gmm.dim
     projection = gmm.projection(dtype)
-    stats = Statistics.zeros(k, d)
-    for block in iter_chunks(arrays, chunk_size or default_chunk_size(k)):
-        z = augment(block, dtype)
-        scores = z @ projection
-        top = np.empty(len(block), dtype=scores.dtype)
-        total = np.empty(len(block), dtype=scores.dtype)
+    chunk_size = chunk_size or default_chunk_size(k)
+    # Buffers reused by every chunk: a fresh multi-MiB array per chunk costs page faults.
+    z_buffer = np.empty((chunk_size, 2 * d + 1), dtype=dtype)
+    score_buffer = np.empty((chunk_size, k), dtype=dtype)
+    top_buffer, total_buffer = np.empty(chunk_size, dtype=dtype), np.empty(chunk_size, dtype=dtype)
+    chunk_sums = np.empty((k, 2 * d + 1), dtype=dtype)
+    sums = np.zeros((k, 2 * d + 1))
+    log_likelihood, n_frames = 0.0, 0
+    for block in iter_chunks(arrays, chunk_size):
+        n = len(block)
+        z, scores = augment(block, dtype, z_buffer), score_buffer[:n]
+        top, total = top_buffer[:n], total_buffer[:n]
+        np.matmul(z, projection, out=scores)
         softmax_rows(scores, top, total)
-        stats.log_likelihood += float((top.astype(np.float64) + np.log(total.astype(np.float64))).sum())
-        stats.n_frames += len(block)
+        log_likelihood += float(top.sum(dtype=np.float64) + np.log(total.astype(np.float64)).sum())
+        n_frames += n
         # γ = exp(scores) / total: dividing z (N × (2D+1)) is cheaper than dividing scores (N × K).
-        summed = scores.T @ (z / total[:, None])
-        stats.second += summed[:, :d]
-        stats.first += summed[:, d : 2 * d]
-        stats.zeroth += summed[:, 2 * d]
-    return stats
+        np.divide(z, total[:, None], out=z)
+        np.matmul(scores.T, z, out=chunk_sums)
+        sums += chunk_sums
+    return Statistics(sums[:, 2 * d].copy(), sums[:, d : 2 * d].copy(), sums[:, :d].copy(), log_likelihood, n_frames)
 
 
 def m_step(stats: Statistics, variance_floor, min_count=1.0):

@@ -14,7 +14,7 @@ from conftest import python_output
 
 from spkver.audio import find_audio
 from spkver.cli import cli
-from spkver.engine import Engine, make_shards
+from spkver.engine import Engine, make_shards, shard_size
 from spkver.errors import SpkverError
 from spkver.featstore import FeatureStore
 from spkver.features import FeatureConfig
@@ -32,6 +32,16 @@ def test_shards_cover_every_frame_once():
     covered = [(i, r) for shard in shards for i, a, b in shard for r in range(a, b)]
     assert covered == [(0, r) for r in range(5)] + [(2, r) for r in range(12)] + [(3, r) for r in range(3)]
     assert all(sum(b - a for _, a, b in shard) <= 4 for shard in shards)
+
+
+@pytest.mark.parametrize("total", [1000, 50_000, 100_000, 1_000_000, 10_000_000])
+def test_default_shards_are_equal_and_many_enough_to_balance_workers(total):
+    shards = make_shards([total // 3, total - total // 3])
+    sizes = [sum(b - a for _, a, b in shard) for shard in shards]
+    assert sum(sizes) == total and shard_size(total) <= 1 << 17
+    assert len(set(sizes[:-1])) <= 1 and sizes[-1] <= sizes[0]
+    if total >= 16 * 4096:  # 2, 4, 8 or 16 workers get the same number of frames
+        assert len(shards) >= 16 and (len(shards) % 16 == 0 or len(shards) * sizes[0] - total < sizes[0])
 
 
 def test_one_and_many_workers_give_bit_identical_statistics_and_models():

@@ -149,6 +149,23 @@ def test_too_few_frames_raise():
         train([np.zeros((3, 2), dtype=np.float32)], 4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_statistics_do_not_depend_on_the_chunk_size(dtype):
+    """Reused per-chunk buffers: a short last chunk and one-frame chunks give the same sums."""
+    rng = np.random.default_rng(10)
+    arrays = [rng.normal(size=(n, 5)).astype(np.float32) for n in (50, 3, 120)]
+    gmm = GMM(np.full(6, 1 / 6), rng.normal(size=(6, 5)), rng.uniform(0.5, 2.0, size=(6, 5)))
+    reference = accumulate(gmm, arrays, np.float64, chunk_size=173)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    for chunk_size in (1, 7, 64, 4096):
+        stats = accumulate(gmm, arrays, dtype, chunk_size=chunk_size)
+        assert stats.n_frames == 173
+        for got, want in ((stats.zeroth, reference.zeroth), (stats.first, reference.first),
+                          (stats.second, reference.second)):
+            np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+        assert stats.log_likelihood == pytest.approx(reference.log_likelihood, rel=tolerance)
+
+
 def test_fused_softmax_kernel_matches_numpy():
     from spkver.kernels import _numpy_softmax_rows, softmax_rows
 

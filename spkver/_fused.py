@@ -1,0 +1,63 @@
+"""numba source of :func:`spkver.kernels.softmax_rows` (imported lazily: numba is slow to import).
+
+Module-level functions so that numba's on-disk cache recognises them across runs.
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+from spkver.kernels import COEFFICIENTS, LOG2E, LOWEST_EXPONENT
+
+C0, C1, C2, C3, C4, C5, C6 = (np.float32(c) for c in COEFFICIENTS)
+LOG2E_32, LOWEST_32 = np.float32(LOG2E), np.float32(LOWEST_EXPONENT)
+HALF, BIAS, MANTISSA_BITS = np.float32(0.5), np.int32(127), np.int32(23)
+F32 = ir.FloatType()
+
+
+@intrinsic
+def float_from_bits(typingctx, bits):
+    """Reinterpret an int32 as a float32."""
+    if not isinstance(bits, types.Integer):
+        return None  # numba widens int32 arithmetic to int64; the signature casts back
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], F32)
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def maxnum(typingctx, a, b):
+    """float32 maximum as ``llvm.maxnum``, which the loop vectoriser understands."""
+    if not (isinstance(a, types.Float) and isinstance(b, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fn = builder.module.declare_intrinsic("llvm.maxnum", [F32], ir.FunctionType(F32, [F32, F32]))
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32), codegen
+
+
+@numba.njit(fastmath=True, boundscheck=False, cache=True)
+def fused_softmax_rows(scores, top, total):  # pragma: no cover - compiled
+    n, k = scores.shape
+    for i in range(n):
+        row = scores[i]
+        peak = row[0]
+        for j in range(1, k):
+            peak = maxnum(peak, row[j])
+        s = np.float32(0.0)
+        for j in range(k):
+            t = maxnum(row[j] - peak, LOWEST_32) * LOG2E_32
+            whole = np.int32(t - HALF)  # truncation towards zero: ceil(t − ½), as t ≤ 0
+            r = t - np.float32(whole)
+            p = (((((C0 * r + C1) * r + C2) * r + C3) * r + C4) * r + C5) * r + C6
+            value = p * float_from_bits((whole + BIAS) << MANTISSA_BITS)
+            row[j] = value
+            s += value
+        top[i] = peak
+        total[i] = s
