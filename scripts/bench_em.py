@@ -137,6 +137,32 @@ def big_run():
               f"average log-likelihood {model.meta['training']['average_log_likelihood']:.3f}")
 
 
+def scaling_plot(rows, path):
+    """Seconds per EM iteration against M, one line per N and tool, on log-log axes with a slope-1 guide."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for colour, n in enumerate(sorted({r[0] for r in rows})):
+        mine = [(m, ours, theirs) for frames, m, ours, theirs in rows if frames == n]
+        ax.plot([m for m, _, _ in mine], [o for _, o, _ in mine], "o-", color=f"C{colour}", label=f"spkver, N = {n:,}")
+        known = [(m, t) for m, _, t in mine if t is not None]
+        if known:
+            ax.plot(*zip(*known), "s--", color=f"C{colour}", label=f"scikit-learn, N = {n:,}")
+    ms = np.array(sorted({r[1] for r in rows}), dtype=float)
+    top = max(r[2] for r in rows if r[1] == ms[-1])
+    ax.plot(ms, top * ms / ms[-1], ":", color="grey", label="linear in M")
+    ax.set(xscale="log", yscale="log", xlabel="components M", ylabel="seconds per EM iteration",
+           title="EM iteration time (D = 60)")
+    ax.set_xticks(ms, [str(int(m)) for m in ms])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"\nplot: {path}")
+
+
 def kernel_run():
     """The posterior pass (row max, exp, sum) on 2048 × 512 float32 scores: compiled vs numpy."""
     from threadpoolctl import threadpool_limits
@@ -164,6 +190,7 @@ def main():
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--big", action="store_true")
     parser.add_argument("--kernel", action="store_true")
+    parser.add_argument("--plot", metavar="PNG", help="draw seconds per iteration against M and N (matplotlib)")
     args = parser.parse_args()
     cores = os.cpu_count()
     peak_all, peak_one = gemm_gflops(), gemm_gflops(1)
@@ -173,6 +200,7 @@ def main():
     print("| M | N | spkver s/iter | sklearn s/iter | speed-up | spkver GFLOP/s | GEMM GFLOP/s | % of GEMM "
           "| ns per frame·component | spkver peak MB | sklearn peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for n in args.frames:
         for m in args.components:
             gemm_before = gemm_gflops()
@@ -186,12 +214,15 @@ def main():
                 note = "failed" if theirs is None else f"{theirs['seconds']:.2f}"
             ratio = f"{theirs['seconds'] / ours['seconds']:.1f}x" if theirs else "-"
             gflops = flops / ours["seconds"] / 1e9
+            rows.append((n, m, ours["seconds"], theirs["seconds"] if theirs else None))
             print(f"| {m} | {n:,} | {ours['seconds']:.3f} | {note} | {ratio} | {gflops:.1f} | {ours['gemm']:.1f} | "
                   f"{100 * gflops / ours['gemm']:.0f}% | {ours['seconds'] / (n * m) * 1e9:.1f} | "
                   f"{ours['peak_mb']:.0f} | {theirs['peak_mb'] if theirs else float('nan'):.0f} |", flush=True)
     print(f"\nFLOPs counted: the two matrix products, 4 N M (2D + 1) per iteration; spkver float32 with float64 "
           f"sums, scikit-learn float64. GEMM: {cores}-core float32 3072³ product, median of 5, measured just "
           f"before and after each spkver run. Data: N x {D} float32 = {4 * D} bytes per frame.")
+    if args.plot:
+        scaling_plot(rows, args.plot)
     if args.kernel:
         kernel_run()
     if args.big:

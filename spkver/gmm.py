@@ -123,7 +123,11 @@ def iter_chunks(arrays, chunk_size):
 
 
 def default_chunk_size(n_components: int) -> int:
-    """Frames per block: about 2 MiB of float32 scores (mostly in a core's L2 cache), at least 256 frames."""
+    """Frames per block: about 2 MiB of float32 scores, at least 256 frames.
+
+    Small enough that the scores stay in cache between the two products and
+    the posterior pass, large enough to keep the products efficient.
+    """
     return int(np.clip((1 << 19) // max(n_components, 1), 256, 16384))
 
 
