@@ -42,7 +42,7 @@ def maxnum(typingctx, a, b):
     return types.float32(types.float32, types.float32), codegen
 
 
-@numba.njit(fastmath=True, boundscheck=False, cache=True)
+@numba.njit(fastmath=True, boundscheck=False, cache=True, nogil=True)
 def fused_softmax_rows(scores, top, total):  # pragma: no cover - compiled
     n, k = scores.shape
     for i in range(n):
