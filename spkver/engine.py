@@ -15,21 +15,28 @@ import numpy as np
 
 from spkver.gmm import Statistics, accumulate
 
-MIN_SHARD, MAX_SHARD, MIN_SHARDS = 1 << 12, 1 << 17, 16
+MIN_SHARD, MAX_SHARD, SHARDS = 1 << 14, 1 << 17, 16
 
 _ARRAYS = None  # the frames, inherited by forked workers
 _OPENED = {}  # per-process cache of memory-mapped feature files (Dask workers)
 
 
 def shard_size(total_frames: int) -> int:
-    """Frames per shard: at least 16 equal shards of at most 131 072 frames (at least 4096 frames).
+    """Frames per shard: equal shards, 16 of them (a multiple of 4 on smaller data) or more of ≤ 131 072 frames.
 
     It depends on the data only, never on the number of workers, so that the
-    summation order (and the model) is the same however many workers run;
-    16 or more equal shards keep 2, 4, 8 or 16 workers evenly loaded.
+    summation order (and the model) is the same however many workers run.
+    A count divisible by 4 keeps 2 or 4 workers evenly loaded (16 also 8
+    and 16), and shards of at least 16 384 frames keep each task's round
+    trip through the process pool small against its work.
     """
-    n_shards = max(MIN_SHARDS, -(-total_frames // MAX_SHARD))
-    return int(max(MIN_SHARD, -(-total_frames // n_shards)))
+    if total_frames > SHARDS * MAX_SHARD:
+        n_shards = -(-total_frames // MAX_SHARD)
+    else:
+        n_shards = max(1, min(SHARDS, total_frames // MIN_SHARD))
+        if n_shards >= 4:
+            n_shards -= n_shards % 4
+    return max(1, -(-total_frames // n_shards))
 
 
 def make_shards(lengths, shard_frames=None):
