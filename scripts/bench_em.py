@@ -144,7 +144,7 @@ def scaling_plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for colour, n in enumerate(sorted({r[0] for r in rows})):
         mine = [(m, ours, theirs) for frames, m, ours, theirs in rows if frames == n]
         ax.plot([m for m, _, _ in mine], [o for _, o, _ in mine], "o-", color=f"C{colour}", label=f"spkver, N = {n:,}")
@@ -157,7 +157,7 @@ def scaling_plot(rows, path):
     ax.set(xscale="log", yscale="log", xlabel="components M", ylabel="seconds per EM iteration",
            title="EM iteration time (D = 60)")
     ax.set_xticks(ms, [str(int(m)) for m in ms])
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"\nplot: {path}")
