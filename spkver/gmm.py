@@ -86,7 +86,7 @@ class GMM:
 
 def augment(frames, dtype=np.float32, out=None) -> np.ndarray:
     """``[x², x, 1]`` for a block of frames, shape (N, 2D+1), written into ``out`` if given."""
-    frames = np.asarray(frames)
+    frames = np.asarray(frames, dtype=dtype)  # x² in the working precision (no copy when it matches)
     n, d = frames.shape
     z = np.empty((n, 2 * d + 1), dtype=dtype) if out is None else out[:n]
     np.multiply(frames, frames, out=z[:, :d])

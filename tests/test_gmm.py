@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
-from spkver.gmm import GMM, accumulate, em_iterations, iter_chunks, kmeans, m_step, train
+from spkver.gmm import GMM, accumulate, augment, em_iterations, iter_chunks, kmeans, m_step, train
 
 
 def three_blobs(rng, n=400, d=4):
@@ -147,6 +147,15 @@ def test_kmeans_separates_clear_clusters():
 def test_too_few_frames_raise():
     with pytest.raises(ValueError, match="frames"):
         train([np.zeros((3, 2), dtype=np.float32)], 4)
+
+
+def test_augment_squares_in_the_requested_precision():
+    frames = np.random.default_rng(11).normal(size=(9, 4)).astype(np.float32) * 1e3 + 0.1
+    wide = frames.astype(np.float64)
+    z = augment(frames, np.float64)
+    assert np.array_equal(z[:, :4], wide**2) and np.array_equal(z[:, 4:8], wide) and np.all(z[:, 8] == 1.0)
+    buffer = np.full((20, 9), np.nan, dtype=np.float32)
+    assert np.array_equal(augment(frames, np.float32, buffer), augment(frames, np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
