@@ -31,9 +31,16 @@ class Calibration:
     p_target: float
     targets: int = 0
     nontargets: int = 0
+    normalisation: str = "none"  # of the scores it was fitted on (see spkver.normalization)
 
     def __call__(self, scores):
         return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+
+    def require(self, normalisation: str, path=None) -> None:
+        """Refuse scores normalised otherwise than the ones this was fitted on: its LLRs would be wrong."""
+        if normalisation != self.normalisation:
+            raise SpkverError(f"calibration was fitted on scores with normalisation '{self.normalisation}', "
+                              f"these scores have '{normalisation}': calibrate scores made the same way", path)
 
 
 def _objective(params, tar, non, prior):
@@ -81,8 +88,12 @@ def save_calibration(path, calibration: Calibration) -> None:
         raise SpkverError(f"cannot write calibration: {exc.strerror or exc}", path) from None
 
 
-def load_calibration(path) -> Calibration:
-    """Read a calibration file written by ``spkver calibrate``."""
+def load_calibration(path, normalisation: str | None = None) -> Calibration:
+    """Read a calibration file written by ``spkver calibrate``.
+
+    With ``normalisation`` (how the caller's scores are normalised), refuse a
+    calibration fitted on differently normalised scores: its LLRs would be wrong.
+    """
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -93,9 +104,12 @@ def load_calibration(path) -> Calibration:
         raise SpkverError("not a spkver calibration file", path)
     try:
         calibration = Calibration(float(data["scale"]), float(data["offset"]), float(data["p_target"]),
-                                  int(data.get("targets", 0)), int(data.get("nontargets", 0)))
+                                  int(data.get("targets", 0)), int(data.get("nontargets", 0)),
+                                  str(data.get("normalisation", "none")))
     except (KeyError, TypeError, ValueError) as exc:
         raise SpkverError(f"calibration file lacks a field ({exc})", path) from None
     if not (np.isfinite(calibration.scale) and np.isfinite(calibration.offset) and 0 < calibration.p_target < 1):
         raise SpkverError("calibration file holds invalid numbers", path)
+    if normalisation is not None:
+        calibration.require(normalisation, path)
     return calibration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -13,8 +14,8 @@ from spkver.cli import audio_inputs, calibration_options, cli, decision_threshol
 from spkver.errors import SpkverError
 from spkver.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
 from spkver.models import SpeakerStore, write_atomic
-from spkver.normalization import NORMS, Cohort
-from spkver.trials import CALIBRATED_MARK, format_score, labelled_scores, read_scores, read_trials
+from spkver.normalization import NORMS, Cohort, describe_normalisation
+from spkver.trials import format_score, labelled_scores, read_scores, read_trials, score_file_header
 
 
 def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
@@ -61,11 +62,12 @@ def score(report, ubm_path, models_dir, trials_path, output, top_c, norm, cohort
     ubm, store = load_store(ubm_path, models_dir)
     scp = {item.key: item.path for item in read_list(wav_scp)} if wav_scp else None
     trials = read_trials(trials_path, scp)
-    calibration = load_calibration(calibration_path) if calibration_path else None
+    normalisation = describe_normalisation(norm, top_n)
+    calibration = load_calibration(calibration_path, normalisation) if calibration_path else None
     cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" and cohort else None
     scored = score_trials(ubm, store, trials, top_c, norm, cohort_obj, top_n, calibration, workers, skip_bad,
                           on_skip=report.warn, progress=report.progress("features"), source=str(trials_path))
-    lines = [CALIBRATED_MARK] if calibration is not None else []
+    lines = score_file_header(calibration is not None, normalisation)
     lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
     try:
         write_atomic(output, ("\n".join(lines) + "\n").encode())
@@ -75,7 +77,7 @@ def score(report, ubm_path, models_dir, trials_path, output, top_c, norm, cohort
 
 
 def summary(path, trials_path, p_targets):
-    scores, calibrated = read_scores(path)
+    scores, calibrated, _ = read_scores(path)
     trials = read_trials(trials_path) if trials_path else None
     tar, non = labelled_scores(scores, trials, str(path))
     result = {"scores": str(path), "targets": len(tar), "nontargets": len(non), "eer": eer(tar, non),
@@ -129,15 +131,17 @@ def evaluate(scores_paths, trials_path, p_targets, det_path, as_json):
 @click.pass_obj
 def calibrate(report, scores_path, trials_path, output, p_target):
     """Fit a score → log-likelihood-ratio calibration on a development set's scores."""
-    scores, calibrated = read_scores(scores_path)
+    scores, calibrated, normalisation = read_scores(scores_path)
     if calibrated:
         raise SpkverError("scores are already calibrated; calibrate raw scores", scores_path)
     trials = read_trials(trials_path) if trials_path else None
     tar, non = labelled_scores(scores, trials, str(scores_path))
-    calibration = fit_calibration(tar, non, p_target)
+    # The calibration remembers the normalisation so it is only applied to scores made the same way.
+    calibration = replace(fit_calibration(tar, non, p_target), normalisation=normalisation)
     save_calibration(output, calibration)
     llr_tar, llr_non = calibration(tar), calibration(non)
-    report.log(f"calibration: llr = {calibration.scale:.4f} * score {calibration.offset:+.4f}; on these trials "
+    report.log(f"calibration ({normalisation} scores): llr = {calibration.scale:.4f} * score "
+               f"{calibration.offset:+.4f}; on these trials "
                f"Cllr {cllr(llr_tar, llr_non):.4f} (min {min_cllr(tar, non):.4f}), "
                f"actDCF({p_target:g}) {actual_dcf(llr_tar, llr_non, p_target):.4f} -> {output}")
 
@@ -161,7 +165,7 @@ def identify(report, ubm_path, models_dir, top, threshold, top_c, calibration_pa
 
     ubm, store = load_store(ubm_path, models_dir)
     speakers = [store.load(name, ubm) for name in store.speakers()]
-    calibration = load_calibration(calibration_path) if calibration_path else None
+    calibration = load_calibration(calibration_path, "none") if calibration_path else None  # raw scores
     if calibration is not None:
         threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)

@@ -10,7 +10,7 @@ from spkver.audio import AudioItem
 from spkver.corpus import usable_features
 from spkver.errors import SpkverError
 from spkver.models import Model, SpeakerStore
-from spkver.normalization import Cohort, cohort_statistics, file_key, normalise_scores
+from spkver.normalization import Cohort, cohort_statistics, describe_normalisation, file_key, normalise_scores
 from spkver.scoring import Scorer
 
 
@@ -64,6 +64,8 @@ def score_trials(ubm: Model, store: SpeakerStore, trials, top_c=5, norm="none", 
     """
     if norm != "none" and cohort is None:
         raise SpkverError(f"--norm {norm} needs --cohort")
+    if calibration is not None:
+        calibration.require(describe_normalisation(norm, top_n))
     models = _load_speakers(ubm, store, trials, skip_bad, on_skip, source)
     features = _test_features(ubm, trials, workers, skip_bad, on_skip, progress)
     by_file = {}
@@ -109,6 +111,8 @@ def identify(ubm: Model, speakers, items, top=3, threshold=None, top_c=5, worker
     """Rank enrolled speakers for each recording; ``unknown`` when the best is below ``threshold``."""
     if not speakers:
         raise SpkverError("no speakers are enrolled in the model store")
+    if calibration is not None:
+        calibration.require("none")
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     answers = []
     for item, frames in usable_features(items, ubm.feature_config, workers, skip_bad, on_skip, progress):

@@ -31,6 +31,11 @@ from spkver.scoring import Scorer
 NORMS = ("none", "z", "t", "s")
 
 
+def describe_normalisation(norm: str, top_n=None) -> str:
+    """How scores were normalised, as recorded in score and calibration files: ``none``, ``s``, ``s top-n=200``."""
+    return norm if norm == "none" or not top_n else f"{norm} top-n={top_n}"
+
+
 def file_key(path) -> str:
     """Identity of a file's contents for caching: resolved path, size, modification time."""
     path = Path(path)

@@ -167,9 +167,11 @@ def verify(ubm: Model, speakers, items, threshold=0.0, top_c=5, workers=None,
            skip_bad=False, on_skip=None, progress=None, calibration=None) -> list[Trial]:
     """Score each recording against each speaker model; accept when score ≥ threshold.
 
-    With ``calibration`` the scores are log-likelihood ratios (compare with
-    :func:`spkver.metrics.bayes_threshold`).
+    With ``calibration`` (fitted on raw scores) the scores are log-likelihood
+    ratios (compare with :func:`spkver.metrics.bayes_threshold`).
     """
+    if calibration is not None:
+        calibration.require("none")
     extracted = extract_all(items, ubm.feature_config, workers, skip_bad, on_skip, progress)
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     trials = []

@@ -3,7 +3,10 @@
 A trial line is ``speaker test [target|nontarget]``, tab- or space-separated;
 ``test`` is a path, or an utterance id when a ``wav.scp`` is given. A score
 line is ``speaker<TAB>test<TAB>score[<TAB>label]``. Lines starting with
-``#`` are comments; blank lines are skipped.
+``#`` are comments; blank lines are skipped. spkver's score files start with
+comments saying whether the scores are calibrated and how they were
+normalised, so that a calibration is only ever applied to scores like the
+ones it was fitted on.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from spkver.audio import path_exists
 from spkver.errors import SpkverError
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False}
 CALIBRATED_MARK = "# spkver: calibrated log-likelihood ratios"
+NORMALISATION_MARK = "# spkver: normalisation "  # followed by e.g. "s" or "s top-n=200"
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,27 @@ class ScoreLine:
     label: bool | None
 
 
-def read_scores(path) -> tuple[list[ScoreLine], bool]:
-    """Parse a score file; also return whether it holds calibrated LLRs."""
+class ScoreFile(NamedTuple):
+    """A parsed score file: its lines, whether they are calibrated LLRs, how they were normalised."""
+
+    scores: list[ScoreLine]
+    calibrated: bool
+    normalisation: str
+
+
+def score_file_header(calibrated: bool, normalisation: str) -> list[str]:
+    """Comment lines that record how a score file's scores were made."""
+    return ([CALIBRATED_MARK] if calibrated else []) + \
+        ([NORMALISATION_MARK + normalisation] if normalisation != "none" else [])
+
+
+def read_scores(path) -> ScoreFile:
+    """Parse a score file (lines ``speaker<TAB>test<TAB>score[<TAB>label]`` and the header comments)."""
     path = Path(path)
     text = _read_text(path, "scores")
     calibrated = text.startswith(CALIBRATED_MARK)
+    normalisation = next((line[len(NORMALISATION_MARK):].strip() for line in text.splitlines()[:2]
+                          if line.startswith(NORMALISATION_MARK)), "none")
     scores = []
     for number, line in _read_lines(path, "scores", text):
         fields = line.split("\t")
@@ -124,7 +145,7 @@ def read_scores(path) -> tuple[list[ScoreLine], bool]:
         scores.append(ScoreLine(fields[0], fields[1], value, label))
     if not scores:
         raise SpkverError("score file holds no scores", path)
-    return scores, calibrated
+    return ScoreFile(scores, calibrated, normalisation)
 
 
 def labelled_scores(scores, trials=None, source=""):

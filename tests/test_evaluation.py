@@ -37,8 +37,8 @@ def test_score_writes_trials_in_order_and_matches_verify(enrolled):
     out = work / "raw.scores"
     result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", out)
     assert result.exit_code == 0, result.stderr
-    scores, calibrated = read_scores(out)
-    assert not calibrated and len(scores) == 12
+    scores, calibrated, normalisation = read_scores(out)
+    assert not calibrated and normalisation == "none" and len(scores) == 12
     assert [(s.speaker, s.test) for s in scores] == [(t.speaker, t.test) for t in read_trials(trials)]
     first = scores[0]
     verify = run("-q", "verify", "--ubm", ubm, "--models", models, "--speaker", first.speaker, first.test)
@@ -87,7 +87,8 @@ def test_normalised_scoring_uses_and_caches_the_cohort(enrolled, tmp_path, norm)
     assert out1.read_text() == out2.read_text()
     raw = {(s.speaker, s.test): s.score for s in read_scores(work / "raw.scores")[0]} \
         if (work / "raw.scores").exists() else None
-    normed, _ = read_scores(out1)
+    normed, _, normalisation = read_scores(out1)
+    assert normalisation == norm
     if raw:
         assert any(abs(s.score - raw[s.speaker, s.test]) > 1e-3 for s in normed)
     result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "--norm", norm, "-o", out1)
@@ -148,9 +149,9 @@ def test_calibrate_then_verify_and_score_with_llrs(enrolled, tmp_path):
     assert calibration.scale > 0
     llrs = tmp_path / "llr"
     run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", llrs, "--calibration", cal)
-    scores, calibrated = read_scores(llrs)
+    scores, calibrated, _ = read_scores(llrs)
     assert calibrated
-    raw_scores, _ = read_scores(raw)
+    raw_scores = read_scores(raw).scores
     np.testing.assert_allclose([s.score for s in scores], calibration([s.score for s in raw_scores]), atol=1e-5)
     assert "actDCF" in run("evaluate", llrs).stdout
     test = sorted((corpus / "test" / "alice").glob("*.wav"))[0]
@@ -160,6 +161,31 @@ def test_calibrate_then_verify_and_score_with_llrs(enrolled, tmp_path):
     assert 0 <= record["posterior"] <= 1 and record["p_target"] == 0.1
     expected = "accept" if record["score"] >= bayes_threshold(0.1) else "reject"
     assert record["decision"] == expected
+
+
+def test_a_calibration_is_only_applied_to_scores_normalised_like_its_own(enrolled, tmp_path):
+    work, ubm, models, trials, corpus = enrolled
+    common = ["score", "--ubm", ubm, "--models", models, "--trials", trials]
+    snorm = [*common, "--norm", "s", "--cohort", corpus / "background", "--top-n", "5"]
+    assert run(*snorm, "-o", tmp_path / "s").exit_code == 0
+    assert read_scores(tmp_path / "s").normalisation == "s top-n=5"
+    cal = tmp_path / "cal.json"
+    assert run("calibrate", tmp_path / "s", "-o", cal).exit_code == 0
+    assert load_calibration(cal).normalisation == "s top-n=5"
+    assert run(*snorm, "-o", tmp_path / "llr", "--calibration", cal).exit_code == 0
+    llr = read_scores(tmp_path / "llr")
+    assert llr.calibrated and llr.normalisation == "s top-n=5"
+    test = sorted((corpus / "test" / "alice").glob("*.wav"))[0]
+    refused = [
+        run(*common, "-o", tmp_path / "raw", "--calibration", cal),  # raw scores
+        run(*common, "--norm", "s", "--cohort", corpus / "background", "-o", tmp_path / "x", "--calibration", cal),
+        run("verify", "--ubm", ubm, "--models", models, "--speaker", "alice", "--calibration", cal, test),
+        run("identify", "--ubm", ubm, "--models", models, "--calibration", cal, test),
+    ]
+    for result in refused:
+        assert result.exit_code == 2 and str(cal) in result.stderr and "normalisation 's top-n=5'" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "x").exists()
 
 
 def test_calibration_recovers_a_known_llr():
