@@ -9,7 +9,7 @@ application prior ``P``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +32,16 @@ class Calibration:
     targets: int = 0
     nontargets: int = 0
     normalisation: str = "none"  # of the scores it was fitted on (see spkver.normalization)
+    source: str | None = field(default=None, compare=False)  # the file it was read from, for errors
 
     def __call__(self, scores):
         return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
 
-    def require(self, normalisation: str, path=None) -> None:
+    def require(self, normalisation: str) -> None:
         """Refuse scores normalised otherwise than the ones this was fitted on: its LLRs would be wrong."""
         if normalisation != self.normalisation:
             raise SpkverError(f"calibration was fitted on scores with normalisation '{self.normalisation}', "
-                              f"these scores have '{normalisation}': calibrate scores made the same way", path)
+                              f"these scores have '{normalisation}': calibrate scores made the same way", self.source)
 
 
 def _objective(params, tar, non, prior):
@@ -81,19 +82,17 @@ def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibrati
 
 
 def save_calibration(path, calibration: Calibration) -> None:
-    data = {"kind": CALIBRATION_KIND, "version": 1, **asdict(calibration)}
+    fields = asdict(calibration)
+    del fields["source"]
+    data = {"kind": CALIBRATION_KIND, "version": 1, **fields}
     try:
         write_atomic(Path(path), (json.dumps(data, indent=2) + "\n").encode())
     except OSError as exc:
         raise SpkverError(f"cannot write calibration: {exc.strerror or exc}", path) from None
 
 
-def load_calibration(path, normalisation: str | None = None) -> Calibration:
-    """Read a calibration file written by ``spkver calibrate``.
-
-    With ``normalisation`` (how the caller's scores are normalised), refuse a
-    calibration fitted on differently normalised scores: its LLRs would be wrong.
-    """
+def load_calibration(path) -> Calibration:
+    """Read a calibration file written by ``spkver calibrate``."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -105,11 +104,9 @@ def load_calibration(path, normalisation: str | None = None) -> Calibration:
     try:
         calibration = Calibration(float(data["scale"]), float(data["offset"]), float(data["p_target"]),
                                   int(data.get("targets", 0)), int(data.get("nontargets", 0)),
-                                  str(data.get("normalisation", "none")))
+                                  str(data.get("normalisation", "none")), str(path))
     except (KeyError, TypeError, ValueError) as exc:
         raise SpkverError(f"calibration file lacks a field ({exc})", path) from None
     if not (np.isfinite(calibration.scale) and np.isfinite(calibration.offset) and 0 < calibration.p_target < 1):
         raise SpkverError("calibration file holds invalid numbers", path)
-    if normalisation is not None:
-        calibration.require(normalisation, path)
     return calibration

@@ -293,7 +293,7 @@ def verify(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_
         validate_speaker_id(name)
     ubm, store = load_store(ubm_path, models_dir)
     models = [store.load(name, ubm) for name in speaker]
-    calibration = load_calibration(calibration_path, "none") if calibration_path else None  # verify never normalises
+    calibration = load_calibration(calibration_path) if calibration_path else None
     threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
     trials = verify_trials(ubm, models, items, threshold, top_c, workers, skip_bad, on_skip=report.warn,

@@ -63,7 +63,7 @@ def score(report, ubm_path, models_dir, trials_path, output, top_c, norm, cohort
     scp = {item.key: item.path for item in read_list(wav_scp)} if wav_scp else None
     trials = read_trials(trials_path, scp)
     normalisation = describe_normalisation(norm, top_n)
-    calibration = load_calibration(calibration_path, normalisation) if calibration_path else None
+    calibration = load_calibration(calibration_path) if calibration_path else None
     cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" and cohort else None
     scored = score_trials(ubm, store, trials, top_c, norm, cohort_obj, top_n, calibration, workers, skip_bad,
                           on_skip=report.warn, progress=report.progress("features"), source=str(trials_path))
@@ -165,7 +165,7 @@ def identify(report, ubm_path, models_dir, top, threshold, top_c, calibration_pa
 
     ubm, store = load_store(ubm_path, models_dir)
     speakers = [store.load(name, ubm) for name in store.speakers()]
-    calibration = load_calibration(calibration_path, "none") if calibration_path else None  # raw scores
+    calibration = load_calibration(calibration_path) if calibration_path else None
     if calibration is not None:
         threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
