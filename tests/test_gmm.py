@@ -30,10 +30,11 @@ def sklearn_after(start, x, iterations):
 
 
 @pytest.mark.parametrize("iterations", [1, 3, 8])
-def test_em_equals_sklearn_from_the_same_start(iterations):
+@pytest.mark.parametrize("k", [3, 12])  # γ formed by dividing the scores (K < 2D+1) or [x², x, 1] (K ≥ 2D+1)
+def test_em_equals_sklearn_from_the_same_start(iterations, k):
     rng = np.random.default_rng(0)
     x = three_blobs(rng)
-    start = start_from(x, 3, rng)
+    start = start_from(x, k, rng)
     ours = em_iterations(start, [x], iterations, np.full(x.shape[1], 1e-12), rng, tol=-np.inf,
                          dtype=np.float64, chunk_size=97)
     ref = sklearn_after(start, x, iterations)
@@ -159,11 +160,12 @@ def test_augment_squares_in_the_requested_precision():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_statistics_do_not_depend_on_the_chunk_size(dtype):
+@pytest.mark.parametrize("k", [6, 16])  # fewer or more components than [x², x, 1] has columns (11)
+def test_statistics_do_not_depend_on_the_chunk_size(dtype, k):
     """Reused per-chunk buffers: a short last chunk and one-frame chunks give the same sums."""
     rng = np.random.default_rng(10)
     arrays = [rng.normal(size=(n, 5)).astype(np.float32) for n in (50, 3, 120)]
-    gmm = GMM(np.full(6, 1 / 6), rng.normal(size=(6, 5)), rng.uniform(0.5, 2.0, size=(6, 5)))
+    gmm = GMM(np.full(k, 1 / k), rng.normal(size=(k, 5)), rng.uniform(0.5, 2.0, size=(k, 5)))
     reference = accumulate(gmm, arrays, np.float64, chunk_size=173)
     tolerance = 1e-12 if dtype == np.float64 else 1e-5
     for chunk_size in (1, 7, 64, 4096):
