@@ -124,8 +124,8 @@ def read_scores(path) -> ScoreFile:
     path = Path(path)
     text = _read_text(path, "scores")
     calibrated = text.startswith(CALIBRATED_MARK)
-    normalisation = next((line[len(NORMALISATION_MARK):].strip() for line in text.splitlines()[:2]
-                          if line.startswith(NORMALISATION_MARK)), "none")
+    normalisation = next((line[len(NORMALISATION_MARK):].strip() for line in text.split("\n", 2)[:2]
+                          if line.startswith(NORMALISATION_MARK)), "none")  # the header's two lines only
     scores = []
     for number, line in _read_lines(path, "scores", text):
         fields = line.split("\t")
