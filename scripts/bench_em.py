@@ -176,21 +176,40 @@ def scaling_plot(rows, path):
     print(f"\nplot: {path}")
 
 
-def kernel_run():
-    """The posterior pass (row max, exp, sum) on 2048 × 512 float32 scores: compiled vs numpy."""
+def kernel_run(components, frames=25_000, rounds=15):
+    """One core: the posterior pass, compiled vs numpy; then the E-step per chunk size against GEMM."""
     from threadpoolctl import threadpool_limits
 
+    from spkver.gmm import GMM, accumulate, default_chunk_size
     from spkver.kernels import _numpy_softmax_rows, softmax_rows
 
     scores = (np.random.default_rng(0).standard_normal((2048, 512)) * 30).astype(np.float32)
-    top, total = np.empty(2048, np.float32), np.empty(2048, np.float32)
-    print("\nposterior pass on 2048 x 512 scores, one core (median of 50):")
+    print("\nposterior pass (max, exp, sum, normalisation) on 2048 x 512 scores, one core (median of 50):")
     with threadpool_limits(1):
-        for name, fn in (("spkver compiled", softmax_rows), ("numpy max/exp/sum", _numpy_softmax_rows)):
+        for name, fn in (("spkver compiled", softmax_rows), ("numpy", _numpy_softmax_rows)):
             work = scores.copy()
-            fn(work, top, total)
-            seconds = np.median([_timed(lambda f=fn, w=work: f(w, top, total)) for _ in range(50)])
+            fn(work)
+            seconds = np.median([_timed(lambda f=fn, w=work: f(w)) for _ in range(50)])
             print(f"  {name}: {seconds * 1e3:.2f} ms, {seconds / scores.size * 1e9:.2f} ns per element")
+
+    chunks = (256, 512, 1024, 2048)
+    print(f"\nE-step on {frames:,} frames, one core, % of one-core GEMM (2048³) measured between runs; "
+          f"median of {rounds} interleaved rounds; * = default chunk size")
+    print("| M | " + " | ".join(f"{c} frames" for c in chunks) + " |")
+    print("|---|" + "---|" * len(chunks))
+    square = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    with threadpool_limits(1):
+        for m in components:
+            x, weights, means, variances = data_and_start(frames, m)
+            gmm, flops = GMM(weights, means, variances), 4 * frames * m * (2 * D + 1)
+            ratios = {c: [] for c in chunks}
+            for _ in range(rounds):
+                gemm = 2 * 2048**3 / _timed(lambda: square @ square)
+                for c in chunks:
+                    seconds = _timed(lambda g=gmm, a=x, c=c: accumulate(g, a, chunk_size=c))
+                    ratios[c].append(flops / seconds / gemm)
+            cells = [f"{100 * np.median(ratios[c]):.0f}%{'*' if c == default_chunk_size(m) else ''}" for c in chunks]
+            print(f"| {m} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main():
@@ -237,7 +256,7 @@ def main():
     if args.plot:
         scaling_plot(rows, args.plot)
     if args.kernel:
-        kernel_run()
+        kernel_run(args.components)
     if args.big:
         big_run()
 

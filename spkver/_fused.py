@@ -13,6 +13,7 @@ from spkver.kernels import COEFFICIENTS, LOG2E, LOWEST_EXPONENT
 
 C0, C1, C2, C3, C4, C5, C6 = (np.float32(c) for c in COEFFICIENTS)
 LOG2E_32, LOWEST_32 = np.float32(LOG2E), np.float32(LOWEST_EXPONENT)
+NEGATIVE_INFINITY = np.float32(-np.inf)
 HALF, BIAS, MANTISSA_BITS = np.float32(0.5), np.int32(127), np.int32(23)
 F32 = ir.FloatType()
 
@@ -43,12 +44,13 @@ def maxnum(typingctx, a, b):
 
 
 @numba.njit(fastmath=True, boundscheck=False, cache=True, nogil=True)
-def fused_softmax_rows(scores, top, total):  # pragma: no cover - compiled
+def fused_softmax_rows(scores):  # pragma: no cover - compiled
     n, k = scores.shape
+    log_likelihood, product = 0.0, 1.0
     for i in range(n):
         row = scores[i]
-        peak = row[0]
-        for j in range(1, k):
+        peak = NEGATIVE_INFINITY  # a loop over the whole row vectorises better than one from row[1]
+        for j in range(k):
             peak = maxnum(peak, row[j])
         s = np.float32(0.0)
         for j in range(k):
@@ -59,5 +61,15 @@ def fused_softmax_rows(scores, top, total):  # pragma: no cover - compiled
             value = p * float_from_bits((whole + BIAS) << MANTISSA_BITS)
             row[j] = value
             s += value
-        top[i] = peak
-        total[i] = s
+        inverse = np.float32(1.0) / s  # normalise while the row is still in L1
+        for j in range(k):
+            row[j] *= inverse
+        # Σ log(s) as the log of a product, taken every 16 rows: one log call
+        # per row costs as much as the rest of a 64-wide row (1 ≤ s ≤ k, so
+        # 16 factors stay far inside float64's range for any k < 2**63).
+        log_likelihood += np.float64(peak)
+        product *= np.float64(s)
+        if i % 16 == 15:
+            log_likelihood += np.log(product)
+            product = 1.0
+    return log_likelihood + np.log(product)

@@ -27,8 +27,9 @@ def shard_size(total_frames: int) -> int:
     It depends on the data only, never on the number of workers, so that the
     summation order (and the model) is the same however many workers run.
     A count divisible by 4 keeps 2 or 4 workers evenly loaded (16 also 8
-    and 16), and shards of at least 16 384 frames keep each task's round
-    trip through the process pool small against its work.
+    and 16), and shards of at least 16 384 frames keep a Dask task's round
+    trip small against its work (local workers get one contiguous run of
+    shards each per iteration).
     """
     if total_frames > SHARDS * MAX_SHARD:
         n_shards = -(-total_frames // MAX_SHARD)
@@ -86,8 +87,14 @@ def _init_worker(arrays):
     limit_blas_threads()
 
 
-def _pool_task(gmm, shard, dtype, chunk_size):
-    return shard_statistics(gmm, _ARRAYS, shard, dtype, chunk_size)
+def _pool_task(gmm, shards, dtype, chunk_size):
+    return [shard_statistics(gmm, _ARRAYS, shard, dtype, chunk_size) for shard in shards]
+
+
+def split_evenly(items, n_groups):
+    """``items`` cut into ``n_groups`` contiguous runs whose lengths differ by at most one."""
+    bounds = [len(items) * g // n_groups for g in range(n_groups + 1)]
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _dask_task(gmm, shard, paths, dtype, chunk_size):
@@ -127,7 +134,8 @@ class Engine:
             self.paths = [str(p) for p in paths]
         elif workers > 1 and len(self.shards) > 1:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.pool = ProcessPoolExecutor(min(workers, len(self.shards)),
+            self.workers = min(workers, len(self.shards))
+            self.pool = ProcessPoolExecutor(self.workers,
                                             mp_context=multiprocessing.get_context(method),
                                             initializer=_init_worker, initargs=(arrays,))
 
@@ -137,8 +145,12 @@ class Engine:
                        for shard in self.shards]
             parts = self.client.gather(futures)
         elif self.pool is not None:
-            parts = list(self.pool.map(_pool_task, [gmm] * len(self.shards), self.shards,
-                                       [dtype] * len(self.shards), [chunk_size] * len(self.shards)))
+            # One task per worker, a contiguous run of shards each: a pool round trip per shard
+            # (pickling the model, waking the pool's feeder thread) left workers idle 1–5 ms.
+            groups = split_evenly(self.shards, self.workers)
+            results = self.pool.map(_pool_task, [gmm] * len(groups), groups, [dtype] * len(groups),
+                                    [chunk_size] * len(groups))
+            parts = [part for result in results for part in result]
         else:
             parts = [shard_statistics(gmm, self.arrays, shard, dtype, chunk_size) for shard in self.shards]
         total = Statistics.zeros(gmm.n_components, gmm.dim)

@@ -123,14 +123,15 @@ def iter_chunks(arrays, chunk_size):
 
 
 def default_chunk_size(n_components: int) -> int:
-    """Frames per block: about 2 MiB of float32 scores, between 256 and 2048 frames.
+    """Frames per block: at most 1024, and at most 2 MiB of float32 scores (256 frames at least).
 
-    Small enough that the scores stay in cache between the two products and
-    the posterior pass, large enough to keep the products efficient (with few
-    components, longer blocks made the products slower: 45 against 38 GFLOP/s
-    per core at K = 64 for 2048 against 8192 frames).
+    Small enough that a block's [x², x, 1] and scores stay in cache between
+    the two products and the posterior pass, large enough to keep the
+    products efficient: on one core, 1024-frame blocks beat 2048 by 2–7%
+    for K = 64 to 512, and 256-frame blocks lose 3–13%
+    (``scripts/bench_em.py``'s kernel, DEVELOPERS.md).
     """
-    return int(np.clip((1 << 19) // max(n_components, 1), 256, 2048))
+    return int(np.clip((1 << 19) // max(n_components, 1), 256, 1024))
 
 
 @dataclass
@@ -177,7 +178,7 @@ def accumulate(gmm: GMM, arrays, dtype=np.float32, chunk_size=None) -> Statistic
         Precision of the per-chunk products (float32 by default, float64 for
         reference runs); sums are float64 either way.
     chunk_size : int, optional
-        Frames per block; by default about 4 MiB of scores.
+        Frames per block; :func:`default_chunk_size` by default.
     """
     if isinstance(arrays, np.ndarray):
         arrays = [arrays]
@@ -187,23 +188,15 @@ def accumulate(gmm: GMM, arrays, dtype=np.float32, chunk_size=None) -> Statistic
     # Buffers reused by every chunk: a fresh multi-MiB array per chunk costs page faults.
     z_buffer = np.empty((chunk_size, 2 * d + 1), dtype=dtype)
     score_buffer = np.empty((chunk_size, k), dtype=dtype)
-    top_buffer, total_buffer = np.empty(chunk_size, dtype=dtype), np.empty(chunk_size, dtype=dtype)
     chunk_sums = np.empty((k, 2 * d + 1), dtype=dtype)
     sums = np.zeros((k, 2 * d + 1))
     log_likelihood, n_frames = 0.0, 0
     for block in iter_chunks(arrays, chunk_size):
         n = len(block)
         z, scores = augment(block, dtype, z_buffer), score_buffer[:n]
-        top, total = top_buffer[:n], total_buffer[:n]
         np.matmul(z, projection, out=scores)
-        softmax_rows(scores, top, total)
-        log_likelihood += float(top.sum(dtype=np.float64) + np.log(total.astype(np.float64)).sum())
+        log_likelihood += softmax_rows(scores)
         n_frames += n
-        # γ = exp(scores) / total: divide whichever of z (N × (2D+1)) and scores (N × K) is narrower.
-        if k < 2 * d + 1:
-            np.divide(scores, total[:, None], out=scores)
-        else:
-            np.divide(z, total[:, None], out=z)
         np.matmul(scores.T, z, out=chunk_sums)
         sums += chunk_sums
     return Statistics(sums[:, 2 * d].copy(), sums[:, d : 2 * d].copy(), sums[:, :d].copy(), log_likelihood, n_frames)

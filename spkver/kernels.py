@@ -1,4 +1,4 @@
-"""Compiled inner loop of the E-step: per-frame max, exp and sum in one pass.
+"""Compiled inner loop of the E-step: per-frame max, exp, sum and normalisation in one pass.
 
 numpy's float32 max, ``exp`` and sum cost about 3 ns per element on AVX2
 CPUs, a quarter of the E-step. This loop (numba, already installed with librosa)
@@ -23,11 +23,13 @@ COEFFICIENTS = (1.5403530393381606e-4, 1.3333558146428443e-3, 9.618129107628477e
 LOWEST_EXPONENT = -87.0
 
 
-def _numpy_softmax_rows(scores, top, total):
-    scores.max(axis=1, out=top)
-    scores -= top[:, None]
+def _numpy_softmax_rows(scores):
+    top = scores.max(axis=1, keepdims=True)
+    scores -= top
     np.exp(scores, out=scores)
-    scores.sum(axis=1, out=total)
+    total = scores.sum(axis=1, keepdims=True)
+    scores /= total
+    return float(top.sum(dtype=np.float64) + np.log(total.astype(np.float64)).sum())
 
 
 def _compile():
@@ -42,19 +44,24 @@ _FUSED = None
 _TRIED = False
 
 
-def softmax_rows(scores, top, total):
-    """In place: ``scores[i] ← exp(scores[i] − max_i)``; ``top[i] = max_i``, ``total[i] = Σ_j``.
+def softmax_rows(scores) -> float:
+    """Posteriors from log-densities, in place: ``scores[i] ← softmax(scores[i])``.
 
     Parameters
     ----------
-    scores : numpy.ndarray, (N, K), float32, C-contiguous
-    top, total : numpy.ndarray, (N,), float32
+    scores : numpy.ndarray, (N, K), C-contiguous
+        Log-densities of N frames against K components (float32 takes the
+        compiled path).
+
+    Returns
+    -------
+    float
+        ``Σ_i log Σ_j exp(scores[i, j])`` in float64: the frames' total log-likelihood.
     """
     global _FUSED, _TRIED
     if not _TRIED:
         _TRIED = True
         _FUSED = _compile()
     if _FUSED is not None and scores.dtype == np.float32 and scores.flags.c_contiguous:
-        _FUSED(scores, top, total)
-    else:
-        _numpy_softmax_rows(scores, top, total)
+        return _FUSED(scores)
+    return _numpy_softmax_rows(scores)

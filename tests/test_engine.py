@@ -14,7 +14,7 @@ from conftest import python_output
 
 from spkver.audio import find_audio
 from spkver.cli import cli
-from spkver.engine import Engine, make_shards, shard_size
+from spkver.engine import Engine, make_shards, shard_size, split_evenly
 from spkver.errors import SpkverError
 from spkver.featstore import FeatureStore
 from spkver.features import FeatureConfig
@@ -42,6 +42,13 @@ def test_default_shards_are_equal_and_divide_among_workers(total):
     assert len(set(sizes[:-1])) <= 1 and sizes[0] - sizes[-1] < len(sizes)  # equal up to rounding
     if total >= 4 << 14:  # 2 and 4 workers get the same number of frames (8 and 16 too up to 2M frames)
         assert len(shards) % 4 == 0 or len(shards) > 16
+
+
+@pytest.mark.parametrize("n_items, n_groups", [(16, 2), (16, 3), (5, 4), (3, 3), (7, 1)])
+def test_shards_are_split_among_workers_in_order_and_evenly(n_items, n_groups):
+    groups = split_evenly(list(range(n_items)), n_groups)
+    assert len(groups) == n_groups and [i for g in groups for i in g] == list(range(n_items))
+    assert max(map(len, groups)) - min(map(len, groups)) <= 1
 
 
 def test_one_and_many_workers_give_bit_identical_statistics_and_models():
@@ -107,7 +114,7 @@ def test_em_streams_a_memory_mapped_store_with_bounded_memory(tmp_path):
     code = (
         "import sys, tracemalloc; from spkver.featstore import FeatureStore; from spkver.gmm import train;"
         "import numpy as np; from spkver.kernels import softmax_rows;"
-        "softmax_rows(np.zeros((2, 2), np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32));"
+        "softmax_rows(np.zeros((2, 2), np.float32));"
         "arrays = FeatureStore(sys.argv[1]).arrays(); tracemalloc.start();"
         "train(arrays, 32, iterations=2, kmeans_frames=20000);"
         "print(tracemalloc.get_traced_memory()[1] // 2**20)"

@@ -177,17 +177,20 @@ def test_statistics_do_not_depend_on_the_chunk_size(dtype, k):
         assert stats.log_likelihood == pytest.approx(reference.log_likelihood, rel=tolerance)
 
 
-def test_fused_softmax_kernel_matches_numpy():
+def test_fused_softmax_kernel_matches_numpy_and_scipy():
+    from scipy.special import logsumexp, softmax
+
     from spkver.kernels import _numpy_softmax_rows, softmax_rows
 
     rng = np.random.default_rng(9)
     scores = (rng.standard_normal((300, 77)) * 30 - 200).astype(np.float32)
-    scores[0, :] = -1e30  # a row far below everything still gives finite results
     fused, plain = scores.copy(), scores.copy()
-    top_f, total_f = np.empty(300, np.float32), np.empty(300, np.float32)
-    top_p, total_p = np.empty(300, np.float32), np.empty(300, np.float32)
-    softmax_rows(fused, top_f, total_f)
-    _numpy_softmax_rows(plain, top_p, total_p)
-    np.testing.assert_array_equal(top_f, top_p)
-    np.testing.assert_allclose(total_f, total_p, rtol=1e-5)
+    fused_total, plain_total = softmax_rows(fused), _numpy_softmax_rows(plain)
+    reference = scores.astype(np.float64)
+    assert fused_total == pytest.approx(plain_total, rel=1e-6)
+    assert fused_total == pytest.approx(logsumexp(reference, axis=1).sum(), rel=1e-6)
     np.testing.assert_allclose(fused, plain, rtol=2e-5, atol=1e-30)
+    np.testing.assert_allclose(fused, softmax(reference, axis=1), rtol=2e-5, atol=1e-30)
+    far_below = np.full((1, 5), -1e30, np.float32)  # a row far below everything still gives finite results
+    assert np.isfinite(softmax_rows(far_below))
+    np.testing.assert_allclose(far_below, 0.2, rtol=1e-6)
