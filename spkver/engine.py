@@ -17,7 +17,7 @@ from spkver.gmm import Statistics, accumulate
 
 MIN_SHARD, MAX_SHARD, SHARDS = 1 << 14, 1 << 17, 16
 
-_ARRAYS = None  # the frames, inherited by forked workers
+_ARRAYS = _SHARDS = _NEXT_SHARD = None  # set in each pool worker: frames, shards, shared shard counter
 _OPENED = {}  # per-process cache of memory-mapped feature files (Dask workers)
 
 
@@ -81,20 +81,27 @@ def limit_blas_threads():
         pass
 
 
-def _init_worker(arrays):
-    global _ARRAYS
-    _ARRAYS = arrays
+def _init_worker(arrays, shards, next_shard):
+    global _ARRAYS, _SHARDS, _NEXT_SHARD
+    _ARRAYS, _SHARDS, _NEXT_SHARD = arrays, shards, next_shard
     limit_blas_threads()
 
 
-def _pool_task(gmm, shards, dtype, chunk_size):
-    return [shard_statistics(gmm, _ARRAYS, shard, dtype, chunk_size) for shard in shards]
+def _pool_task(gmm, dtype, chunk_size):
+    """Statistics of shards claimed one at a time from the shared counter until none is left.
 
-
-def split_evenly(items, n_groups):
-    """``items`` cut into ``n_groups`` contiguous runs whose lengths differ by at most one."""
-    bounds = [len(items) * g // n_groups for g in range(n_groups + 1)]
-    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    Returns ``{shard index: Statistics}``. A worker that runs faster (or
+    starts sooner) claims more shards, at the cost of one lock per shard
+    instead of one pool round trip.
+    """
+    done = {}
+    while True:
+        with _NEXT_SHARD.get_lock():
+            index = _NEXT_SHARD.value
+            _NEXT_SHARD.value = index + 1
+        if index >= len(_SHARDS):
+            return done
+        done[index] = shard_statistics(gmm, _ARRAYS, _SHARDS[index], dtype, chunk_size)
 
 
 def _dask_task(gmm, shard, paths, dtype, chunk_size):
@@ -133,11 +140,12 @@ class Engine:
             self.client = Client(scheduler)
             self.paths = [str(p) for p in paths]
         elif workers > 1 and len(self.shards) > 1:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                                  else "spawn")
             self.workers = min(workers, len(self.shards))
-            self.pool = ProcessPoolExecutor(self.workers,
-                                            mp_context=multiprocessing.get_context(method),
-                                            initializer=_init_worker, initargs=(arrays,))
+            self.next_shard = context.Value("q", 0)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                            initargs=(arrays, self.shards, self.next_shard))
 
     def accumulate(self, gmm, dtype=np.float32, chunk_size=None) -> Statistics:
         if self.client is not None:
@@ -145,12 +153,14 @@ class Engine:
                        for shard in self.shards]
             parts = self.client.gather(futures)
         elif self.pool is not None:
-            # One task per worker, a contiguous run of shards each: a pool round trip per shard
-            # (pickling the model, waking the pool's feeder thread) left workers idle 1–5 ms.
-            groups = split_evenly(self.shards, self.workers)
-            results = self.pool.map(_pool_task, [gmm] * len(groups), groups, [dtype] * len(groups),
-                                    [chunk_size] * len(groups))
-            parts = [part for result in results for part in result]
+            # One task per worker, which then claims shards from a shared counter: a pool round
+            # trip per shard (pickling the model, waking the pool's feeder thread) left workers
+            # idle 1–5 ms, and a fixed split waits for the slower core.
+            self.next_shard.value = 0
+            done = {}
+            for result in self.pool.map(_pool_task, *zip(*[(gmm, dtype, chunk_size)] * self.workers)):
+                done.update(result)
+            parts = [done[i] for i in range(len(self.shards))]
         else:
             parts = [shard_statistics(gmm, self.arrays, shard, dtype, chunk_size) for shard in self.shards]
         total = Statistics.zeros(gmm.n_components, gmm.dim)

@@ -14,7 +14,7 @@ from conftest import python_output
 
 from spkver.audio import find_audio
 from spkver.cli import cli
-from spkver.engine import Engine, make_shards, shard_size, split_evenly
+from spkver.engine import Engine, make_shards, shard_size
 from spkver.errors import SpkverError
 from spkver.featstore import FeatureStore
 from spkver.features import FeatureConfig
@@ -42,13 +42,6 @@ def test_default_shards_are_equal_and_divide_among_workers(total):
     assert len(set(sizes[:-1])) <= 1 and sizes[0] - sizes[-1] < len(sizes)  # equal up to rounding
     if total >= 4 << 14:  # 2 and 4 workers get the same number of frames (8 and 16 too up to 2M frames)
         assert len(shards) % 4 == 0 or len(shards) > 16
-
-
-@pytest.mark.parametrize("n_items, n_groups", [(16, 2), (16, 3), (5, 4), (3, 3), (7, 1)])
-def test_shards_are_split_among_workers_in_order_and_evenly(n_items, n_groups):
-    groups = split_evenly(list(range(n_items)), n_groups)
-    assert len(groups) == n_groups and [i for g in groups for i in g] == list(range(n_items))
-    assert max(map(len, groups)) - min(map(len, groups)) <= 1
 
 
 def test_one_and_many_workers_give_bit_identical_statistics_and_models():
