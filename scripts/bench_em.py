@@ -13,7 +13,8 @@ median of ``--iterations`` timed iterations after a first E-step (which warms
 the worker pool). scikit-learn is skipped where its float64 N × M work arrays
 would not fit in memory (said in the table). ``--big`` also trains a
 1024-component UBM on 10 million frames from a memory-mapped feature store;
-``--kernel`` times the compiled posterior pass against numpy.
+``--kernel`` (``--kernel-only``) times the compiled posterior pass against numpy
+and the one-core E-step per chunk size against the products alone.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def kernel_run(components, frames=25_000, rounds=15):
     """One core: the posterior pass, compiled vs numpy; then the E-step per chunk size against GEMM."""
     from threadpoolctl import threadpool_limits
 
-    from spkver.gmm import GMM, accumulate, default_chunk_size
+    from spkver.gmm import GMM, accumulate, augment, default_chunk_size
     from spkver.kernels import _numpy_softmax_rows, softmax_rows
 
     scores = (np.random.default_rng(0).standard_normal((2048, 512)) * 30).astype(np.float32)
@@ -194,21 +195,33 @@ def kernel_run(components, frames=25_000, rounds=15):
 
     chunks = (256, 512, 1024, 2048)
     print(f"\nE-step on {frames:,} frames, one core, % of one-core GEMM (2048³) measured between runs; "
-          f"median of {rounds} interleaved rounds; * = default chunk size")
-    print("| M | " + " | ".join(f"{c} frames" for c in chunks) + " |")
-    print("|---|" + "---|" * len(chunks))
+          f"median of {rounds} interleaved rounds; * = default chunk size. Last column: the two matrix "
+          f"products alone at the default chunk size, the ceiling for a BLAS-based E-step of that shape")
+    print("| M | " + " | ".join(f"{c} frames" for c in chunks) + " | products alone |")
+    print("|---|" + "---|" * (len(chunks) + 1))
     square = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
     with threadpool_limits(1):
         for m in components:
             x, weights, means, variances = data_and_start(frames, m)
             gmm, flops = GMM(weights, means, variances), 4 * frames * m * (2 * D + 1)
-            ratios = {c: [] for c in chunks}
+            ratios = {c: [] for c in (*chunks, "products")}
+            z = augment(x[: default_chunk_size(m)])
+            projection, posteriors = gmm.projection(), np.empty((len(z), m), np.float32)
+            sums = np.empty((m, 2 * D + 1), np.float32)
+
+            def products(z=z, p=projection, g=posteriors, out=sums, repeat=-(-frames // len(z))):
+                for _ in range(repeat):
+                    np.matmul(z, p, out=g)
+                    np.matmul(g.T, z, out=out)
+
             for _ in range(rounds):
                 gemm = 2 * 2048**3 / _timed(lambda: square @ square)
                 for c in chunks:
                     seconds = _timed(lambda g=gmm, a=x, c=c: accumulate(g, a, chunk_size=c))
                     ratios[c].append(flops / seconds / gemm)
-            cells = [f"{100 * np.median(ratios[c]):.0f}%{'*' if c == default_chunk_size(m) else ''}" for c in chunks]
+                ratios["products"].append(flops / _timed(products) / gemm)
+            cells = [f"{100 * np.median(ratios[c]):.0f}%{'*' if c == default_chunk_size(m) else ''}"
+                     for c in (*chunks, "products")]
             print(f"| {m} | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -222,9 +235,13 @@ def main():
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="spkver runs per cell; the median one is shown")
     parser.add_argument("--big", action="store_true")
-    parser.add_argument("--kernel", action="store_true")
+    parser.add_argument("--kernel", action="store_true", help="also time the kernel on one core")
+    parser.add_argument("--kernel-only", action="store_true", help="time the kernel on one core, nothing else")
     parser.add_argument("--plot", metavar="PNG", help="draw seconds per iteration against M and N (matplotlib)")
     args = parser.parse_args()
+    if args.kernel_only:
+        kernel_run(args.components)
+        return
     cores = os.cpu_count()
     peak_all, peak_one = gemm_gflops(), gemm_gflops(1)
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, "

@@ -127,9 +127,9 @@ def default_chunk_size(n_components: int) -> int:
 
     Small enough that a block's [x², x, 1] and scores stay in cache between
     the two products and the posterior pass, large enough to keep the
-    products efficient: on one core, 1024-frame blocks beat 2048 by 2–7%
-    for K = 64 to 512, and 256-frame blocks lose 3–13%
-    (``scripts/bench_em.py``'s kernel, DEVELOPERS.md).
+    products efficient. On one core 1024- and 2048-frame blocks are within
+    a few percent of each other (1024 ahead for K = 256–512 in most runs),
+    and 256-frame blocks lose 3–13% (``scripts/bench_em.py --kernel-only``).
     """
     return int(np.clip((1 << 19) // max(n_components, 1), 256, 1024))
 
