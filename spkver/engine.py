@@ -28,8 +28,8 @@ def shard_size(total_frames: int) -> int:
     summation order (and the model) is the same however many workers run.
     A count divisible by 4 keeps 2 or 4 workers evenly loaded (16 also 8
     and 16), and shards of at least 16 384 frames keep a Dask task's round
-    trip small against its work (local workers get one contiguous run of
-    shards each per iteration).
+    trip small against its work (local workers claim shards one at a time,
+    see :func:`_pool_task`).
     """
     if total_frames > SHARDS * MAX_SHARD:
         n_shards = -(-total_frames // MAX_SHARD)
@@ -158,7 +158,8 @@ class Engine:
             # idle 1–5 ms, and a fixed split waits for the slower core.
             self.next_shard.value = 0
             done = {}
-            for result in self.pool.map(_pool_task, *zip(*[(gmm, dtype, chunk_size)] * self.workers)):
+            w = self.workers
+            for result in self.pool.map(_pool_task, [gmm] * w, [dtype] * w, [chunk_size] * w):
                 done.update(result)
             parts = [done[i] for i in range(len(self.shards))]
         else:

@@ -6,7 +6,7 @@ computes ``exp(t)`` as ``2**n · p(r)``: ``p`` a degree-6 polynomial of the
 remainder ``r ∈ (−½, ½]``, and ``2**n`` built directly in the float's
 exponent bits. Two LLVM intrinsics make every loop vectorisable (numba's own
 ``max`` branches on NaN, and numba has no bit-cast): the whole softmax costs
-about 0.5 ns per element (``scripts/bench_em.py --kernel``).
+about 0.5 ns per element (``scripts/bench_em.py --kernel-only``).
 Relative error is below 1e-5, the float32 rounding of the shifted
 log-densities themselves. Without numba, :func:`softmax_rows` uses numpy.
 """

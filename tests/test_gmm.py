@@ -30,7 +30,7 @@ def sklearn_after(start, x, iterations):
 
 
 @pytest.mark.parametrize("iterations", [1, 3, 8])
-@pytest.mark.parametrize("k", [3, 12])  # γ formed by dividing the scores (K < 2D+1) or [x², x, 1] (K ≥ 2D+1)
+@pytest.mark.parametrize("k", [3, 12])  # fewer and more components than [x², x, 1] has columns (9)
 def test_em_equals_sklearn_from_the_same_start(iterations, k):
     rng = np.random.default_rng(0)
     x = three_blobs(rng)
