@@ -123,15 +123,20 @@ def iter_chunks(arrays, chunk_size):
 
 
 def default_chunk_size(n_components: int) -> int:
-    """Frames per block: at most 1024, and at most 2 MiB of float32 scores (256 frames at least).
+    """Frames per block: 1024 (up to 4096 for K < 128), at most 2 MiB of float32 scores, at least 256.
 
-    Small enough that a block's [x², x, 1] and scores stay in cache between
+    Small enough that a block's [x², x, 1] and scores stay in cache (L2 or L3) between
     the two products and the posterior pass, large enough to keep the
-    products efficient. On one core 1024- and 2048-frame blocks are within
-    a few percent of each other (1024 ahead for K = 256–512 in most runs),
-    and 256-frame blocks lose 3–13% (``scripts/bench_em.py --kernel-only``).
+    products efficient: for K = 64 a 1024-frame block's fixed costs (BLAS
+    calls and packing, the statistics' float64 sum) show, and 2048 frames
+    run 5–8% faster on two workers; for K = 256–512, 1024 frames are a few
+    percent ahead of 512 and 2048 (``scripts/bench_em.py --kernel-only``).
+    Hence about 2^17 frame·components per block, 1024 to 4096 frames (4096
+    keeps [x², x, 1] at 2 MiB for D = 60 even for K = 1).
     """
-    return int(np.clip((1 << 19) // max(n_components, 1), 256, 1024))
+    k = max(n_components, 1)
+    frames = int(np.clip((1 << 17) // k, 1024, 4096))
+    return max(256, min(frames, (1 << 19) // k))
 
 
 @dataclass

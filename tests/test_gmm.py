@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
-from spkver.gmm import GMM, accumulate, augment, em_iterations, iter_chunks, kmeans, m_step, train
+from spkver.gmm import GMM, accumulate, augment, default_chunk_size, em_iterations, iter_chunks, kmeans, m_step, train
 
 
 def three_blobs(rng, n=400, d=4):
@@ -157,6 +157,16 @@ def test_augment_squares_in_the_requested_precision():
     assert np.array_equal(z[:, :4], wide**2) and np.array_equal(z[:, 4:8], wide) and np.all(z[:, 8] == 1.0)
     buffer = np.full((20, 9), np.nan, dtype=np.float32)
     assert np.array_equal(augment(frames, np.float32, buffer), augment(frames, np.float32))
+
+
+def test_default_chunk_keeps_the_working_set_small_for_any_number_of_components():
+    """The per-worker memory bound: a block's scores and [x², x, 1] stay a few MiB whatever K is."""
+    for k in (1, 2, 63, 64, 100, 128, 256, 512, 1000, 1024, 2048, 8192, 65536):
+        frames = default_chunk_size(k)
+        assert 256 <= frames <= 4096
+        assert frames * k * 4 <= max(2 << 20, 256 * k * 4)  # float32 scores: 2 MiB unless 256 frames exceed it
+        assert frames * (2 * 60 + 1) * 4 <= 2 << 20  # [x², x, 1] for D = 60
+    assert default_chunk_size(64) > default_chunk_size(512)  # small K: longer blocks for the same work per call
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
