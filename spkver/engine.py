@@ -3,11 +3,13 @@
 The frames are cut into a fixed list of shards (whatever the number of
 workers); each shard's statistics are computed alone and the results are
 summed in shard order, so 1 worker, N workers and a Dask cluster give
-bit-identical models.
+bit-identical models. With N local workers this process is one of them,
+beside N − 1 pool processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
@@ -81,14 +83,24 @@ def limit_blas_threads():
         pass
 
 
+def _one_blas_thread():
+    """A reusable ``with`` block that runs with one BLAS thread (a no-op without threadpoolctl)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext
+    controller = ThreadpoolController()  # inspecting the loaded libraries once: 0.3 ms
+    return lambda: controller.limit(limits=1, user_api="blas")
+
+
 def _init_worker(arrays, shards, next_shard):
     global _ARRAYS, _SHARDS, _NEXT_SHARD
     _ARRAYS, _SHARDS, _NEXT_SHARD = arrays, shards, next_shard
     limit_blas_threads()
 
 
-def _pool_task(gmm, dtype, chunk_size):
-    """Statistics of shards claimed one at a time from the shared counter until none is left.
+def claim_shards(gmm, arrays, shards, next_shard, dtype, chunk_size) -> dict:
+    """Statistics of shards claimed one at a time from a shared counter until none is left.
 
     Returns ``{shard index: Statistics}``. A worker that runs faster (or
     starts sooner) claims more shards, at the cost of one lock per shard
@@ -96,12 +108,16 @@ def _pool_task(gmm, dtype, chunk_size):
     """
     done = {}
     while True:
-        with _NEXT_SHARD.get_lock():
-            index = _NEXT_SHARD.value
-            _NEXT_SHARD.value = index + 1
-        if index >= len(_SHARDS):
+        with next_shard.get_lock():
+            index = next_shard.value
+            next_shard.value = index + 1
+        if index >= len(shards):
             return done
-        done[index] = shard_statistics(gmm, _ARRAYS, _SHARDS[index], dtype, chunk_size)
+        done[index] = shard_statistics(gmm, arrays, shards[index], dtype, chunk_size)
+
+
+def _pool_task(gmm, dtype, chunk_size):
+    return claim_shards(gmm, _ARRAYS, _SHARDS, _NEXT_SHARD, dtype, chunk_size)
 
 
 def _dask_task(gmm, shard, paths, dtype, chunk_size):
@@ -121,8 +137,9 @@ class Engine:
     arrays : list of numpy.ndarray
         Frames (memory-mapped arrays are read a chunk at a time).
     workers : int
-        1 computes in this process; more fork a pool that lives until
-        :meth:`close`.
+        1 computes in this process; N > 1 forks a pool of N − 1 processes
+        that lives until :meth:`close`, and this process computes beside
+        them (with one BLAS thread while it does).
     scheduler : str, optional
         Address of a Dask scheduler; then ``paths`` (the ``.npy`` files
         behind ``arrays``, readable by every Dask worker) are required.
@@ -144,8 +161,9 @@ class Engine:
                                                   else "spawn")
             self.workers = min(workers, len(self.shards))
             self.next_shard = context.Value("q", 0)
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+            self.pool = ProcessPoolExecutor(self.workers - 1, mp_context=context, initializer=_init_worker,
                                             initargs=(arrays, self.shards, self.next_shard))
+            self.blas_limit = _one_blas_thread()
 
     def accumulate(self, gmm, dtype=np.float32, chunk_size=None) -> Statistics:
         if self.client is not None:
@@ -153,14 +171,17 @@ class Engine:
                        for shard in self.shards]
             parts = self.client.gather(futures)
         elif self.pool is not None:
-            # One task per worker, which then claims shards from a shared counter: a pool round
-            # trip per shard (pickling the model, waking the pool's feeder thread) left workers
-            # idle 1–5 ms, and a fixed split waits for the slower core.
+            # One task per pool process, which then claims shards from a shared counter: a pool
+            # round trip per shard (pickling the model, waking the pool's feeder thread) left
+            # workers idle 1–5 ms, and a fixed split waits for the slower core. This process,
+            # already awake, claims shards too: a pool process takes 1–8 ms to wake on a VM,
+            # which cost 7–12% of an iteration on 100 000 frames.
             self.next_shard.value = 0
-            done = {}
-            w = self.workers
-            for result in self.pool.map(_pool_task, [gmm] * w, [dtype] * w, [chunk_size] * w):
-                done.update(result)
+            futures = [self.pool.submit(_pool_task, gmm, dtype, chunk_size) for _ in range(self.workers - 1)]
+            with self.blas_limit():
+                done = claim_shards(gmm, self.arrays, self.shards, self.next_shard, dtype, chunk_size)
+            for future in futures:
+                done.update(future.result())
             parts = [done[i] for i in range(len(self.shards))]
         else:
             parts = [shard_statistics(gmm, self.arrays, shard, dtype, chunk_size) for shard in self.shards]
@@ -171,6 +192,7 @@ class Engine:
 
     def close(self):
         if self.pool is not None:
+            self.next_shard.value = len(self.shards)  # after an error here, pool processes stop claiming
             self.pool.shutdown(cancel_futures=True)
         if self.client is not None:
             self.client.close()
