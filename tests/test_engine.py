@@ -45,10 +45,10 @@ def test_default_shards_are_equal_and_divide_among_workers(total):
 
 
 def test_one_and_many_workers_give_bit_identical_statistics_and_models():
-    arrays = blobs()
-    gmm = GMM(np.full(4, 0.25), np.random.default_rng(1).normal(size=(4, 6)), np.ones((4, 6)))
     from threadpoolctl import threadpool_info
 
+    arrays = blobs()
+    gmm = GMM(np.full(4, 0.25), np.random.default_rng(1).normal(size=(4, 6)), np.ones((4, 6)))
     blas_threads = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     with Engine(arrays, workers=1, shard_frames=1000) as one, Engine(arrays, workers=3, shard_frames=1000) as many:
         assert many.pool is not None and many.pool._max_workers == 2  # this process is the third worker
