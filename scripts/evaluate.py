@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Evaluation runner: drives the spkver CLI on the protocols and prints EER, minDCF, identification.
 
-    python scripts/evaluate.py [--protocol asc ...] [--quick] [--workdir DIR] [--det PNG]
+    python scripts/evaluate.py [--protocol asc ...] [--defaults] [--workdir DIR] [--det PNG]
 
 Every step is a real ``spkver`` command (train-ubm, enroll per speaker,
-score, evaluate), so the numbers are what a user gets. ``--quick`` runs each
-protocol's default configuration only; otherwise the table also varies score
-normalisation, top-C vs full scoring, the number of components and the
-relevance factor, one at a time from the default.
+score, evaluate) given nothing but the audio, so the numbers are what a user
+gets. ``--defaults`` runs each protocol with spkver's defaults only;
+otherwise the table also changes one option at a time from the defaults, and
+a second table pivots the EERs: one row per option, one column per protocol.
 """
 
 from __future__ import annotations
@@ -23,42 +23,39 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from protocols import DEFAULT_DATA_ROOT, PROTOCOLS  # noqa: E402
+from protocols import DEFAULT_BUILD_DIR, DEFAULT_DATA_ROOT, PROTOCOLS  # noqa: E402
 
 
 def spkver(*args):
     command = [sys.executable, "-m", "spkver", "-q", *map(str, args)]
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
 
 
 def write_list(path: Path, files):
-    path.write_text("".join(f"{f.resolve()}\n" for f in files))
+    path.write_text("".join(f"{Path(f).resolve()}\n" for f in files))
     return path
 
 
-def with_option(options, name, value):
-    """``options`` with ``name`` set to ``value`` (replaced or appended)."""
-    options = list(options)
-    if name in options:
-        options[options.index(name) + 1] = str(value)
-    else:
-        options += [name, str(value)]
-    return options
+def slug(options) -> str:
+    return "_".join(str(o).strip("-") for o in options) or "default"
 
 
 def train(protocol, workdir: Path, options):
-    ubm = workdir / f"ubm-{'_'.join(o.strip('-') for o in options)}.npz"
+    ubm = workdir / f"ubm-{slug(options)}.npz"
     if not ubm.exists():
         spkver("train-ubm", "-o", ubm, *options, "--list", write_list(workdir / "ubm.lst", protocol.ubm))
     return ubm
 
 
-def enroll_all(protocol, ubm: Path, models: Path, relevance=16):
+def enroll_all(protocol, ubm: Path, models: Path, options):
     if models.is_dir() and len(list(models.glob("*.npz"))) == len(protocol.enroll):
         return models
     for speaker, files in sorted(protocol.enroll.items()):
-        spkver("enroll", "--ubm", ubm, "--models", models, "--speaker", speaker, "--relevance", relevance,
-               "--force", "--list", write_list(models.parent / f"enroll_{speaker}.lst", files))
+        spkver("enroll", "--ubm", ubm, "--models", models, "--speaker", speaker, "--force", *options,
+               "--list", write_list(models.parent / f"enroll_{speaker}.lst", files))
     return models
 
 
@@ -67,7 +64,7 @@ def write_trials(protocol, workdir: Path):
     for test in protocol.test:
         for speaker in sorted(protocol.enroll):
             label = "target" if protocol.speaker_of(test) == speaker else "nontarget"
-            lines.append(f"{speaker}\t{test.resolve()}\t{label}")
+            lines.append(f"{speaker}\t{Path(test).resolve()}\t{label}")
     path = workdir / "trials"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -85,67 +82,108 @@ def identification_accuracy(scores_path: Path, protocol):
     return sum(protocol.speaker_of(Path(t)) == s for t, (s, _) in best.items()) / len(best)
 
 
-def run_protocol(protocol, workdir: Path, train_options=None, relevance=16, top_c=5, norm="none"):
+def run_protocol(protocol, workdir: Path, train_options=(), enroll_options=(), score_options=()):
     """One configuration end to end; returns its row of metrics and the scores file."""
     start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    options = train_options or protocol.train_options
-    ubm = train(protocol, workdir, options)
-    models = enroll_all(protocol, ubm, workdir / f"models-{ubm.stem}-r{relevance}", relevance)
+    ubm = train(protocol, workdir, list(train_options))
+    models = enroll_all(protocol, ubm, workdir / f"models-{ubm.stem}-{slug(enroll_options)}", list(enroll_options))
     trials = workdir / "trials" if (workdir / "trials").exists() else write_trials(protocol, workdir)
-    scores = workdir / f"scores-{ubm.stem}-r{relevance}-c{top_c}-{norm}.tsv"
-    extra = ["--norm", norm, "--cohort", write_list(workdir / "cohort.lst", protocol.cohort)] if norm != "none" else []
-    spkver("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", scores, "--top-c", top_c, *extra)
+    scores = workdir / f"scores-{ubm.stem}-{slug(enroll_options)}-{slug(score_options)}.tsv"
+    options = list(score_options)
+    if "--score-norm" in options:
+        options += ["--cohort", write_list(workdir / "cohort.lst", protocol.cohort)]
+    spkver("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", scores, *options)
     metrics = json.loads(spkver("evaluate", scores, "--json"))
     return {"eer": metrics["eer"], "min_dcf": metrics["min_dcf"]["0.01"], "targets": metrics["targets"],
             "nontargets": metrics["nontargets"], "id_accuracy": identification_accuracy(scores, protocol),
-            "seconds": time.perf_counter() - start, "scores": scores}
+            "seconds": time.perf_counter() - start, "scores": scores, "ubm": ubm, "models": models}
 
 
-def configurations(protocol, quick):
-    """(label, keyword arguments of run_protocol): the default, then one change at a time."""
-    yield "default", {}
-    if quick:
-        return
-    for norm in ("z", "t", "s"):
-        yield f"{norm.upper()}-norm", {"norm": norm}
-    yield "full scoring (top-C 0)", {"top_c": 0}
-    for k in (64, 128, 256, 512):
-        yield f"{k} components", {"train_options": with_option(protocol.train_options, "--components", k)}
-    for r in (4, 8):
-        yield f"relevance {r}", {"relevance": r}
+# (label, train-ubm options, enroll options, score options): the defaults, then one change at a time.
+CONFIGURATIONS = [
+    ("default", [], [], []),
+    ("no VAD (--vad none)", ["--vad", "none"], [], []),
+    ("energy VAD of spkver 0.2 (--vad energy)", ["--vad", "energy"], [], []),
+    ("20 cepstra", ["--n-ceps", "20"], [], []),
+    ("30 cepstra", ["--n-ceps", "30"], [], []),
+    ("c0 replaced by log energy", ["--log-energy"], [], []),
+    ("CMVN", ["--feature-norm", "cmvn"], [], []),
+    ("feature warping, 3 s", ["--feature-norm", "warp"], [], []),
+    ("components x 1/2", ["--components", "half"], [], []),
+    ("components x 2", ["--components", "double"], [], []),
+    ("relevance 8", [], ["--relevance", "8"], []),
+    ("relevance 24", [], ["--relevance", "24"], []),
+    ("MAP means only (--adapt m)", [], ["--adapt", "m"], []),
+    ("MAP means, weights, variances (--adapt mwv)", [], ["--adapt", "mwv"], []),
+    ("S-norm, cohort from the UBM audio", [], [], ["--score-norm", "s"]),
+    ("full scoring (--top-c 0)", [], [], ["--top-c", "0"]),
+]
+
+
+def configurations(defaults_only):
+    return CONFIGURATIONS[:1] if defaults_only else CONFIGURATIONS
+
+
+def resolve_components(options, default_ubm: Path):
+    """``--components half|double``: half or twice the default UBM's automatic choice."""
+    if "--components" not in options:
+        return options
+    from spkver.models import load_model
+
+    k = load_model(default_ubm, "ubm").gmm.n_components
+    options = list(options)
+    i = options.index("--components") + 1
+    options[i] = str(k // 2 if options[i] == "half" else 2 * k)
+    return options
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", action="append", choices=sorted(PROTOCOLS))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR,
+                        help="Where the long-recording protocols are built (once).")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--quick", action="store_true", help="Default configuration only.")
-    parser.add_argument("--det", type=Path, help="DET plot of each protocol's default and S-norm scores.")
+    parser.add_argument("--defaults", action="store_true", help="spkver's defaults only.")
+    parser.add_argument("--det", type=Path, help="DET plot of each protocol's default scores.")
     args = parser.parse_args()
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="spkver-eval-"))
+    names = args.protocol or list(PROTOCOLS)
     print("| protocol | configuration | target / non-target | EER % | minDCF (0.01) | closed-set ID % | s |")
-    print("|---|---|---|---|---|---|---|")
-    det_inputs = []
-    for name in args.protocol or sorted(PROTOCOLS):
-        protocol = PROTOCOLS[name](args.data)
-        for label, kwargs in configurations(protocol, args.quick):
-            row = run_protocol(protocol, workroot / name, **kwargs)
-            if label in ("default", "S-norm"):
-                det_inputs.append((f"{name} {label}", row["scores"]))
+    print("|---|---|---|---|---|---|---|", flush=True)
+    det_inputs, pivot = [], defaultdict(dict)
+    for name in names:
+        protocol = PROTOCOLS[name](args.data, args.build_dir)
+        default_ubm = None
+        for label, train_options, enroll_options, score_options in configurations(args.defaults):
+            if default_ubm is not None:
+                train_options = resolve_components(train_options, default_ubm)
+            row = run_protocol(protocol, workroot / name, train_options, enroll_options, score_options)
+            default_ubm = default_ubm or row["ubm"]
+            pivot[label][name] = row["eer"]
+            if label == "default":
+                det_inputs.append((name, row["scores"]))
             print(f"| {name} | {label} | {row['targets']} / {row['nontargets']} | {100 * row['eer']:.2f} | "
                   f"{row['min_dcf']:.3f} | {100 * row['id_accuracy']:.1f} | {row['seconds']:.0f} |", flush=True)
+    if not args.defaults:
+        print()
+        print("| EER % | " + " | ".join(names) + " | better on |")
+        print("|---|" + "---|" * (len(names) + 1))
+        for label, eers in pivot.items():
+            base = pivot["default"]
+            better = sum(eers[n] < base[n] for n in names)
+            cells = [f"{100 * eers[n]:.2f}" + ("" if label == "default" else f" ({100 * (eers[n] - base[n]):+.2f})")
+                     for n in names]
+            print(f"| {label} | " + " | ".join(cells) + f" | {'-' if label == 'default' else better} |")
     if args.det:
         copies = []
         for label, path in det_inputs:
-            copy = workroot / f"{label.replace(' ', '_')}.tsv"
+            copy = workroot / f"{label}.tsv"
             copy.write_text(path.read_text())
             copies.append(copy)
         spkver("evaluate", *copies, "--det", args.det)
-    print(f"(train-ubm options per protocol: "
-          f"{'; '.join(f'{n}: {chr(32).join(PROTOCOLS[n](args.data).train_options)}' for n in sorted(PROTOCOLS))};"
-          f" scores and models in {workroot})")
+    print(f"(scores and models in {workroot})")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ import numpy as np
 from spkver.gmm import GMM, Statistics
 
 ADAPT_MODES = ("m", "mw", "mv", "mwv")
+# Means and weights: better than means alone on every protocol, short clips and long recordings
+# alike; adapting variances too overfits long enrollments (README, "Defaults and where they come from").
+DEFAULT_ADAPT = "mw"
 
 
-def map_adapt(ubm: GMM, stats: Statistics, relevance: float = 16.0, adapt: str = "m",
+def map_adapt(ubm: GMM, stats: Statistics, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
               variance_floor=1e-10) -> GMM:
     """Adapt ``ubm`` towards the data summarised by ``stats``.
 
@@ -29,8 +32,9 @@ def map_adapt(ubm: GMM, stats: Statistics, relevance: float = 16.0, adapt: str =
     relevance : float
         The relevance factor r, 16 by default (Reynolds 2000); larger stays
         closer to the UBM. ``inf`` returns the UBM, 0 the ML estimate.
-    adapt : {"m", "mw", "mv", "mwv"}
-        Which parameters to adapt: means, and optionally weights and variances.
+    adapt : {"mw", "m", "mv", "mwv"}
+        Which parameters to adapt: means, and optionally weights and
+        variances; means and weights by default.
     variance_floor : float or array
         Lower bound for adapted variances.
     """

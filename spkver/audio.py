@@ -207,11 +207,22 @@ def resampled_blocks(blocks, orig_rate: int, target_rate: int, block_frames: int
         pending, left = pending[left + step - margin :], margin
 
 
-def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECONDS):
+def native_sample_rate(path) -> int | None:
+    """The sample rate a recording was made at (from its header), or None when it cannot be read."""
+    import soundfile as sf
+
+    try:
+        return int(sf.info(str(path)).samplerate)
+    except Exception:  # noqa: BLE001 - unreadable files are reported when they are decoded
+        return None
+
+
+def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECONDS, info: dict | None = None):
     """Yield a recording as consecutive mono float32 blocks at ``sample_rate``.
 
     Memory stays at a few blocks whatever the file's length, rate or channel
-    count; the concatenated blocks equal :func:`load_audio`'s result.
+    count; the concatenated blocks equal :func:`load_audio`'s result. When
+    ``info`` is given, ``info["native_rate"]`` receives the file's own rate.
 
     Raises
     ------
@@ -238,6 +249,8 @@ def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECON
         raise SpkverError(f"cannot read file ({exc.strerror or exc})", path) from None
     with handle:
         rate = handle.samplerate
+        if info is not None:
+            info["native_rate"] = rate
         block_frames = max(1024, int(block_seconds * rate))
         blocks = _native_blocks(handle, path, block_frames)
         try:

@@ -19,11 +19,11 @@ import numpy as np
 from scipy.special import expit
 
 from spkver import __version__
-from spkver.adapt import ADAPT_MODES
+from spkver.adapt import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.audio import gather_inputs
 from spkver.calibration import load_calibration
 from spkver.errors import SpkverError
-from spkver.features import NORMALISATIONS, FeatureConfig
+from spkver.features import NORMALISATIONS, VAD_METHODS, FeatureConfig
 from spkver.metrics import bayes_threshold
 from spkver.models import SpeakerStore, load_model, save_model, validate_speaker_id
 
@@ -130,39 +130,96 @@ def decision_threshold(threshold, calibration, p_target):
     return bayes_threshold(p_target) if calibration is not None else 0.0
 
 
+class AutoOrPositiveInt(click.ParamType):
+    """``auto`` (None) or a positive integer."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither 'auto' nor a whole number", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not at least 1", param, ctx)
+        return number
+
+
+def deprecated_alias(report, old, new, old_value, new_value, default):
+    """The value of option ``new``, taking a deprecated ``old`` spelling (with a warning) when given."""
+    if old_value is None:
+        return default if new_value is None else new_value
+    report.warn(f"{old} is deprecated and will be removed; use {new}")
+    if new_value is not None and new_value != old_value:
+        raise SpkverError(f"{old} {old_value} contradicts {new} {new_value}; give only {new}")
+    return old_value
+
+
 def feature_options(func):
-    """Feature settings (used by train-ubm; stored in the model)."""
+    """Feature settings (used by train-ubm and extract; stored in the model)."""
     d = FeatureConfig()
     options = [
-        click.option("--sample-rate", type=click.IntRange(min=1000), default=d.sample_rate, show_default=True,
-                     help="Feature sample rate in Hz (8000 for telephone speech)."),
+        click.option("--sample-rate", type=click.IntRange(min=1000), default=None,
+                     help="Feature sample rate in Hz [default: 8000 when most training audio is telephone-band "
+                          "(at most 8 kHz), else 16000]."),
         click.option("--window-ms", type=click.FloatRange(min=1), default=d.window_ms, show_default=True),
         click.option("--hop-ms", type=click.FloatRange(min=1), default=d.hop_ms, show_default=True),
-        click.option("--n-mels", type=click.IntRange(min=1), default=d.n_mels, show_default=True),
-        click.option("--n-ceps", type=click.IntRange(min=1), default=d.n_ceps, show_default=True),
+        click.option("--n-mels", type=click.IntRange(min=1), default=None,
+                     help="Mel bands [default: one per 44 mel: 64 at 16 kHz, 48 at 8 kHz]."),
+        click.option("--n-ceps", type=click.IntRange(min=1), default=None,
+                     help="Cepstra kept, c0 included [default: 40, or all bands when fewer]."),
+        click.option("--log-energy", is_flag=True, help="Replace c0 by the frame's log energy (HTK's _E)."),
         click.option("--fmin", type=click.FloatRange(min=0), default=d.fmin, show_default=True),
         click.option("--fmax", type=click.FloatRange(min=1), default=None, help="[default: Nyquist]"),
         click.option("--deltas", type=click.IntRange(0, 2), default=d.deltas, show_default=True),
-        click.option("--norm", type=click.Choice(NORMALISATIONS), default=d.norm, show_default=True),
-        click.option("--vad/--no-vad", default=d.vad, show_default=True,
-                     help="Drop non-speech frames by energy."),
-        click.option("--vad-range-db", type=click.FloatRange(min=1), default=d.vad_range_db, show_default=True),
+        click.option("--feature-norm", type=click.Choice(NORMALISATIONS), default=None,
+                     help=f"Per-recording feature normalisation: cepstral mean (cmn), mean and variance (cmvn), "
+                          f"feature warping over 3 s (warp) or none [default: {d.norm}]."),
+        click.option("--norm", "old_feature_norm", type=click.Choice(NORMALISATIONS), default=None, hidden=True),
+        click.option("--vad", type=click.Choice(VAD_METHODS), default=None,
+                     help=f"Voice-activity detection: per-band excess over the noise floor (spectral), within "
+                          f"--vad-range-db of the loudest frame (energy, before 0.3), or none [default: {d.vad}]."),
+        click.option("--no-vad", is_flag=True, help="Keep every frame (same as --vad none)."),
+        click.option("--vad-threshold", type=click.FloatRange(min=0, min_open=True), default=d.vad_threshold,
+                     show_default=True, help="Spectral VAD: speech evidence that starts a speech region."),
+        click.option("--vad-range-db", type=click.FloatRange(min=1), default=d.vad_range_db, show_default=True,
+                     help="Energy VAD: keep frames within this many dB of the loudest."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def make_feature_config(**values) -> FeatureConfig:
+def make_feature_config(report, sample_rate, feature_norm, old_feature_norm, vad, no_vad, **values) -> FeatureConfig:
+    """The FeatureConfig of the feature options (``sample_rate`` already decided)."""
+    values["norm"] = deprecated_alias(report, "--norm", "--feature-norm", old_feature_norm, feature_norm,
+                                      FeatureConfig.norm)
+    if no_vad and vad not in (None, "none"):
+        raise SpkverError(f"--no-vad contradicts --vad {vad}")
+    values["vad"] = "none" if no_vad else vad or FeatureConfig.vad
     try:
-        return FeatureConfig(**values)
+        return FeatureConfig(sample_rate=sample_rate, **values)
     except ValueError as exc:
         raise SpkverError(f"invalid feature settings: {exc}") from None
 
 
+def training_feature_config(report, items, feature_values) -> FeatureConfig:
+    """Feature settings for training on ``items``: the options, with the sample rate chosen from the audio."""
+    from spkver.pipeline import default_feature_config
+
+    if feature_values["sample_rate"] is None:
+        default, why = default_feature_config(items)
+        report.log(why)
+        feature_values = dict(feature_values, sample_rate=default.sample_rate)
+    return make_feature_config(report, **feature_values)
+
+
 @cli.command("train-ubm")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="UBM file to write (.npz).")
-@click.option("--components", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--components", type=AutoOrPositiveInt(), default="auto", show_default=True,
+              help="Gaussians in the UBM; auto: the power of two nearest one per 800 speech frames, 16-2048.")
 @click.option("--iterations", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--init", type=click.Choice(["kmeans", "split"]), default="kmeans", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -193,7 +250,6 @@ def train_ubm_command(report, output, components, iterations, init, seed, tol, a
     from spkver.featstore import default_cache_dir
     from spkver.pipeline import train_ubm
 
-    config = make_feature_config(**feature_values)
     if not output.parent.is_dir():
         raise SpkverError("output folder does not exist", output.parent)
     if output.exists() and not force:
@@ -201,16 +257,19 @@ def train_ubm_command(report, output, components, iterations, init, seed, tol, a
                           "will need re-enrolling)", output)
     if features_dir is not None and (audio or list_file):
         raise SpkverError("give either --features or AUDIO/--list, not both")
-    items = None if features_dir is not None else gather_inputs(audio, list_file)
-    if items is not None:
-        report.log(f"train-ubm: {len(items)} files, {components} components, {config.dim}-dim features")
+    items = config = None
+    if features_dir is None:
+        items = gather_inputs(audio, list_file)
+        config = training_feature_config(report, items, feature_values)
+        report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
+                   f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
     cache = None if no_cache or features_dir is not None else (cache_dir or default_cache_dir())
     model = train_ubm(items, config, components, iterations, init, seed, tol, workers=workers,
                       skip_bad=skip_bad, allow_fewer_components=allow_fewer_components,
                       on_skip=report.warn, progress=report.progress("features"),
                       on_iteration=report.iteration(), on_note=report.warn, cache_dir=cache,
                       features_dir=features_dir, scheduler=scheduler,
-                      checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume)
+                      checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume, on_log=report.log)
     save_model(output, model)
     summary = model.meta["training"]
     report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
@@ -226,9 +285,9 @@ def extract(report, output, audio, list_file, workers, skip_bad, **feature_value
     """Extract features of AUDIO into a feature store (re-runs skip unchanged files)."""
     from spkver.featstore import FeatureStore
 
-    store = FeatureStore(output, make_feature_config(**feature_values))
     items = gather_inputs(audio, list_file)
-    kept = store.extract(items, workers, skip_bad, report.warn, report.progress("features"))
+    store = FeatureStore(output, training_feature_config(report, items, feature_values))
+    kept = store.extract(items, workers, skip_bad, report.warn, report.progress("features"), report.warn)
     frames = sum(len(a) for _, a in kept)
     report.log(f"{output}: {len(kept)} of {len(items)} files, {frames} speech frames, "
                f"{len(store.entries)} entries in the store")
@@ -245,7 +304,7 @@ def load_store(ubm_path, models_dir):
               help="Speaker store folder (created if missing).")
 @click.option("--speaker", required=True)
 @click.option("--relevance", type=click.FloatRange(min=0), default=16.0, show_default=True)
-@click.option("--adapt", type=click.Choice(ADAPT_MODES), default="m", show_default=True,
+@click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
               help="Adapt means (m), and weights (w) and/or variances (v).")
 @click.option("--force", is_flag=True, help="Replace an enrolled speaker.")
 @audio_inputs
@@ -262,7 +321,7 @@ def enroll(report, ubm_path, models_dir, speaker, relevance, adapt, force, audio
                           store.path(speaker))
     items = gather_inputs(audio, list_file)
     model = enroll_speaker(ubm, items, speaker, relevance, adapt, workers, skip_bad,
-                           on_skip=report.warn, progress=report.progress("features"))
+                           on_skip=report.warn, progress=report.progress("features"), on_note=report.warn)
     with store.locked(speaker):
         if store.exists(speaker) and not force:
             raise SpkverError(f"speaker {speaker!r} was enrolled meanwhile; pass --force to replace it",
@@ -297,7 +356,7 @@ def verify(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_
     threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
     trials = verify_trials(ubm, models, items, threshold, top_c, workers, skip_bad, on_skip=report.warn,
-                           progress=report.progress("features"), calibration=calibration)
+                           progress=report.progress("features"), calibration=calibration, on_note=report.warn)
     for t in trials:
         decision = "accept" if t.accepted else "reject"
         if as_json:

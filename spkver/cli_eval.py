@@ -9,8 +9,16 @@ from pathlib import Path
 import click
 
 from spkver.audio import find_audio, gather_inputs, is_audio_file, read_list
-from spkver.calibration import fit_calibration, load_calibration, save_calibration
-from spkver.cli import audio_inputs, calibration_options, cli, decision_threshold, load_store, top_c_option
+from spkver.calibration import calibration_warnings, fit_calibration, load_calibration, save_calibration
+from spkver.cli import (
+    audio_inputs,
+    calibration_options,
+    cli,
+    decision_threshold,
+    deprecated_alias,
+    load_store,
+    top_c_option,
+)
 from spkver.errors import SpkverError
 from spkver.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
 from spkver.models import SpeakerStore, write_atomic
@@ -42,8 +50,9 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
               help="Lines 'speaker test [target|nontarget]'.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scores file to write.")
 @top_c_option
-@click.option("--norm", type=click.Choice(NORMS), default="none", show_default=True,
-              help="Score normalisation against --cohort.")
+@click.option("--score-norm", type=click.Choice(NORMS), default=None,
+              help="Score normalisation against --cohort: Z-, T- or S-norm [default: none].")
+@click.option("--norm", "old_score_norm", type=click.Choice(NORMS), default=None, hidden=True)
 @click.option("--cohort", multiple=True, type=click.Path(path_type=Path),
               help="Impostor cohort: audio folder or list (Z, S, T) and/or a model store (T). Repeatable.")
 @click.option("--top-n", type=click.IntRange(min=1), default=None,
@@ -54,11 +63,12 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="[default: all cores]")
 @click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
 @click.pass_obj
-def score(report, ubm_path, models_dir, trials_path, output, top_c, norm, cohort, top_n, calibration_path,
-          wav_scp, workers, skip_bad):
+def score(report, ubm_path, models_dir, trials_path, output, top_c, score_norm, old_score_norm, cohort, top_n,
+          calibration_path, wav_scp, workers, skip_bad):
     """Score a trial list: one 'speaker<TAB>test<TAB>score[<TAB>label]' line per trial."""
     from spkver.evaluation import score_trials
 
+    norm = deprecated_alias(report, "--norm", "--score-norm", old_score_norm, score_norm, "none")
     ubm, store = load_store(ubm_path, models_dir)
     scp = {item.key: item.path for item in read_list(wav_scp)} if wav_scp else None
     trials = read_trials(trials_path, scp)
@@ -66,7 +76,8 @@ def score(report, ubm_path, models_dir, trials_path, output, top_c, norm, cohort
     calibration = load_calibration(calibration_path) if calibration_path else None
     cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" and cohort else None
     scored = score_trials(ubm, store, trials, top_c, norm, cohort_obj, top_n, calibration, workers, skip_bad,
-                          on_skip=report.warn, progress=report.progress("features"), source=str(trials_path))
+                          on_skip=report.warn, progress=report.progress("features"), source=str(trials_path),
+                          on_note=report.warn)
     lines = score_file_header(calibration is not None, normalisation)
     lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
     try:
@@ -136,6 +147,8 @@ def calibrate(report, scores_path, trials_path, output, p_target):
         raise SpkverError("scores are already calibrated; calibrate raw scores", scores_path)
     trials = read_trials(trials_path) if trials_path else None
     tar, non = labelled_scores(scores, trials, str(scores_path))
+    for warning in calibration_warnings(tar, non, p_target):
+        report.warn(f"{scores_path}: {warning}")
     # The calibration remembers the normalisation so it is only applied to scores made the same way.
     calibration = replace(fit_calibration(tar, non, p_target), normalisation=normalisation)
     save_calibration(output, calibration)
@@ -170,7 +183,7 @@ def identify(report, ubm_path, models_dir, top, threshold, top_c, calibration_pa
         threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
     answers = identify_files(ubm, speakers, items, top, threshold, top_c, workers, skip_bad, report.warn,
-                             report.progress("features"), calibration)
+                             report.progress("features"), calibration, on_note=report.warn)
     for answer in answers:
         if as_json:
             click.echo(json.dumps({"path": answer.path, "decision": answer.decision,

@@ -16,28 +16,37 @@ from spkver.features import FeatureConfig, extract_blocks
 MIN_FILES_FOR_WORKERS = 24
 
 
-def features_of(item: AudioItem, config: FeatureConfig) -> np.ndarray:
-    """Speech-frame features of one recording.
+def features_of(item: AudioItem, config: FeatureConfig, info: dict | None = None) -> np.ndarray:
+    """Speech-frame features of one recording (``info`` as for :func:`spkver.audio.iter_audio_blocks`).
 
     Raises
     ------
     SpkverError
         Unreadable audio, or no speech frame left after voice-activity detection.
     """
-    frames = extract_blocks(iter_audio_blocks(item.path, config.sample_rate), config)
+    frames = extract_blocks(iter_audio_blocks(item.path, config.sample_rate, info=info), config)
     if len(frames) == 0:
         raise SpkverError("no speech found (the recording is silent or too quiet)", item.path)
     return frames
 
 
 def _features_or_error(args):
+    """``(features, error message, native sample rate)`` of one job."""
     item, config = args
+    info = {}
     try:
-        return features_of(item, config), None
+        return features_of(item, config, info), None, info.get("native_rate")
     except SpkverError as exc:
-        return None, f"{exc} (named in {item.origin})" if item.origin else str(exc)
+        return None, f"{exc} (named in {item.origin})" if item.origin else str(exc), info.get("native_rate")
     except MemoryError:
-        return None, f"{item.path}: out of memory while reading it"
+        return None, f"{item.path}: out of memory while reading it", info.get("native_rate")
+
+
+def low_rate_message(path, native_rate: int, feature_rate: int) -> str:
+    """The warning for audio recorded below the feature rate: its upper band is empty, silently."""
+    return (f"{path}: recorded at {native_rate} Hz, below the model's {feature_rate} Hz features, so the bands "
+            f"above {native_rate // 2} Hz are empty and scores suffer; for such audio train a UBM at "
+            f"--sample-rate {8000 if native_rate <= 8000 else native_rate} (further files like this are not reported)")
 
 
 def default_workers() -> int:
@@ -49,7 +58,7 @@ def default_workers() -> int:
 
 
 def iter_features(items, config: FeatureConfig, workers: int | None = None):
-    """Yield ``(item, features, error)`` for each item, in order.
+    """Yield ``(item, features, error, native rate)`` for each item, in order.
 
     ``error`` is the one-line message of a bad file (``features`` is then
     None), so the caller decides whether to stop or skip it.
@@ -70,7 +79,8 @@ def iter_features(items, config: FeatureConfig, workers: int | None = None):
             yield (job[0], *result)
 
 
-def usable_features(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None):
+def usable_features(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None,
+                    on_note=None):
     """Yield ``(item, features)`` of each good recording, in order.
 
     A bad file raises :class:`SpkverError`, or with ``skip_bad`` is passed to
@@ -81,13 +91,20 @@ def usable_features(items, config: FeatureConfig, workers=None, skip_bad=False, 
     progress : callable, optional
         Wraps the result iterator (for a progress bar); called as
         ``progress(iterator, length)`` and must return an iterator.
+    on_note : callable, optional
+        Receives one warning, at the first recording made at a lower rate than
+        ``config.sample_rate`` (its upper band is empty after resampling).
     """
     items = list(items)
     results = iter_features(items, config, workers)
     if progress is not None:
         results = progress(results, len(items))
-    for item, frames, error in results:
+    warned = on_note is None
+    for item, frames, error, native_rate in results:
         if error is None:
+            if not warned and native_rate and native_rate < config.sample_rate:
+                on_note(low_rate_message(item.path, native_rate, config.sample_rate))
+                warned = True
             yield item, frames
         elif not skip_bad:
             raise SpkverError(error)
@@ -95,14 +112,15 @@ def usable_features(items, config: FeatureConfig, workers=None, skip_bad=False, 
             on_skip(error)
 
 
-def extract_all(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None):
+def extract_all(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None,
+                on_note=None):
     """Features of every good item (see :func:`usable_features`); at least one must be usable.
 
     Returns
     -------
     list of (AudioItem, numpy.ndarray)
     """
-    kept = list(usable_features(items, config, workers, skip_bad, on_skip, progress))
+    kept = list(usable_features(items, config, workers, skip_bad, on_skip, progress, on_note))
     if not kept:
         raise SpkverError("no usable audio: every input was skipped")
     return kept

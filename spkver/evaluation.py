@@ -31,12 +31,12 @@ def _load_speakers(ubm, store: SpeakerStore, trials, skip_bad, on_skip, source):
     return models
 
 
-def _test_features(ubm, trials, workers, skip_bad, on_skip, progress):
+def _test_features(ubm, trials, workers, skip_bad, on_skip, progress, on_note=None):
     """Features of each distinct test file, extracted once, in parallel."""
     distinct = {}
     for trial in trials:
         distinct.setdefault(str(trial.path), AudioItem(trial.test, trial.path, f"trials line {trial.line}"))
-    good = usable_features(distinct.values(), ubm.feature_config, workers, skip_bad, on_skip, progress)
+    good = usable_features(distinct.values(), ubm.feature_config, workers, skip_bad, on_skip, progress, on_note)
     return {str(item.path): frames for item, frames in good}
 
 
@@ -50,7 +50,7 @@ class ScoredTrial:
 
 def score_trials(ubm: Model, store: SpeakerStore, trials, top_c=5, norm="none", cohort: Cohort | None = None,
                  top_n=None, calibration=None, workers=None, skip_bad=False, on_skip=None, progress=None,
-                 source="trials") -> list[ScoredTrial]:
+                 source="trials", on_note=None) -> list[ScoredTrial]:
     """Score every trial; each test file is read and scored against the UBM once.
 
     Parameters
@@ -67,7 +67,7 @@ def score_trials(ubm: Model, store: SpeakerStore, trials, top_c=5, norm="none", 
     if calibration is not None:
         calibration.require(describe_normalisation(norm, top_n))
     models = _load_speakers(ubm, store, trials, skip_bad, on_skip, source)
-    features = _test_features(ubm, trials, workers, skip_bad, on_skip, progress)
+    features = _test_features(ubm, trials, workers, skip_bad, on_skip, progress, on_note)
     by_file = {}
     for index, trial in enumerate(trials):
         if models[trial.speaker] is not None and features.get(str(trial.path)) is not None:
@@ -107,7 +107,7 @@ class Identification:
 
 
 def identify(ubm: Model, speakers, items, top=3, threshold=None, top_c=5, workers=None, skip_bad=False,
-             on_skip=None, progress=None, calibration=None) -> list[Identification]:
+             on_skip=None, progress=None, calibration=None, on_note=None) -> list[Identification]:
     """Rank enrolled speakers for each recording; ``unknown`` when the best is below ``threshold``."""
     if not speakers:
         raise SpkverError("no speakers are enrolled in the model store")
@@ -115,7 +115,7 @@ def identify(ubm: Model, speakers, items, top=3, threshold=None, top_c=5, worker
         calibration.require("none")
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     answers = []
-    for item, frames in usable_features(items, ubm.feature_config, workers, skip_bad, on_skip, progress):
+    for item, frames in usable_features(items, ubm.feature_config, workers, skip_bad, on_skip, progress, on_note):
         scores = scorer.scores(frames)
         if calibration is not None:
             scores = calibration(scores)

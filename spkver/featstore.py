@@ -164,7 +164,7 @@ class FeatureStore:
         text = json.dumps([self.config.fingerprint(), sorted(self.entries.items())], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
-    def extract(self, items, workers=None, skip_bad=False, on_skip=None, progress=None):
+    def extract(self, items, workers=None, skip_bad=False, on_skip=None, progress=None, on_note=None):
         """Bring the store up to date for ``items``; return ``[(item, memory-mapped features)]``.
 
         Files whose entry is fresh are not read again; the others are
@@ -178,7 +178,7 @@ class FeatureStore:
                 todo.append(item)
             else:
                 ready[str(item.path)] = frames
-        good = usable_features(todo, self.config, workers, skip_bad, on_skip, progress)
+        good = usable_features(todo, self.config, workers, skip_bad, on_skip, progress, on_note)
         try:
             for done, (item, frames) in enumerate(good, start=1):
                 self.put(item.path, frames)

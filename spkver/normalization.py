@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.adapt import map_adapt
+from spkver.adapt import DEFAULT_ADAPT, map_adapt
 from spkver.corpus import extract_all
 from spkver.errors import SpkverError
 from spkver.gmm import accumulate
@@ -79,14 +79,15 @@ class Cohort:
     """
 
     def __init__(self, ubm: Model, audio_items=(), model_store: SpeakerStore | None = None, top_c=5,
-                 cache_dir=None, relevance=16.0, workers=None, progress=None):
+                 cache_dir=None, relevance=16.0, workers=None, progress=None, adapt=DEFAULT_ADAPT):
         self.ubm, self.audio_items, self.model_store = ubm, list(audio_items), model_store
         self.top_c, self.relevance, self.workers, self.progress = top_c, relevance, workers, progress
+        self.adapt = adapt
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._features = None
         self._models = None
         self._t_scorer = None
-        identity = [ubm.fingerprint, str(top_c), str(relevance)]
+        identity = [ubm.fingerprint, str(top_c), str(relevance), adapt]
         identity += sorted(file_key(item.path) for item in self.audio_items)
         if model_store is not None:
             identity += [f"{s}:{file_key(model_store.path(s))}" for s in model_store.speakers()]
@@ -129,8 +130,8 @@ class Cohort:
             if self.model_store is not None and self.model_store.speakers():
                 self._models = [self.model_store.load(s, self.ubm).gmm for s in self.model_store.speakers()]
             else:
-                self._models = [map_adapt(self.ubm.gmm, accumulate(self.ubm.gmm, [f], np.float64), self.relevance)
-                                for f in self.features()]
+                self._models = [map_adapt(self.ubm.gmm, accumulate(self.ubm.gmm, [f], np.float64), self.relevance,
+                                          self.adapt) for f in self.features()]
             if len(self._models) < 2:
                 raise SpkverError("a cohort needs at least two models or recordings")
         return self._models

@@ -7,28 +7,54 @@ caller's. The CLI is a thin layer over these.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from spkver import __version__
-from spkver.adapt import map_adapt
+from spkver.adapt import DEFAULT_ADAPT, map_adapt
+from spkver.audio import native_sample_rate
 from spkver.corpus import default_workers, extract_all
 from spkver.engine import Engine
 from spkver.errors import SpkverError
 from spkver.featstore import FeatureStore
-from spkver.features import FeatureConfig
+from spkver.features import TELEPHONE_RATE, FeatureConfig, feature_rate_for
 from spkver.gmm import accumulate, train
 from spkver.models import Model, load_checkpoint, save_checkpoint, validate_speaker_id
 from spkver.scoring import Scorer
 
 # EM needs several frames per Gaussian to estimate 2·D+1 parameters sensibly.
 MIN_FRAMES_PER_COMPONENT = 10
+# --components auto: one component per this many speech frames (nearest power of two), within
+# these bounds. Measured on short clips and long recordings at 8 and 16 kHz (README).
+FRAMES_PER_COMPONENT = 800
+AUTO_COMPONENTS = (16, 2048)
 
 
-def components_for(n_frames: int, requested: int, allow_fewer: bool) -> int:
-    """The number of components to train, or a clear error when data is short."""
+def auto_components(n_frames: int) -> int:
+    """The default number of components: the power of two nearest ``n_frames / 800``, from 16 to 2048.
+
+    Fewer than 16 only when there are fewer than 160 frames (at least 10 frames per component).
+    """
+    low, high = AUTO_COMPONENTS
+    k = 2 ** round(math.log2(max(n_frames / FRAMES_PER_COMPONENT, 1)))
+    k = min(max(k, low), high)
+    while k > 1 and k * MIN_FRAMES_PER_COMPONENT > n_frames:
+        k //= 2
+    return k
+
+
+def components_for(n_frames: int, requested, allow_fewer: bool) -> int:
+    """The number of components to train (``requested``, or :func:`auto_components` for None).
+
+    Raises SpkverError when the data is too short for the number requested.
+    """
+    if requested is None:
+        requested = auto_components(n_frames)
+        if requested * MIN_FRAMES_PER_COMPONENT <= n_frames:
+            return requested
     needed = requested * MIN_FRAMES_PER_COMPONENT
     if n_frames >= needed:
         return requested
@@ -51,7 +77,7 @@ def data_identity(arrays) -> str:
 
 
 def training_frames(items, config, workers=None, skip_bad=False, on_skip=None, progress=None,
-                    cache_dir=None, features_dir=None):
+                    cache_dir=None, features_dir=None, on_note=None):
     """Training frames from a feature store, a cache, or extraction in memory.
 
     Returns
@@ -68,31 +94,58 @@ def training_frames(items, config, workers=None, skip_bad=False, on_skip=None, p
         return store.arrays(), store.paths(), store.config
     if cache_dir is not None:
         store = FeatureStore(Path(cache_dir) / f"features-{config.fingerprint()}", config)
-        kept = store.extract(items, workers, skip_bad, on_skip, progress)
+        kept = store.extract(items, workers, skip_bad, on_skip, progress, on_note)
         return [a for _, a in kept], [store.file(store.key(i.path)) for i, _ in kept], config
-    extracted = extract_all(items, config, workers, skip_bad, on_skip, progress)
+    extracted = extract_all(items, config, workers, skip_bad, on_skip, progress, on_note)
     return [frames for _, frames in extracted], None, config
 
 
-def train_ubm(items, config: FeatureConfig = FeatureConfig(), n_components=512, iterations=20,
+def default_feature_config(items, probe_limit=1000) -> tuple[FeatureConfig, str]:
+    """The default features for training audio: :func:`spkver.features.feature_rate_for` its native rates.
+
+    Reads the headers of at most ``probe_limit`` recordings, evenly spread.
+    Returns the config and a sentence saying why, for the log.
+    """
+    items = list(items)
+    sample = items[:: max(1, -(-len(items) // probe_limit))]
+    rates = [native_sample_rate(item.path) for item in sample]
+    rate = feature_rate_for(rates)
+    known = [r for r in rates if r]
+    narrow = sum(r <= TELEPHONE_RATE for r in known)
+    why = (f"feature rate {rate} Hz: {narrow} of {len(known)} training recordings"
+           f"{' read' if len(known) < len(items) else ''} are telephone-band (at most {TELEPHONE_RATE} Hz)")
+    return FeatureConfig(sample_rate=rate), why
+
+
+def train_ubm(items, config: FeatureConfig | None = None, n_components=None, iterations=20,
               init="kmeans", seed=0, tol=1e-4, variance_floor_ratio=1e-3, workers=None,
               skip_bad=False, allow_fewer_components=False, on_skip=None, progress=None,
               on_iteration=None, on_note=None, cache_dir=None, features_dir=None, scheduler=None,
-              checkpoint=None, resume=False) -> Model:
+              checkpoint=None, resume=False, on_log=None) -> Model:
     """Train a universal background model on the speech of ``items``.
 
     Parameters mirror ``spkver train-ubm``; see :func:`spkver.gmm.train` for
-    the EM settings. ``on_note`` receives warnings (fewer components,
-    re-seeded components). With ``features_dir`` the frames come from a
+    the EM settings. ``config`` None takes :func:`default_feature_config`;
+    ``n_components`` None takes :func:`auto_components` of the speech frames.
+    ``on_note`` receives warnings (fewer components, re-seeded components,
+    audio below the feature rate); ``on_log`` the choices made (feature rate,
+    number of components). With ``features_dir`` the frames come from a
     feature store (``items`` is ignored); with ``cache_dir`` extracted
     features are kept there for later runs. ``checkpoint`` is a file written
     after every EM iteration; ``resume`` continues from it.
     """
+    if config is None and features_dir is None:
+        config, why = default_feature_config(items)
+        if on_log:
+            on_log(why)
     arrays, paths, config = training_frames(items, config, workers, skip_bad, on_skip, progress,
-                                            cache_dir, features_dir)
+                                            cache_dir, features_dir, on_note)
     n_frames = sum(len(a) for a in arrays)
     k = components_for(n_frames, n_components, allow_fewer_components)
-    if k != n_components and on_note:
+    if n_components is None and on_log:
+        on_log(f"components: {k} (auto: the power of two nearest one per {FRAMES_PER_COMPONENT} of "
+               f"{n_frames} speech frames, {AUTO_COMPONENTS[0]}-{AUTO_COMPONENTS[1]})")
+    elif k != n_components and on_note:
         on_note(f"training {k} components instead of {n_components}: only {n_frames} speech frames")
     identity = "|".join(map(str, [data_identity(arrays), k, init, seed, tol, variance_floor_ratio]))
     state = load_checkpoint(checkpoint, identity) if checkpoint and resume else None
@@ -128,11 +181,14 @@ def train_ubm(items, config: FeatureConfig = FeatureConfig(), n_components=512, 
     return Model(result.gmm, "ubm", config, meta)
 
 
-def enroll(ubm: Model, items, speaker: str, relevance=16.0, adapt="m", workers=None,
-           skip_bad=False, on_skip=None, progress=None) -> Model:
-    """MAP-adapt ``ubm`` to the speech of ``items``; returns the speaker model."""
+def enroll(ubm: Model, items, speaker: str, relevance=16.0, adapt=DEFAULT_ADAPT, workers=None,
+           skip_bad=False, on_skip=None, progress=None, on_note=None) -> Model:
+    """MAP-adapt ``ubm`` to the speech of ``items``; returns the speaker model.
+
+    ``on_note`` receives a warning when audio was recorded below the UBM's feature rate.
+    """
     validate_speaker_id(speaker)
-    extracted = extract_all(items, ubm.feature_config, workers, skip_bad, on_skip, progress)
+    extracted = extract_all(items, ubm.feature_config, workers, skip_bad, on_skip, progress, on_note)
     arrays = [frames for _, frames in extracted]
     stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
     floor = ubm.gmm.variances.min(axis=0) * 1e-2
@@ -164,15 +220,16 @@ class Trial:
 
 
 def verify(ubm: Model, speakers, items, threshold=0.0, top_c=5, workers=None,
-           skip_bad=False, on_skip=None, progress=None, calibration=None) -> list[Trial]:
+           skip_bad=False, on_skip=None, progress=None, calibration=None, on_note=None) -> list[Trial]:
     """Score each recording against each speaker model; accept when score ≥ threshold.
 
     With ``calibration`` (fitted on raw scores) the scores are log-likelihood
-    ratios (compare with :func:`spkver.metrics.bayes_threshold`).
+    ratios (compare with :func:`spkver.metrics.bayes_threshold`). ``on_note``
+    receives a warning when audio was recorded below the UBM's feature rate.
     """
     if calibration is not None:
         calibration.require("none")
-    extracted = extract_all(items, ubm.feature_config, workers, skip_bad, on_skip, progress)
+    extracted = extract_all(items, ubm.feature_config, workers, skip_bad, on_skip, progress, on_note)
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     trials = []
     for item, frames in extracted:

@@ -47,7 +47,7 @@ def test_verify_json_and_threshold(trained, tmp_path):
 
 def test_info_shows_the_model(trained):
     ubm, models, _ = trained
-    assert "ubm model, 16 components, 60 dimensions" in run("info", ubm).stdout
+    assert "ubm model, 16 components, 120 dimensions" in run("info", ubm).stdout
     meta = json.loads(run("info", "--json", models / "alice.npz").stdout)
     assert meta["speaker"] == "alice" and meta["relevance"] == 16.0 and meta["kind"] == "speaker"
 
@@ -123,3 +123,63 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "EER" in result.stdout and (tmp_path / "ubm.npz").exists()
     eer_text = result.stdout.split("EER ")[1].split("%")[0]
     assert float(eer_text) < 20.0
+
+
+def test_train_ubm_chooses_the_feature_rate_and_components_from_the_audio(tmp_path):
+    from conftest import write_voice_files
+
+    from spkver.models import load_model
+    from spkver.pipeline import auto_components
+    from spkver.synth import Voice
+
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        write_voice_files(tmp_path / "phone" / f"s{i}", Voice.random(rng), 4, rng, rate=8000)
+    result = run("train-ubm", "-o", tmp_path / "ubm.npz", "--iterations", 2, "--workers", 1, tmp_path / "phone")
+    assert result.exit_code == 0, result.stderr
+    ubm = load_model(tmp_path / "ubm.npz")
+    assert ubm.feature_config.sample_rate == 8000 and ubm.feature_config.n_mels == 48
+    assert "feature rate 8000 Hz: 16 of 16 training recordings are telephone-band" in result.stderr
+    frames = ubm.meta["training"]["frames"]
+    assert ubm.gmm.n_components == auto_components(frames) == 16
+    assert "components: 16 (auto" in result.stderr
+    explicit = run("train-ubm", "-o", tmp_path / "u8.npz", "--components", 8, "--sample-rate", 16000,
+                   "--iterations", 1, "--workers", 1, tmp_path / "phone")
+    assert explicit.exit_code == 0 and load_model(tmp_path / "u8.npz").gmm.n_components == 8
+    assert "feature rate" not in explicit.stderr
+    # 8 kHz audio under 16 kHz features: one warning, however many files.
+    assert explicit.stderr.count("below the model's 16000 Hz features") == 1
+    assert run("train-ubm", "-o", tmp_path / "x.npz", "--components", "many", tmp_path / "phone").exit_code == 2
+
+
+def test_enroll_warns_once_about_audio_below_the_feature_rate(trained, tmp_path):
+    ubm, models, corpus = trained
+    low = tmp_path / "low"
+    low.mkdir()
+    for path in sorted((corpus / "enroll" / "alice").glob("*.wav")):
+        audio, rate = sf.read(path)
+        sf.write(low / path.name, audio[::2], rate // 2)
+    result = run("enroll", "--ubm", ubm, "--models", tmp_path / "m", "--speaker", "carol", low)
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "recorded at 8000 Hz" in warnings[0] and "--sample-rate 8000" in warnings[0]
+
+
+def test_old_norm_spellings_still_work_with_a_warning(trained, tmp_path):
+    ubm, models, corpus = trained
+    result = run("train-ubm", "-o", tmp_path / "u.npz", "--components", 4, "--iterations", 1, "--workers", 1,
+                 "--norm", "cmvn", corpus / "background")
+    assert result.exit_code == 0 and "--norm is deprecated" in result.stderr and "--feature-norm" in result.stderr
+    from spkver.models import load_model
+
+    assert load_model(tmp_path / "u.npz").feature_config.norm == "cmvn"
+    clash = run("train-ubm", "-o", tmp_path / "v.npz", "--norm", "cmvn", "--feature-norm", "cmn",
+                corpus / "background")
+    assert clash.exit_code == 2 and "contradicts" in clash.stderr
+    trials = tmp_path / "trials"
+    trials.write_text("".join(f"alice {p} target\n" for p in sorted((corpus / "test" / "alice").glob("*.wav"))))
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", tmp_path / "s.tsv",
+                 "--norm", "z", "--cohort", corpus / "background")
+    assert result.exit_code == 0, result.stderr
+    assert "--norm is deprecated" in result.stderr and "--score-norm" in result.stderr
+    assert "# spkver: normalisation z" in (tmp_path / "s.tsv").read_text()

@@ -8,7 +8,7 @@ from conftest import run_cli, train_and_enroll
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spkver.calibration import fit_calibration, load_calibration
+from spkver.calibration import calibration_warnings, fit_calibration, load_calibration
 from spkver.errors import SpkverError
 from spkver.metrics import actual_dcf, bayes_threshold, cllr, min_cllr, pav
 from spkver.normalization import cohort_statistics, normalise_scores
@@ -79,7 +79,7 @@ def test_unknown_speakers_and_bad_files_fail_or_are_skipped(enrolled, tmp_path):
 def test_normalised_scoring_uses_and_caches_the_cohort(enrolled, tmp_path, norm):
     work, ubm, models, trials, corpus = enrolled
     out1, out2 = tmp_path / "a", tmp_path / "b"
-    args = ["score", "--ubm", ubm, "--models", models, "--trials", trials, "--norm", norm,
+    args = ["score", "--ubm", ubm, "--models", models, "--trials", trials, "--score-norm", norm,
             "--cohort", corpus / "background"]
     assert run(*args, "-o", out1).exit_code == 0
     assert any((models / ".cohort-cache").glob("*.json"))
@@ -91,7 +91,7 @@ def test_normalised_scoring_uses_and_caches_the_cohort(enrolled, tmp_path, norm)
     assert normalisation == norm
     if raw:
         assert any(abs(s.score - raw[s.speaker, s.test]) > 1e-3 for s in normed)
-    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "--norm", norm, "-o", out1)
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "--score-norm", norm, "-o", out1)
     assert result.exit_code == 2 and "--cohort" in result.stderr
 
 
@@ -166,7 +166,7 @@ def test_calibrate_then_verify_and_score_with_llrs(enrolled, tmp_path):
 def test_a_calibration_is_only_applied_to_scores_normalised_like_its_own(enrolled, tmp_path):
     work, ubm, models, trials, corpus = enrolled
     common = ["score", "--ubm", ubm, "--models", models, "--trials", trials]
-    snorm = [*common, "--norm", "s", "--cohort", corpus / "background", "--top-n", "5"]
+    snorm = [*common, "--score-norm", "s", "--cohort", corpus / "background", "--top-n", "5"]
     assert run(*snorm, "-o", tmp_path / "s").exit_code == 0
     assert read_scores(tmp_path / "s").normalisation == "s top-n=5"
     cal = tmp_path / "cal.json"
@@ -178,7 +178,8 @@ def test_a_calibration_is_only_applied_to_scores_normalised_like_its_own(enrolle
     test = sorted((corpus / "test" / "alice").glob("*.wav"))[0]
     refused = [
         run(*common, "-o", tmp_path / "raw", "--calibration", cal),  # raw scores
-        run(*common, "--norm", "s", "--cohort", corpus / "background", "-o", tmp_path / "x", "--calibration", cal),
+        run(*common, "--score-norm", "s", "--cohort", corpus / "background", "-o", tmp_path / "x",
+            "--calibration", cal),
         run("verify", "--ubm", ubm, "--models", models, "--speaker", "alice", "--calibration", cal, test),
         run("identify", "--ubm", ubm, "--models", models, "--calibration", cal, test),
     ]
@@ -255,3 +256,27 @@ def test_det_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(SpkverError, match=r"needs matplotlib: pip install 'spkver\[plot\]'"):
         det_plot([("x", [1.0, 2.0], [0.0, 0.5])], tmp_path / "d.png")
     assert not (tmp_path / "d.png").exists()
+
+
+def test_calibration_stays_finite_on_small_or_separable_sets():
+    rng = np.random.default_rng(1)
+    for n_tar, n_non, gap in [(45, 180, 10.0), (10, 40, 50.0), (1000, 5000, 30.0)]:
+        tar, non = rng.normal(gap / 2, 1, n_tar), rng.normal(-gap / 2, 1, n_non)
+        cal = fit_calibration(tar, non, p_target=0.01)
+        llrs = cal(np.concatenate([tar, non]))
+        assert np.isfinite(cal.scale) and 0 < cal.scale and np.abs(llrs).max() <= 20
+    warnings = calibration_warnings(tar[:45], non[:180], 0.01)
+    assert len(warnings) == 2 and "small development set" in warnings[0] and "do not overlap" in warnings[1]
+    assert calibration_warnings(rng.normal(1, 1, 100), rng.normal(0, 1, 1000), 0.01) == []
+
+
+def test_calibrate_warns_about_a_small_separable_set(tmp_path):
+    scores = tmp_path / "dev.tsv"
+    lines = [f"a\tt{i}\t{5 + 0.1 * i:.3f}\ttarget" for i in range(20)]
+    lines += [f"a\tn{i}\t{-5 - 0.1 * i:.3f}\tnontarget" for i in range(60)]
+    scores.write_text("\n".join(lines) + "\n")
+    result = run("calibrate", scores, "-o", tmp_path / "cal.json")
+    assert result.exit_code == 0
+    assert "small development set" in result.stderr and "do not overlap" in result.stderr
+    cal = load_calibration(tmp_path / "cal.json")
+    assert abs(cal(25.0)) <= 20 and abs(cal(-25.0)) <= 20

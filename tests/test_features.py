@@ -6,11 +6,12 @@ from spkver.features import (
     FeatureConfig,
     deltas,
     extract,
+    feature_rate_for,
     mel_filterbank,
     mfcc_and_energy,
     normalise,
     preemphasize,
-    speech_mask,
+    warp,
 )
 from spkver.synth import Voice, synthesize
 
@@ -58,33 +59,49 @@ def test_deltas_of_a_ramp_are_its_slope_inside_and_reduced_at_edges():
     np.testing.assert_allclose(d[0], [0.5, -1.0], atol=1e-6)
 
 
-def test_default_features_are_60_dimensional_float32_and_mean_normalised():
+def test_default_features_are_120_dimensional_float32_and_mean_normalised():
     rng = np.random.default_rng(1)
     signal = synthesize(Voice.random(rng), ["a", "s", "e"], 16000, rng)
     feats = extract(signal)
-    assert feats.shape[1] == 60 and feats.dtype == np.float32
+    assert feats.shape[1] == 120 and feats.dtype == np.float32
     np.testing.assert_allclose(feats.mean(0), 0.0, atol=1e-4)
     cmvn = extract(signal, FeatureConfig(norm="cmvn"))
     np.testing.assert_allclose(cmvn.std(0), 1.0, atol=1e-3)
 
 
-def test_vad_drops_silence_but_never_all_of_a_short_voiced_clip():
-    rng = np.random.default_rng(2)
-    voice = Voice.random(rng)
-    speech = synthesize(voice, ["a"], 16000, rng, pad_s=0.0)[:1600]  # 0.1 s
-    silence = np.zeros(16000, dtype=np.float32)
-    padded = np.concatenate([silence, speech, silence])
-    n_all = len(extract(padded, FeatureConfig(vad=False)))
-    n_speech = len(extract(padded))
-    assert 0 < n_speech < n_all / 4
-    assert len(extract(speech)) > 0
-    assert len(extract(silence)) == 0
-    assert len(extract(1e-5 * rng.standard_normal(16000).astype(np.float32))) == 0
+def test_default_band_and_cepstrum_counts_follow_the_band_width():
+    assert (FeatureConfig().n_mels, FeatureConfig().n_ceps, FeatureConfig().vad_bands) == (64, 40, 40)
+    narrow = FeatureConfig(sample_rate=8000)
+    assert (narrow.n_mels, narrow.n_ceps, narrow.vad_bands) == (48, 40, 20)
+    assert FeatureConfig(n_mels=24).n_ceps == 24
+    assert FeatureConfig(n_ceps=13).n_mels == 64
+    # Resolved counts are stored: a model keeps them whatever a later default says.
+    assert FeatureConfig.from_dict(FeatureConfig(sample_rate=8000).to_dict()).n_mels == 48
 
 
-def test_speech_mask_keeps_the_loudest_frame():
-    mask = speech_mask(np.array([-60.0, -20.0, -55.0]), range_db=10, floor_db=-65)
-    assert mask.tolist() == [False, True, False]
+def test_feature_rate_follows_the_training_audio():
+    assert feature_rate_for([8000, 8000, 16000]) == 8000
+    assert feature_rate_for([8000, 16000, 44100]) == 16000
+    assert feature_rate_for([None, 6000]) == 8000
+    assert feature_rate_for([None]) == 16000 and feature_rate_for([]) == 16000
+
+
+def test_feature_warping_matches_ranks_in_a_sliding_window():
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((700, 3)).astype(np.float32)
+    x[::5, 0] = 0.25  # ties share their rank
+    warped = warp(x, 301)
+    for t in (0, 150, 151, 400, 699):
+        start = min(max(0, t - 150), 700 - 301)
+        rank = rankdata(x[start : start + 301], axis=0)[t - start]
+        np.testing.assert_allclose(warped[t], ndtri((rank - 0.5) / 301), atol=1e-6)
+    short = warp(x[:50], 301)  # shorter than the window: ranks over the whole utterance
+    np.testing.assert_allclose(np.sort(short[:, 1]), ndtri((np.arange(50) + 0.5) / 50), atol=1e-6)
+    assert abs(extract(synthesize(Voice.random(rng), ["a", "s", "e"], 16000, rng),
+                       FeatureConfig(norm="warp")).mean()) < 0.05
 
 
 def test_normalise_none_is_identity():

@@ -11,7 +11,7 @@ from spkver.gmm import GMM
 from spkver.models import Model, SpeakerStore, fingerprint, load_model, save_model, validate_speaker_id
 
 
-def small_model(kind="ubm", dim=60, **meta):
+def small_model(kind="ubm", dim=FeatureConfig().dim, **meta):
     rng = np.random.default_rng(0)
     gmm = GMM(np.full(4, 0.25), rng.normal(size=(4, dim)), rng.uniform(0.5, 2, (4, dim)))
     return Model(gmm, kind, FeatureConfig(), dict(meta))
