@@ -3,8 +3,8 @@
 
     python scripts/tune_defaults.py [--protocol asc ...] [--seeds 2] [--only LABEL ...] [--workdir DIR]
 
-The library's own calls (feature extraction, EM, MAP, top-C scoring, S-norm)
-run in this process, so a row costs seconds, not the minutes of the CLI
+The library's own calls (feature extraction, EM, MAP, top-C scoring, S-norm
+against the cohort a UBM stores) run in this process, so a row costs seconds, not the minutes of the CLI
 runner (``scripts/evaluate.py``, which gives the same numbers for one seed).
 Features are extracted once per protocol and setting and kept in
 ``--workdir``. Each row changes one setting from the defaults and prints the
@@ -36,7 +36,7 @@ from spkver.features import FeatureConfig, feature_rate_for  # noqa: E402
 from spkver.gmm import accumulate, train  # noqa: E402
 from spkver.metrics import eer, min_dcf  # noqa: E402
 from spkver.normalization import cohort_statistics, normalise_scores  # noqa: E402
-from spkver.pipeline import auto_components  # noqa: E402
+from spkver.pipeline import COHORT_SEGMENTS, auto_components, cohort_segments  # noqa: E402
 from spkver.scoring import Scorer  # noqa: E402
 
 # (label, feature settings, run settings): the defaults, then one change at a time.
@@ -64,7 +64,9 @@ CANDIDATES = [
     ("relevance 8", {}, {"relevance": 8}),
     ("relevance 12", {}, {"relevance": 12}),
     ("relevance 24", {}, {"relevance": 24}),
-    ("S-norm, cohort from the UBM audio", {}, {"norm": "s"}),
+    ("no score normalisation (--score-norm none)", {}, {"norm": "none"}),
+    ("S-norm, cohort of 50 segments", {}, {"cohort_size": 50}),
+    ("S-norm, cohort of 200 segments", {}, {"cohort_size": 200}),
 ]
 
 
@@ -98,7 +100,7 @@ def protocol_features(protocol, config, workdir: Path):
 
 
 def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor):
-    """S-norm of a (tests, speakers) score matrix against cohort recordings."""
+    """S-norm of a (tests, speakers) score matrix against cohort segments (as ``spkver score`` does)."""
     z = cohort_statistics(np.array([scorer.scores(c) for c in cohort]).T)
     cohort_models = [map_adapt(ubm, accumulate(ubm, [c], np.float64), relevance, adapt, variance_floor=floor)
                      for c in cohort]
@@ -107,8 +109,9 @@ def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor):
     return normalise_scores(scores, "s", (z[0][None, :], z[1][None, :]), (t[0][:, None], t[1][:, None]))
 
 
-def run(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm=None):
-    """EER and minDCF(0.01) of one UBM seed."""
+def run(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
+        cohort_size=COHORT_SEGMENTS):
+    """EER and minDCF(0.01) of one UBM seed, with spkver's defaults unless told otherwise."""
     ubm_frames = [features[str(f)] for f in protocol.ubm]
     n_frames = sum(len(a) for a in ubm_frames)
     k = auto_components(n_frames) if frames_per_component is None else \
@@ -123,8 +126,8 @@ def run(protocol, features, seed, frames_per_component=None, relevance=16.0, ada
     tests = [features[str(t)] for t in protocol.test]
     scores = np.array([scorer.scores(f) for f in tests])
     if norm == "s":
-        cohort = [features[str(f)] for f in protocol.cohort]
-        scores = s_norm(scores, scorer, ubm, cohort, relevance, adapt, tests, floor)
+        cohort = cohort_segments(ubm_frames, cohort_size)  # what train-ubm stores in the UBM
+        scores = s_norm(scores, scorer, ubm, [c.astype(np.float32) for c in cohort], relevance, adapt, tests, floor)
     truth = np.array([[protocol.speaker_of(t) == s for s in speakers] for t in protocol.test])
     return eer(scores[truth], scores[~truth]), min_dcf(scores[truth], scores[~truth], 0.01)
 

@@ -6,7 +6,6 @@ lines (``utt-id path``).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from spkver.errors import SpkverError
+from spkver.fileio import os_problem
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")
 
@@ -58,7 +58,10 @@ def find_audio(paths) -> list[AudioItem]:
     for raw in paths:
         path = Path(raw)
         if path_exists(path) and path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p))
+            try:
+                found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p))
+            except OSError as exc:
+                raise SpkverError(f"cannot read folder ({os_problem(exc)})", exc.filename or path) from None
             if not found:
                 raise SpkverError(
                     f"folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)})", path
@@ -138,6 +141,10 @@ def gather_inputs(paths, list_file=None) -> list[AudioItem]:
 
 # Shorter than this, no analysis window fits: refuse rather than score noise.
 MIN_DURATION_S = 0.025
+# Float files may exceed full scale a little; a million times over (120 dB) is damage, and its
+# square would overflow the float32 power spectrum into NaN features.
+MAX_SAMPLE = 1e6
+RESAMPLE_QUALITY = "HQ"
 BLOCK_SECONDS = 20.0
 
 
@@ -158,14 +165,22 @@ def _librosa_fallback(path: Path, sample_rate: int):
             data, _ = librosa.load(str(path), sr=sample_rate, mono=True, dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
         raise SpkverError(f"not a readable audio file ({_decode_error(exc)})", path) from None
-    if not np.isfinite(data).all():
+    yield check_samples(data, path)
+
+
+def check_samples(samples: np.ndarray, path) -> np.ndarray:
+    """The one guard on decoded audio: finite samples, at most 120 dB above full scale."""
+    if not np.isfinite(samples).all():
         raise SpkverError("audio holds NaN or infinite samples", path)
-    yield data
+    peak = float(np.abs(samples).max()) if samples.size else 0.0
+    if peak > MAX_SAMPLE:
+        raise SpkverError(f"audio samples are out of range (magnitude up to {peak:.3g}; full scale is 1): "
+                          "the file is damaged", path)
+    return samples
 
 
 def _check_block(block: np.ndarray, path: Path) -> np.ndarray:
-    if not np.isfinite(block).all():
-        raise SpkverError("audio holds NaN or infinite samples", path)
+    check_samples(block, path)
     return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
 
 
@@ -177,34 +192,24 @@ def _native_blocks(handle, path: Path, block_frames: int):
         yield _check_block(block, path)
 
 
-def resampled_blocks(blocks, orig_rate: int, target_rate: int, block_frames: int):
+def resampled_blocks(blocks, orig_rate: int, target_rate: int, block_frames: int = 0):
     """Resample a stream of mono blocks; the concatenation equals :func:`resample` of the whole.
 
-    Each block is resampled with ``margin`` input samples of context on both
-    sides (more than the anti-aliasing filter's half-length), then trimmed.
+    soxr's streaming resampler keeps only its filter state between blocks, so
+    memory stays bounded whatever the two rates (a header claiming 2 MHz costs
+    no more than 48 kHz).
     """
     if orig_rate == target_rate:
         yield from blocks
         return
-    g = math.gcd(int(orig_rate), int(target_rate))
-    up, down = target_rate // g, orig_rate // g
-    margin = down * math.ceil((10 * max(up, down) / up + 2) / down)
-    step = max(down * max(1, block_frames // down), margin)
-    source = iter(blocks)
-    pending, left, done = np.zeros(0, dtype=np.float32), 0, False
-    while True:
-        while not done and len(pending) < left + step + margin:
-            block = next(source, None)
-            if block is None:
-                done = True
-            else:
-                pending = np.concatenate([pending, block])
-        if done:
-            yield resample(pending, orig_rate, target_rate)[left * up // down :]
-            return
-        out = resample(pending[: left + step + margin], orig_rate, target_rate)
-        yield out[left * up // down : (left + step) * up // down]
-        pending, left = pending[left + step - margin :], margin
+    import soxr
+
+    stream = soxr.ResampleStream(orig_rate, target_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+    for block in blocks:
+        out = stream.resample_chunk(np.asarray(block, dtype=np.float32), last=False)
+        if len(out):
+            yield out
+    yield stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
 
 
 def native_sample_rate(path) -> int | None:
@@ -212,7 +217,7 @@ def native_sample_rate(path) -> int | None:
     import soundfile as sf
 
     try:
-        return int(sf.info(str(path)).samplerate)
+        return int(sf.info(os.fsencode(path)).samplerate)
     except Exception:  # noqa: BLE001 - unreadable files are reported when they are decoded
         return None
 
@@ -239,7 +244,7 @@ def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECON
     if os.path.getsize(path) == 0:
         raise SpkverError("empty file (0 bytes)", path)
     try:
-        handle = sf.SoundFile(str(path))
+        handle = sf.SoundFile(os.fsencode(path))  # bytes: file names that are not UTF-8 open too
     except (RuntimeError, ValueError, TypeError, EOFError) as exc:
         if path.suffix.lower() == ".mp3":
             yield from _checked_total(_librosa_fallback(path, sample_rate), path, sample_rate)
@@ -275,14 +280,13 @@ def _checked_total(blocks, path: Path, sample_rate: int):
 
 
 def resample(signal: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
-    """Resample with a polyphase anti-aliasing filter (``scipy.signal.resample_poly``)."""
+    """Resample with soxr's high-quality anti-aliasing filter (the resampler librosa uses)."""
     if orig_rate == target_rate:
         return signal
-    from scipy.signal import resample_poly
+    import soxr
 
-    g = math.gcd(int(orig_rate), int(target_rate))
-    out = resample_poly(signal, target_rate // g, orig_rate // g)
-    return out.astype(np.float32, copy=False)
+    return soxr.resample(np.asarray(signal, dtype=np.float32), orig_rate, target_rate,
+                         quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
 
 
 def load_audio(path, sample_rate: int) -> np.ndarray:

@@ -24,7 +24,8 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from spkver.errors import SpkverError
-from spkver.models import write_atomic
+from spkver.fileio import read_json, write_atomic
+from spkver.normalization import parse_normalisation
 
 CALIBRATION_KIND = "spkver-calibration"
 
@@ -117,20 +118,21 @@ def save_calibration(path, calibration: Calibration) -> None:
     fields = asdict(calibration)
     del fields["source"]
     data = {"kind": CALIBRATION_KIND, "version": 1, **fields}
+    write_atomic(Path(path), (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+
+
+def is_calibration_file(path) -> bool:
+    """Whether ``path`` holds a calibration written by ``spkver calibrate``."""
     try:
-        write_atomic(Path(path), (json.dumps(data, indent=2) + "\n").encode())
-    except OSError as exc:
-        raise SpkverError(f"cannot write calibration: {exc.strerror or exc}", path) from None
+        load_calibration(path)
+    except SpkverError:
+        return False
+    return True
 
 
 def load_calibration(path) -> Calibration:
     """Read a calibration file written by ``spkver calibrate``."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpkverError("no such calibration file", path) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SpkverError(f"not a valid calibration file ({exc})", path) from None
+    data = read_json(path, "calibration file")
     if not isinstance(data, dict) or data.get("kind") != CALIBRATION_KIND:
         raise SpkverError("not a spkver calibration file", path)
     try:
@@ -141,4 +143,8 @@ def load_calibration(path) -> Calibration:
         raise SpkverError(f"calibration file lacks a field ({exc})", path) from None
     if not (np.isfinite(calibration.scale) and np.isfinite(calibration.offset) and 0 < calibration.p_target < 1):
         raise SpkverError("calibration file holds invalid numbers", path)
+    try:
+        parse_normalisation(calibration.normalisation)
+    except ValueError as exc:
+        raise SpkverError(f"calibration file is damaged ({exc})", path) from None
     return calibration

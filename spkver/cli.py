@@ -8,6 +8,7 @@ other failure.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -22,10 +23,12 @@ from spkver import __version__
 from spkver.adapt import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.audio import gather_inputs
 from spkver.calibration import load_calibration
-from spkver.errors import SpkverError
+from spkver.errors import SpkverError, printable
 from spkver.features import NORMALISATIONS, VAD_METHODS, FeatureConfig
+from spkver.fileio import os_problem
 from spkver.metrics import bayes_threshold
 from spkver.models import SpeakerStore, load_model, save_model, validate_speaker_id
+from spkver.pipeline import COHORT_SEGMENTS
 
 
 class Reporter:
@@ -36,10 +39,10 @@ class Reporter:
 
     def log(self, message):
         if not self.quiet:
-            click.echo(message, err=True)
+            click.echo(printable(message), err=True)
 
     def warn(self, message):
-        click.echo(f"spkver: warning: {message}", err=True)
+        click.echo(f"spkver: warning: {printable(message)}", err=True)
 
     def progress(self, label):
         """A ``progress(iterator, length)`` wrapper drawing a bar over files."""
@@ -71,6 +74,19 @@ class Reporter:
 class SpkverGroup(click.Group):
     """Turns user errors into one line and exit code 2, and bugs into exit code 1."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:  # usage errors: one line, like every other error
+            click.echo(f"spkver: error: {exc.format_message()} (spkver -h for help)", err=True)
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            click.echo("spkver: interrupted", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -82,6 +98,13 @@ class SpkverGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except OSError as exc:  # the system's fault (disk full, read-only, permissions) reached us unwrapped
+            where = printable(exc.filename) + ": " if exc.filename else ""
+            click.echo(f"spkver: error: {where}{os_problem(exc)}", err=True)
+            ctx.exit(2)
+        except MemoryError:
+            click.echo("spkver: error: out of memory (fewer --workers, or smaller inputs)", err=True)
+            ctx.exit(2)
         except Exception as exc:  # noqa: BLE001 - last resort, shown without traceback
             if os.environ.get("SPKVER_DEBUG"):
                 traceback.print_exc()
@@ -99,13 +122,41 @@ def cli(ctx, quiet):
     ctx.obj = Reporter(quiet)
 
 
+class Finite(click.FloatRange):
+    """A float within optional bounds that is neither NaN nor infinite."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def cap_workers(ctx, param, value):
+    """--workers: at most the cores this process may use (more only add start-up time and memory)."""
+    from spkver.corpus import default_workers
+
+    cores = default_workers()
+    if value is not None and value > cores:
+        reporter = ctx.find_object(Reporter) or Reporter()
+        reporter.warn(f"--workers {value}: this machine lets spkver use {cores} cores; using {cores}")
+        return cores
+    return value
+
+
+def workers_option(help_text="Processes for feature extraction [default: all cores]."):
+    return click.option("--workers", type=click.IntRange(min=1), default=None, callback=cap_workers,
+                        help=help_text)
+
+
 def audio_inputs(func):
     """The AUDIO... arguments and the --list, --workers and --skip-bad options."""
     func = click.argument("audio", nargs=-1, type=click.Path(path_type=Path))(func)
     func = click.option("--list", "list_file", type=click.Path(path_type=Path),
                         help="File with one audio path per line, or Kaldi wav.scp lines.")(func)
-    func = click.option("--workers", type=click.IntRange(min=1), default=None,
-                        help="Processes for feature extraction [default: all cores].")(func)
+    func = workers_option()(func)
     func = click.option("--skip-bad", is_flag=True,
                         help="Report unreadable or silent files and go on without them.")(func)
     return func
@@ -117,7 +168,7 @@ def top_c_option(func):
 
 
 def calibration_options(func):
-    func = click.option("--p-target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+    func = click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
                         show_default=True, help="Prior of the target speaker for calibrated decisions.")(func)
     return click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
                         help="CAL.json from `spkver calibrate`: scores become log-likelihood ratios.")(func)
@@ -164,15 +215,15 @@ def feature_options(func):
         click.option("--sample-rate", type=click.IntRange(min=1000), default=None,
                      help="Feature sample rate in Hz [default: 8000 when most training audio is telephone-band "
                           "(at most 8 kHz), else 16000]."),
-        click.option("--window-ms", type=click.FloatRange(min=1), default=d.window_ms, show_default=True),
-        click.option("--hop-ms", type=click.FloatRange(min=1), default=d.hop_ms, show_default=True),
+        click.option("--window-ms", type=Finite(min=1), default=d.window_ms, show_default=True),
+        click.option("--hop-ms", type=Finite(min=1), default=d.hop_ms, show_default=True),
         click.option("--n-mels", type=click.IntRange(min=1), default=None,
                      help="Mel bands [default: one per 44 mel: 64 at 16 kHz, 48 at 8 kHz]."),
         click.option("--n-ceps", type=click.IntRange(min=1), default=None,
                      help="Cepstra kept, c0 included [default: 40, or all bands when fewer]."),
         click.option("--log-energy", is_flag=True, help="Replace c0 by the frame's log energy (HTK's _E)."),
-        click.option("--fmin", type=click.FloatRange(min=0), default=d.fmin, show_default=True),
-        click.option("--fmax", type=click.FloatRange(min=1), default=None, help="[default: Nyquist]"),
+        click.option("--fmin", type=Finite(min=0), default=d.fmin, show_default=True),
+        click.option("--fmax", type=Finite(min=1), default=None, help="[default: Nyquist]"),
         click.option("--deltas", type=click.IntRange(0, 2), default=d.deltas, show_default=True),
         click.option("--feature-norm", type=click.Choice(NORMALISATIONS), default=None,
                      help=f"Per-recording feature normalisation: cepstral mean (cmn), mean and variance (cmvn), "
@@ -182,9 +233,9 @@ def feature_options(func):
                      help=f"Voice-activity detection: per-band excess over the noise floor (spectral), within "
                           f"--vad-range-db of the loudest frame (energy, before 0.3), or none [default: {d.vad}]."),
         click.option("--no-vad", is_flag=True, help="Keep every frame (same as --vad none)."),
-        click.option("--vad-threshold", type=click.FloatRange(min=0, min_open=True), default=d.vad_threshold,
+        click.option("--vad-threshold", type=Finite(min=0, min_open=True), default=d.vad_threshold,
                      show_default=True, help="Spectral VAD: speech evidence that starts a speech region."),
-        click.option("--vad-range-db", type=click.FloatRange(min=1), default=d.vad_range_db, show_default=True,
+        click.option("--vad-range-db", type=Finite(min=1), default=d.vad_range_db, show_default=True,
                      help="Energy VAD: keep frames within this many dB of the loudest."),
     ]
     for option in reversed(options):
@@ -222,8 +273,8 @@ def training_feature_config(report, items, feature_values) -> FeatureConfig:
               help="Gaussians in the UBM; auto: the power of two nearest one per 800 speech frames, 16-2048.")
 @click.option("--iterations", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--init", type=click.Choice(["kmeans", "split"]), default="kmeans", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--tol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--tol", type=Finite(min=0), default=1e-4, show_default=True,
               help="Stop when the relative gain in average log-likelihood is below this.")
 @click.option("--allow-fewer-components", is_flag=True,
               help="With too little speech, train fewer components instead of failing.")
@@ -236,22 +287,25 @@ def training_feature_config(report, items, feature_values) -> FeatureConfig:
 @click.option("--no-cache", is_flag=True, help="Keep features in memory only.")
 @click.option("--scheduler", default=None, help="Dask scheduler address: accumulate EM statistics on a cluster.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT's checkpoint.")
+@click.option("--cohort-segments", type=click.IntRange(min=0), default=COHORT_SEGMENTS, show_default=True,
+              help="3 s segments of the training speech kept in the UBM for `spkver score`'s S-norm; 0 for none.")
 @feature_options
 @audio_inputs
 @click.pass_obj
 def train_ubm_command(report, output, components, iterations, init, seed, tol, allow_fewer_components,
-                      force, features_dir, cache_dir, no_cache, scheduler, resume, audio, list_file, workers,
-                      skip_bad, **feature_values):
+                      force, features_dir, cache_dir, no_cache, scheduler, resume, cohort_segments, audio, list_file,
+                      workers, skip_bad, **feature_values):
     """Train a universal background model on AUDIO (files or folders).
 
     A checkpoint (OUTPUT.checkpoint.npz) is written after every EM iteration;
     --resume continues from it after a crash or Ctrl-C.
     """
-    from spkver.featstore import default_cache_dir
     from spkver.pipeline import train_ubm
 
     if not output.parent.is_dir():
         raise SpkverError("output folder does not exist", output.parent)
+    if not os.access(output.parent, os.W_OK):  # fail now, not after hours of EM
+        raise SpkverError("output folder is not writable", output.parent)
     if output.exists() and not force:
         raise SpkverError("already exists; pass --force to replace it (speakers enrolled from it "
                           "will need re-enrolling)", output)
@@ -263,13 +317,14 @@ def train_ubm_command(report, output, components, iterations, init, seed, tol, a
         config = training_feature_config(report, items, feature_values)
         report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
                    f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
-    cache = None if no_cache or features_dir is not None else (cache_dir or default_cache_dir())
+    cache = None if no_cache or features_dir is not None else feature_cache(report, cache_dir)
     model = train_ubm(items, config, components, iterations, init, seed, tol, workers=workers,
                       skip_bad=skip_bad, allow_fewer_components=allow_fewer_components,
                       on_skip=report.warn, progress=report.progress("features"),
                       on_iteration=report.iteration(), on_note=report.warn, cache_dir=cache,
                       features_dir=features_dir, scheduler=scheduler,
-                      checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume, on_log=report.log)
+                      checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume, on_log=report.log,
+                      cohort_size=cohort_segments)
     save_model(output, model)
     summary = model.meta["training"]
     report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
@@ -293,6 +348,23 @@ def extract(report, output, audio, list_file, workers, skip_bad, **feature_value
                f"{len(store.entries)} entries in the store")
 
 
+def feature_cache(report, cache_dir):
+    """The feature cache folder to use: ``--cache-dir`` must work; the default may be skipped, with a word."""
+    from spkver.featstore import default_cache_dir, usable_cache_dir
+
+    if cache_dir is not None:
+        problem = usable_cache_dir(cache_dir)
+        if problem:
+            raise SpkverError(f"cannot use as a feature cache ({problem})", cache_dir)
+        return cache_dir
+    default = default_cache_dir()
+    problem = "there is no home folder (set SPKVER_CACHE_DIR)" if default is None else usable_cache_dir(default)
+    if problem:
+        report.warn(f"features are not cached: {problem}{'' if default is None else f' ({default})'}")
+        return None
+    return default
+
+
 def load_store(ubm_path, models_dir):
     ubm = load_model(ubm_path, kind="ubm")
     return ubm, SpeakerStore(models_dir)
@@ -303,7 +375,7 @@ def load_store(ubm_path, models_dir):
 @click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
               help="Speaker store folder (created if missing).")
 @click.option("--speaker", required=True)
-@click.option("--relevance", type=click.FloatRange(min=0), default=16.0, show_default=True)
+@click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True)
 @click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
               help="Adapt means (m), and weights (w) and/or variances (v).")
 @click.option("--force", is_flag=True, help="Replace an enrolled speaker.")
@@ -335,7 +407,7 @@ def enroll(report, ubm_path, models_dir, speaker, relevance, adapt, force, audio
 @click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
 @click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--speaker", required=True, multiple=True, help="Claimed speaker (repeatable).")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=Finite(), default=None,
               help="Accept when the score is at least this [default: 0, or the Bayes threshold "
                    "for --p-target with --calibration].")
 @top_c_option
@@ -365,9 +437,9 @@ def verify(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_
             if calibration is not None:
                 record["posterior"] = round(float(expit(t.score + np.log(p_target / (1 - p_target)))), 6)
                 record["p_target"] = p_target
-            click.echo(json.dumps(record))
+            click.echo(json.dumps(record, allow_nan=False))
         else:
-            click.echo(f"{t.speaker}\t{t.path}\t{t.score:.6f}\t{decision}")
+            click.echo(f"{printable(t.speaker)}\t{printable(t.path)}\t{t.score:.6f}\t{decision}")
 
 
 @cli.command()
@@ -381,23 +453,23 @@ def info(model_path, as_json):
     if as_json:
         meta.update(feature_config=model.feature_config.to_dict(), fingerprint=model.fingerprint,
                     components=model.gmm.n_components, dim=model.gmm.dim)
-        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+        click.echo(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False))
         return
-    click.echo(f"{model_path}: {model.kind} model, {model.gmm.n_components} components, "
+    click.echo(f"{printable(model_path)}: {model.kind} model, {model.gmm.n_components} components, "
                f"{model.gmm.dim} dimensions, format {meta.pop('format_version')}")
     click.echo(f"fingerprint: {model.fingerprint}")
     for key in ("speaker", "relevance", "adapt", "ubm_fingerprint"):
         if key in meta:
-            click.echo(f"{key}: {meta[key]}")
+            click.echo(f"{key}: {printable(meta[key])}")
     training = {k: v for k, v in meta.get("training", {}).items() if k != "log_likelihood_history"}
-    click.echo("training: " + ", ".join(f"{k}={v}" for k, v in training.items()))
+    click.echo("training: " + printable(", ".join(f"{k}={v}" for k, v in training.items())))
     click.echo("features: " + ", ".join(f"{k}={v}" for k, v in model.feature_config.to_dict().items()))
 
 
 @cli.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where to write the demo's audio and models [default: a temporary folder].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.pass_obj
 def demo(report, workdir, seed):
     """Synthesize speakers, train a UBM, enroll, verify and report the EER."""

@@ -9,8 +9,15 @@ from pathlib import Path
 import click
 
 from spkver.audio import find_audio, gather_inputs, is_audio_file, read_list
-from spkver.calibration import calibration_warnings, fit_calibration, load_calibration, save_calibration
+from spkver.calibration import (
+    calibration_warnings,
+    fit_calibration,
+    is_calibration_file,
+    load_calibration,
+    save_calibration,
+)
 from spkver.cli import (
+    Finite,
     audio_inputs,
     calibration_options,
     cli,
@@ -18,16 +25,21 @@ from spkver.cli import (
     deprecated_alias,
     load_store,
     top_c_option,
+    workers_option,
 )
-from spkver.errors import SpkverError
+from spkver.errors import SpkverError, printable
+from spkver.fileio import refuse_other_kind, write_atomic
 from spkver.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
-from spkver.models import SpeakerStore, write_atomic
-from spkver.normalization import NORMS, Cohort, describe_normalisation
-from spkver.trials import format_score, labelled_scores, read_scores, read_trials, score_file_header
+from spkver.models import SpeakerStore
+from spkver.normalization import NORMS, Cohort, describe_normalisation, parse_normalisation
+from spkver.trials import format_score, is_score_file, labelled_scores, read_scores, read_trials, score_file_header
 
 
 def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
-    """A Cohort from --cohort values: model stores (folders of .npz) and audio (folders or lists)."""
+    """A Cohort from --cohort values (model stores and audio), else the UBM's stored cohort."""
+    cache_dir = Path(models_dir) / ".cohort-cache"
+    if not cohort_paths:
+        return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, workers=workers, frames=ubm.cohort)
     audio, model_store = [], None
     for raw in cohort_paths:
         path = Path(raw)
@@ -39,8 +51,7 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
             audio.extend(read_list(path))
         else:
             audio.extend(find_audio([path]))
-    return Cohort(ubm, audio, model_store, top_c, cache_dir=Path(models_dir) / ".cohort-cache", workers=workers,
-                  progress=report.progress)
+    return Cohort(ubm, audio, model_store, top_c, cache_dir=cache_dir, workers=workers, progress=report.progress)
 
 
 @cli.command()
@@ -51,16 +62,18 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scores file to write.")
 @top_c_option
 @click.option("--score-norm", type=click.Choice(NORMS), default=None,
-              help="Score normalisation against --cohort: Z-, T- or S-norm [default: none].")
+              help="Score normalisation against --cohort, or the UBM's stored cohort: Z-, T-, S-norm or none "
+                   "[default: s when the UBM stores a cohort or --cohort is given, else none].")
 @click.option("--norm", "old_score_norm", type=click.Choice(NORMS), default=None, hidden=True)
 @click.option("--cohort", multiple=True, type=click.Path(path_type=Path),
-              help="Impostor cohort: audio folder or list (Z, S, T) and/or a model store (T). Repeatable.")
+              help="Impostor cohort: audio folder or list (Z, S, T) and/or a model store (T) [default: the "
+                   "speech segments the UBM stores from its training audio]. Repeatable.")
 @click.option("--top-n", type=click.IntRange(min=1), default=None,
               help="Adaptive normalisation: statistics of the N highest cohort scores.")
 @click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
               help="CAL.json: write calibrated log-likelihood ratios.")
 @click.option("--wav-scp", type=click.Path(path_type=Path), help="Kaldi wav.scp: tests are utterance ids.")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="[default: all cores]")
+@workers_option("Processes for feature extraction [default: all cores].")
 @click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
 @click.pass_obj
 def score(report, ubm_path, models_dir, trials_path, output, top_c, score_norm, old_score_norm, cohort, top_n,
@@ -68,22 +81,31 @@ def score(report, ubm_path, models_dir, trials_path, output, top_c, score_norm, 
     """Score a trial list: one 'speaker<TAB>test<TAB>score[<TAB>label]' line per trial."""
     from spkver.evaluation import score_trials
 
-    norm = deprecated_alias(report, "--norm", "--score-norm", old_score_norm, score_norm, "none")
+    norm = deprecated_alias(report, "--norm", "--score-norm", old_score_norm, score_norm, None)
+    refuse_other_kind(output, is_score_file, "score file")
     ubm, store = load_store(ubm_path, models_dir)
+    calibration = load_calibration(calibration_path) if calibration_path else None
+    if norm is None and calibration is not None:
+        # A calibration holds only for scores made as its own were: make them so.
+        norm, calibrated_top_n = parse_normalisation(calibration.normalisation)
+        top_n = top_n or calibrated_top_n
+    if norm is None:
+        norm = "s" if cohort or ubm.cohort else "none"
+        if norm == "none":
+            report.warn(f"{ubm_path} stores no cohort (trained before spkver 0.3): scores are not normalised; "
+                        "give --cohort for S-norm, or retrain the UBM")
+    elif norm != "none" and not cohort and not ubm.cohort:
+        raise SpkverError(f"--score-norm {norm} needs --cohort: this UBM stores no cohort", ubm_path)
     scp = {item.key: item.path for item in read_list(wav_scp)} if wav_scp else None
     trials = read_trials(trials_path, scp)
     normalisation = describe_normalisation(norm, top_n)
-    calibration = load_calibration(calibration_path) if calibration_path else None
-    cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" and cohort else None
+    cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" else None
     scored = score_trials(ubm, store, trials, top_c, norm, cohort_obj, top_n, calibration, workers, skip_bad,
                           on_skip=report.warn, progress=report.progress("features"), source=str(trials_path),
                           on_note=report.warn)
     lines = score_file_header(calibration is not None, normalisation)
     lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
-    try:
-        write_atomic(output, ("\n".join(lines) + "\n").encode())
-    except OSError as exc:
-        raise SpkverError(f"cannot write scores: {exc.strerror or exc}", output) from None
+    write_atomic(output, ("\n".join(lines) + "\n").encode())
     report.log(f"scored {len(scored)} of {len(trials)} trials -> {output}")
 
 
@@ -104,7 +126,7 @@ def summary(path, trials_path, p_targets):
 @click.argument("scores_paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--trials", "trials_path", type=click.Path(path_type=Path),
               help="Labels for scores files that have none.")
-@click.option("--p-target", "p_targets", multiple=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--p-target", "p_targets", multiple=True, type=Finite(0, 1, min_open=True, max_open=True),
               default=(0.01,), show_default=True, help="Target prior for DCF (repeatable).")
 @click.option("--det", "det_path", type=click.Path(path_type=Path), help="Draw DET curves to this PNG.")
 @click.option("--json", "as_json", is_flag=True)
@@ -115,9 +137,9 @@ def evaluate(scores_paths, trials_path, p_targets, det_path, as_json):
         result, tar, non = summary(path, trials_path, p_targets)
         curves.append((Path(path).stem, tar, non))
         if as_json:
-            click.echo(json.dumps(result))
+            click.echo(json.dumps(result, allow_nan=False))
             continue
-        click.echo(f"{path}: {result['targets']} target, {result['nontargets']} non-target trials"
+        click.echo(f"{printable(path)}: {result['targets']} target, {result['nontargets']} non-target trials"
                    f"{' (calibrated LLRs)' if result['calibrated'] else ''}")
         click.echo(f"  EER       {100 * result['eer']:.2f}%")
         for p in p_targets:
@@ -137,11 +159,12 @@ def evaluate(scores_paths, trials_path, p_targets, det_path, as_json):
 @click.argument("scores_path", type=click.Path(path_type=Path))
 @click.option("--trials", "trials_path", type=click.Path(path_type=Path), help="Labels, if SCORES has none.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
-@click.option("--p-target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+@click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Prior the calibration is optimised for.")
 @click.pass_obj
 def calibrate(report, scores_path, trials_path, output, p_target):
     """Fit a score → log-likelihood-ratio calibration on a development set's scores."""
+    refuse_other_kind(output, is_calibration_file, "calibration file")
     scores, calibrated, normalisation = read_scores(scores_path)
     if calibrated:
         raise SpkverError("scores are already calibrated; calibrate raw scores", scores_path)
@@ -163,7 +186,7 @@ def calibrate(report, scores_path, trials_path, output, p_target):
 @click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
 @click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Speakers listed per file.")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=Finite(), default=None,
               help="Answer 'unknown' when the best score is below this (open set) [default: closed set, "
                    "or the Bayes threshold with --calibration].")
 @top_c_option
@@ -186,8 +209,9 @@ def identify(report, ubm_path, models_dir, top, threshold, top_c, calibration_pa
                              report.progress("features"), calibration, on_note=report.warn)
     for answer in answers:
         if as_json:
-            click.echo(json.dumps({"path": answer.path, "decision": answer.decision,
-                                   "ranking": [{"speaker": s, "score": round(v, 6)} for s, v in answer.ranking]}))
+            ranking = [{"speaker": s, "score": round(v, 6)} for s, v in answer.ranking]
+            click.echo(json.dumps({"path": answer.path, "decision": answer.decision, "ranking": ranking},
+                                  allow_nan=False))
         else:
-            ranked = "\t".join(f"{s}:{v:.4f}" for s, v in answer.ranking)
-            click.echo(f"{answer.path}\t{answer.decision}\t{ranked}")
+            ranked = "\t".join(f"{printable(s)}:{v:.4f}" for s, v in answer.ranking)
+            click.echo(f"{printable(answer.path)}\t{printable(answer.decision)}\t{ranked}")

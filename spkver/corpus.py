@@ -27,6 +27,8 @@ def features_of(item: AudioItem, config: FeatureConfig, info: dict | None = None
     frames = extract_blocks(iter_audio_blocks(item.path, config.sample_rate, info=info), config)
     if len(frames) == 0:
         raise SpkverError("no speech found (the recording is silent or too quiet)", item.path)
+    if not np.isfinite(frames).all():  # the guard on features, where they are made
+        raise SpkverError("features are not finite (the audio is damaged)", item.path)
     return frames
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import soundfile as sf
 
 from spkver.audio import find_audio
-from spkver.features import FeatureConfig
+from spkver.errors import SpkverError
+from spkver.fileio import os_problem
 from spkver.metrics import eer
 from spkver.models import SpeakerStore, load_model, save_model
 from spkver.pipeline import enroll, train_ubm, verify
@@ -46,19 +47,23 @@ def run_demo(workdir=None, seed=0, echo=print, progress=None):
         with tempfile.TemporaryDirectory(prefix="spkver-demo-") as tmp:
             return run_demo(Path(tmp), seed, echo, progress)
     root = Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SpkverError("is a file; --workdir needs a folder", root) from None
+    except OSError as exc:
+        raise SpkverError(f"cannot create the demo folder ({os_problem(exc)})", root) from None
     start = time.perf_counter()
     bar = progress or (lambda label: None)
     echo(f"1. Synthesizing {N_BACKGROUND} background and {N_ENROLLED} target voices in {root} ...")
     speakers = write_corpus(root, seed)
-    echo(f"2. spkver train-ubm -o {root}/ubm.npz --components 64 {root}/background")
-    ubm = train_ubm(find_audio([root / "background"]), FeatureConfig(), n_components=64, iterations=10,
-                    seed=seed, progress=bar("features"))
+    echo(f"2. spkver train-ubm -o {root}/ubm.npz {root}/background")
+    ubm = train_ubm(find_audio([root / "background"]), seed=seed, progress=bar("features"))
     save_model(root / "ubm.npz", ubm)
     ubm = load_model(root / "ubm.npz", kind="ubm")
     summary = ubm.meta["training"]
-    echo(f"   {summary['frames']} speech frames, {summary['iterations']} EM iterations, "
-         f"average log-likelihood {summary['average_log_likelihood']:.2f}")
+    echo(f"   {summary['frames']} speech frames, {summary['components']} components, {summary['iterations']} EM "
+         f"iterations, average log-likelihood {summary['average_log_likelihood']:.2f}")
     store = SpeakerStore(root / "models")
     store.root.mkdir(exist_ok=True)
     for name in speakers:

@@ -9,9 +9,10 @@ import numpy as np
 from spkver.audio import AudioItem
 from spkver.corpus import usable_features
 from spkver.errors import SpkverError
+from spkver.fileio import file_identity
 from spkver.models import Model, SpeakerStore
-from spkver.normalization import Cohort, cohort_statistics, describe_normalisation, file_key, normalise_scores
-from spkver.scoring import Scorer
+from spkver.normalization import Cohort, cohort_statistics, describe_normalisation, normalise_scores
+from spkver.scoring import Scorer, checked_scores
 
 
 def _load_speakers(ubm, store: SpeakerStore, trials, skip_bad, on_skip, source):
@@ -83,19 +84,19 @@ def score_trials(ubm: Model, store: SpeakerStore, trials, top_c=5, norm="none", 
         frames = features[path]
         columns = np.array([column[trials[i].speaker] for i in indices])
         # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
-        raw = scorer.scores(frames, columns)
+        raw = checked_scores(scorer.scores(frames, columns), path)
         z = t = None
         if z_stats is not None:
             z = (z_stats[0][columns], z_stats[1][columns])
         if norm in ("t", "s"):
-            mean, std = cohort_statistics(cohort.t_scores(file_key(path), frames), top_n)
+            mean, std = cohort_statistics(cohort.t_scores(file_identity(path), frames), top_n)
             t = (mean[0], std[0])
         final = normalise_scores(raw, norm, z, t)
         if calibration is not None:
             final = calibration(final)
         scores.update(zip(indices, final.tolist()))
     if cohort is not None:
-        cohort.save()
+        cohort.save(on_note)
     return [ScoredTrial(t.speaker, t.test, scores[i], t.label) for i, t in enumerate(trials) if i in scores]
 
 
@@ -116,7 +117,7 @@ def identify(ubm: Model, speakers, items, top=3, threshold=None, top_c=5, worker
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     answers = []
     for item, frames in usable_features(items, ubm.feature_config, workers, skip_bad, on_skip, progress, on_note):
-        scores = scorer.scores(frames)
+        scores = checked_scores(scorer.scores(frames), item.path)
         if calibration is not None:
             scores = calibration(scores)
         order = np.argsort(-scores, kind="stable")[: max(1, top)]

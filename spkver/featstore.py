@@ -1,10 +1,15 @@
 """Feature store: features on disk, one ``.npy`` per recording plus ``index.json``.
 
-Entries are keyed by the recording's resolved path and checked against its
-size and modification time, and the store holds one feature configuration
-(its fingerprint is in the index), so re-runs skip unchanged files. Arrays
-are opened memory-mapped: training streams them and never needs them all in
-RAM.
+Entries are keyed by the recording's resolved path. An entry is fresh when
+the recording's size, modification time, change time and inode are those
+stored with it (:func:`spkver.fileio.file_signature`: a content change always
+moves the change time, which no copy tool can restore); when they differ, the
+file's content hash decides, so a copied or moved corpus is re-hashed rather
+than re-extracted, and a file replaced by other content of the same size with
+its old modification time is extracted again. The store holds one feature
+configuration (its fingerprint is in the index). Arrays are opened
+memory-mapped and checked (shape, finite values) before use: training
+streams them and never needs them all in RAM.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +27,35 @@ import numpy as np
 from spkver.corpus import usable_features
 from spkver.errors import SpkverError
 from spkver.features import FeatureConfig
-from spkver.models import write_atomic
+from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, write_atomic
 
 INDEX = "index.json"
 FORMAT = 1
 
 
-def default_cache_dir() -> Path:
-    """``$SPKVER_CACHE_DIR``, else ``$XDG_CACHE_HOME/spkver``, else ``~/.cache/spkver``."""
+def default_cache_dir() -> Path | None:
+    """``$SPKVER_CACHE_DIR``, else ``$XDG_CACHE_HOME/spkver``, else ``~/.cache/spkver``; None without a home."""
     if os.environ.get("SPKVER_CACHE_DIR"):
         return Path(os.environ["SPKVER_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "spkver"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "spkver"
+    try:
+        return Path.home() / ".cache" / "spkver"
+    except (RuntimeError, KeyError, OSError):  # no $HOME and no passwd entry for this uid
+        return None
 
 
-def _source_stat(path: Path):
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
+def usable_cache_dir(path: Path) -> str | None:
+    """Why the cache folder ``path`` cannot be used (None when it can): it must be a writable folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-")
+        probe.close()
+    except FileExistsError:
+        return "it is a file, not a folder"
+    except OSError as exc:
+        return os_problem(exc)
+    return None
 
 
 class FeatureStore:
@@ -53,6 +71,7 @@ class FeatureStore:
 
     def __init__(self, root, config: FeatureConfig | None = None):
         self.root = Path(root)
+        self._dirty = False  # entries changed in memory and not yet in the index
         index = self._read_index()
         if index is None:
             if config is None:
@@ -72,12 +91,11 @@ class FeatureStore:
         path = self.root / INDEX
         if not path.is_file():
             return None
-        try:
-            index = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise SpkverError(f"feature store index is damaged ({exc})", path) from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise SpkverError("not a spkver feature store index", path)
+        index = read_json(path, "feature store index")
+        entries = index.get("entries", {}) if isinstance(index, dict) else None
+        if (index.get("format") if isinstance(index, dict) else None) != FORMAT or not isinstance(entries, dict) \
+                or not all(isinstance(e, dict) and isinstance(e.get("source"), str) for e in entries.values()):
+            raise SpkverError("not a spkver feature store index (or a damaged one)", path)
         return index
 
     @staticmethod
@@ -93,25 +111,37 @@ class FeatureStore:
         return [key for key, _ in sorted(self.entries.items(), key=lambda kv: kv[1].get("source", ""))]
 
     def open(self, key: str):
-        """The memory-mapped array of entry ``key``, or None when missing or damaged."""
+        """The memory-mapped array of entry ``key``, or None when missing or damaged.
+
+        This is where stored features enter: the shape must be the index's, the
+        dtype float32, and every value finite (read a block at a time).
+        """
         try:
             array = np.load(self.file(key), mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
             return None
         entry = self.entries.get(key, {})
-        if array.ndim != 2 or array.shape != (entry.get("frames"), self.config.dim):
+        if array.dtype != np.float32 or array.ndim != 2 or array.shape != (entry.get("frames"), self.config.dim):
             return None
+        for start in range(0, len(array), 1 << 16):
+            if not np.isfinite(array[start : start + (1 << 16)]).all():
+                return None
         return array
 
     def fresh(self, path: Path):
-        """The stored features of ``path`` if they are up to date, else None."""
+        """The stored features of ``path`` if they are up to date, else None (see the module's rule)."""
         key = self.key(path)
         entry = self.entries.get(key)
-        try:
-            current = list(_source_stat(Path(path)))
-        except OSError:
+        if entry is None:
             return None
-        if entry is None or [entry.get("size"), entry.get("mtime_ns")] != current:
+        try:
+            signature = file_signature(path)
+            if entry.get("signature") != signature:
+                if entry.get("blake2b") != content_hash(path):
+                    return None
+                entry["signature"] = signature  # same bytes, copied or moved: remember the new signature
+                self._dirty = True
+        except OSError:
             return None
         return self.open(key)
 
@@ -121,18 +151,15 @@ class FeatureStore:
         key = self.key(path)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(frames, dtype=np.float32), allow_pickle=False)
+        signature = file_signature(path)  # before hashing: a write meanwhile makes the entry stale, not wrong
         write_atomic(self.file(key), buffer.getvalue(), sync=False)
-        size, mtime = _source_stat(Path(path))
-        self.entries[key] = {"source": str(Path(path).resolve()), "size": size, "mtime_ns": mtime,
-                             "frames": int(len(frames))}
+        self.entries[key] = {"source": str(Path(path).resolve()), "signature": signature,
+                             "blake2b": content_hash(path), "frames": int(len(frames))}
 
     def save_index(self):
         """Merge this process's entries into the index on disk, under a lock."""
-        import fcntl
-
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with locked(self.root / ".lock"):
             on_disk = {}
             with contextlib.suppress(SpkverError):
                 on_disk = (self._read_index() or {}).get("entries", {})
@@ -186,7 +213,7 @@ class FeatureStore:
                 if done % 1000 == 0:
                     self.save_index()
         finally:
-            if todo:
+            if todo or self._dirty:
                 self.save_index()
         kept = [(item, ready[str(item.path)]) for item in items if str(item.path) in ready]
         if not kept:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spkver.errors import SpkverError
 from spkver.kernels import softmax_rows
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -39,9 +40,17 @@ class GMM:
         self.weights = np.asarray(self.weights, dtype=np.float64)
         self.means = np.asarray(self.means, dtype=np.float64)
         self.variances = np.asarray(self.variances, dtype=np.float64)
+        if self.means.ndim != 2:
+            raise ValueError("means must be a (components, dimensions) array")
         k, d = self.means.shape
         if self.weights.shape != (k,) or self.variances.shape != (k, d):
             raise ValueError("weights, means and variances disagree in shape")
+        # The one guard on mixture parameters, wherever a mixture is made (EM, MAP, files).
+        if not (np.isfinite(self.weights).all() and np.isfinite(self.means).all()
+                and np.isfinite(self.variances).all()):
+            raise ValueError("mixture parameters are not finite")
+        if (self.variances <= 0).any() or (self.weights < 0).any():
+            raise ValueError("mixture has negative weights or non-positive variances")
 
     @property
     def n_components(self) -> int:
@@ -204,6 +213,8 @@ def accumulate(gmm: GMM, arrays, dtype=np.float32, chunk_size=None) -> Statistic
         n_frames += n
         np.matmul(scores.T, z, out=chunk_sums)
         sums += chunk_sums
+    if not (np.isfinite(sums).all() and np.isfinite(log_likelihood)):  # the guard on statistics, where made
+        raise SpkverError("statistics are not finite: the features hold non-finite or absurd values")
     return Statistics(sums[:, 2 * d].copy(), sums[:, d : 2 * d].copy(), sums[:, :d].copy(), log_likelihood, n_frames)
 
 

@@ -10,21 +10,19 @@ crash never leaves a partial file under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from spkver.errors import SpkverError
+from spkver.errors import SpkverError, printable
 from spkver.features import FeatureConfig
+from spkver.fileio import locked, os_problem, parse_json, write_atomic
 from spkver.gmm import GMM
 
 FORMAT_VERSION = 1
@@ -40,6 +38,7 @@ class Model:
     kind: str
     feature_config: FeatureConfig
     meta: dict = field(default_factory=dict)
+    cohort: list | None = None  # UBMs: speech segments of the training audio, (n_i, D) float16, for S-norm
 
     @property
     def fingerprint(self) -> str:
@@ -73,16 +72,21 @@ def _encode(model: Model) -> bytes:
         kind=model.kind,
         feature_config=model.feature_config.to_dict(),
     )
-    return npz_bytes(model.gmm, meta)
+    extra = {}
+    if model.cohort:
+        extra = {"cohort_frames": np.concatenate(model.cohort).astype(np.float16),
+                 "cohort_lengths": np.array([len(c) for c in model.cohort], dtype=np.int64)}
+    return npz_bytes(model.gmm, meta, extra)
 
 
-def npz_bytes(gmm: GMM, meta: dict) -> bytes:
-    """The arrays of ``gmm`` and ``meta`` (as JSON) in ``.npz`` form, without pickle."""
+def npz_bytes(gmm: GMM, meta: dict, extra: dict | None = None) -> bytes:
+    """The arrays of ``gmm``, ``meta`` (as JSON) and ``extra`` arrays in ``.npz`` form, without pickle."""
     arrays = {
         "weights": gmm.weights,
         "means": gmm.means,
         "variances": gmm.variances,
         "meta": np.array(json.dumps(meta, sort_keys=True)),
+        **(extra or {}),
     }
     # Like np.savez, but with fixed zip timestamps: same model, same bytes.
     buffer = io.BytesIO()
@@ -94,55 +98,120 @@ def npz_bytes(gmm: GMM, meta: dict) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path, data: bytes, sync: bool = True) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename.
-
-    With ``sync`` (models) the data and the folder are fsynced; caches skip
-    that, since a damaged cache entry is detected and recomputed.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if sync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if not sync:
-        return
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def save_model(path, model: Model) -> None:
-    """Save ``model`` to ``path`` atomically."""
+    """Save ``model`` to ``path`` atomically (its arrays checked as :func:`load_model` checks them)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise SpkverError("folder does not exist", path.parent)
+    problem = _check_arrays(model.gmm.weights, model.gmm.means, model.gmm.variances)
+    if problem:
+        raise SpkverError(f"refusing to write a model that {problem}", path)
+    write_atomic(path, _encode(model))
+
+
+# What a model file may declare before anything is inflated: a header claiming more is refused.
+MAX_COMPONENTS = 1 << 16
+MAX_DIM = 4096
+MAX_META_CHARS = 1 << 20
+MAX_COHORT_FRAMES = 1 << 20
+ARRAY_KINDS = "fiu"  # float, signed and unsigned integers: never objects (pickle) or strings (but meta)
+
+
+def _member_header(archive, info):
+    """``(shape, dtype)`` an ``.npy`` member declares, read from its first bytes only."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, _, dtype = readers[version](member, max_header_size=10_000)
+        header_bytes = member.tell()
+    return shape, dtype, header_bytes
+
+
+def read_arrays(path, limits: dict, what: str = "model file") -> dict:
+    """The arrays of an ``.npz`` file, each checked against ``limits`` before it is read.
+
+    ``limits`` maps member names to the largest element count they may have
+    (``None``: optional member). A member whose declared dtype could hold
+    objects, whose declared size exceeds its limit, or whose stored size
+    disagrees with its header is refused before any of it is decompressed, so
+    a small deflated file cannot expand into gigabytes.
+
+    Raises
+    ------
+    SpkverError
+        Missing, unreadable, not an ``.npz``, too large, or damaged.
+    """
+    path = Path(path)
     try:
-        write_atomic(path, _encode(model))
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise SpkverError(f"no such {what}", path) from None
+    except IsADirectoryError:
+        raise SpkverError(f"is a folder, not a {what}", path) from None
     except OSError as exc:
-        raise SpkverError(f"cannot write model: {exc.strerror or exc}", path) from None
+        raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        raise SpkverError("not a spkver model file (not an .npz archive)", path) from None
+    arrays = {}
+    with archive:
+        infos = {info.filename: info for info in archive.infolist()}
+        for name, (limit, required) in limits.items():
+            info = infos.get(f"{name}.npy")
+            if info is None:
+                if required:
+                    raise SpkverError(f"not a spkver model file (no {name} array)", path)
+                continue
+            try:
+                shape, dtype, header_bytes = _member_header(archive, info)
+                count = int(np.prod(shape, dtype=object))
+                if dtype.hasobject:
+                    raise SpkverError("model holds pickled objects; refusing to load it", path)
+                if dtype.kind not in ARRAY_KINDS + ("U" if name == "meta" else ""):
+                    raise SpkverError(f"not a spkver model file ({name} has dtype {dtype})", path)
+                if count > limit:
+                    raise SpkverError(f"model is too large ({name} declares {count} values, at most {limit})", path)
+                if info.file_size != header_bytes + count * dtype.itemsize:
+                    raise SpkverError(f"model file is damaged ({name} is not the size its header says)", path)
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+            except SpkverError:
+                raise
+            except OSError as exc:
+                raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
+            except (ValueError, EOFError, zipfile.BadZipFile, TypeError, OverflowError, SyntaxError) as exc:
+                raise SpkverError(f"model file is damaged ({name}: {exc})", path) from None
+    return arrays
+
+
+def _model_limits(cohort: bool):
+    limits = {"weights": (MAX_COMPONENTS, True), "means": (MAX_COMPONENTS * MAX_DIM, True),
+              "variances": (MAX_COMPONENTS * MAX_DIM, True), "meta": (1, True)}
+    if cohort:
+        limits.update(cohort_frames=(MAX_COHORT_FRAMES * MAX_DIM, False), cohort_lengths=(MAX_COHORT_FRAMES, False))
+    return limits
+
+
+def _meta(arrays, path) -> dict:
+    meta_array = arrays["meta"]
+    if meta_array.shape != () or meta_array.dtype.kind != "U" or len(str(meta_array.item())) > MAX_META_CHARS:
+        raise SpkverError("model metadata is not a JSON string", path)
+    meta = parse_json(str(meta_array.item()), "model metadata", path)
+    if not isinstance(meta, dict):
+        raise SpkverError("model metadata is not a JSON object", path)
+    return meta
 
 
 def _check_arrays(weights, means, variances):
     if means.ndim != 2 or weights.shape != means.shape[:1] or variances.shape != means.shape:
-        return "arrays have inconsistent shapes"
+        return "has arrays of inconsistent shapes"
     if means.shape[0] < 1 or means.shape[1] < 1:
-        return "model has no components"
+        return "has no components"
     if not all(np.isfinite(a).all() for a in (weights, means, variances)):
-        return "model holds NaN or infinite values"
+        return "holds NaN or infinite values"
     if (variances <= 0).any() or (weights < 0).any() or abs(weights.sum() - 1) > 1e-6:
-        return "model has invalid weights or variances"
+        return "has invalid weights or variances"
     return None
 
 
@@ -152,38 +221,15 @@ def load_model(path, kind: str | None = None) -> Model:
     Raises
     ------
     SpkverError
-        Missing, truncated or corrupted file, pickled content, unknown or
-        newer format, wrong kind, or inconsistent arrays.
+        Missing, unreadable, truncated or corrupted file, pickled content,
+        declared arrays too large, unknown or newer format, wrong kind,
+        inconsistent or non-finite arrays, or metadata of the wrong types.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SpkverError("no such model file", path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = set(archive.files)
-            missing = {"weights", "means", "variances", "meta"} - names
-            if missing:
-                raise SpkverError(f"not a spkver model (missing {', '.join(sorted(missing))})", path)
-            weights, means, variances = (
-                np.asarray(archive[n], dtype=np.float64) for n in ("weights", "means", "variances")
-            )
-            meta_array = archive["meta"]
-    except SpkverError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise SpkverError("model holds pickled objects; refusing to load it", path) from None
-        raise SpkverError(f"not a valid model file ({exc})", path) from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as exc:
-        raise SpkverError(f"not a valid model file (truncated or corrupted: {exc})", path) from None
-    try:
-        meta = json.loads(str(meta_array.item()) if meta_array.shape == () else "")
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not an object")
-    except (ValueError, TypeError):
-        raise SpkverError("model metadata is not valid JSON", path) from None
+    arrays = read_arrays(path, _model_limits(cohort=True))
+    meta = _meta(arrays, path)
     version = meta.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if type(version) is not int or version < 1:
         raise SpkverError("model has no valid format version", path)
     if version > FORMAT_VERSION:
         raise SpkverError(
@@ -194,20 +240,41 @@ def load_model(path, kind: str | None = None) -> Model:
         raise SpkverError("model kind is missing or unknown", path)
     if kind is not None and meta["kind"] != kind:
         raise SpkverError(f"is a {meta['kind']} model, expected a {kind} model", path)
+    weights, means, variances = (np.asarray(arrays[n], dtype=np.float64) for n in ("weights", "means", "variances"))
     problem = _check_arrays(weights, means, variances)
     if problem:
-        raise SpkverError(problem, path)
+        raise SpkverError(f"model {problem}", path)
+    if not isinstance(meta.get("feature_config"), dict):
+        raise SpkverError("model has no feature settings", path)
     try:
-        config = FeatureConfig.from_dict(meta.get("feature_config") or {})
+        config = FeatureConfig.from_dict(meta["feature_config"])
     except (ValueError, TypeError) as exc:
         raise SpkverError(f"model has invalid feature settings ({exc})", path) from None
     if config.dim != means.shape[1]:
         raise SpkverError(
             f"model dimension {means.shape[1]} does not match its feature settings ({config.dim})", path
         )
-    if meta["kind"] == "speaker" and not isinstance(meta.get("ubm_fingerprint"), str):
-        raise SpkverError("speaker model has no UBM fingerprint", path)
-    return Model(GMM(weights, means, variances), meta["kind"], config, meta)
+    if meta["kind"] == "speaker":
+        if not isinstance(meta.get("ubm_fingerprint"), str):
+            raise SpkverError("speaker model has no UBM fingerprint", path)
+        if not isinstance(meta.get("speaker"), str):
+            raise SpkverError("speaker model has no speaker id", path)
+    if not isinstance(meta.get("training", {}), dict):
+        raise SpkverError("model's training summary is not an object", path)
+    cohort = None
+    if "cohort_frames" in arrays or "cohort_lengths" in arrays:
+        cohort = _cohort_segments(arrays.get("cohort_frames"), arrays.get("cohort_lengths"), means.shape[1], path)
+    return Model(GMM(weights, means, variances), meta["kind"], config, meta, cohort)
+
+
+def _cohort_segments(frames, lengths, dim, path) -> list:
+    """The stored cohort as a list of (n_i, dim) float16 segments, checked."""
+    if (frames is None or lengths is None or frames.dtype != np.float16 or frames.ndim != 2
+            or frames.shape[1] != dim or lengths.ndim != 1
+            or lengths.dtype.kind not in "iu" or (lengths < 1).any() or int(lengths.sum()) != len(frames)
+            or not np.isfinite(frames).all()):
+        raise SpkverError("model's stored cohort is damaged", path)
+    return np.split(frames, np.cumsum(lengths)[:-1])
 
 
 class SpeakerStore:
@@ -215,6 +282,11 @@ class SpeakerStore:
 
     def __init__(self, root):
         self.root = Path(root)
+        if self.root.is_symlink() and not self.root.exists():
+            raise SpkverError("models folder is a broken symbolic link", self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise SpkverError("is a file, not a models folder (give the folder that holds <speaker>.npz files)",
+                              self.root)
 
     def path(self, speaker: str) -> Path:
         return self.root / f"{validate_speaker_id(speaker)}.npz"
@@ -225,7 +297,10 @@ class SpeakerStore:
     def speakers(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.stem for p in self.root.glob("*.npz") if SPEAKER_ID.fullmatch(p.stem))
+        try:
+            return sorted(p.stem for p in self.root.glob("*.npz") if SPEAKER_ID.fullmatch(p.stem))
+        except OSError as exc:
+            raise SpkverError(f"cannot read the models folder ({os_problem(exc)})", self.root) from None
 
     def load(self, speaker: str, ubm: Model | None = None) -> Model:
         """Load a speaker; with ``ubm``, refuse one adapted from a different UBM."""
@@ -233,23 +308,21 @@ class SpeakerStore:
         if not path.is_file():
             raise SpkverError(f"speaker {speaker!r} is not enrolled (no {path.name})", self.root)
         model = load_model(path, kind="speaker")
-        if ubm is not None and model.meta["ubm_fingerprint"] != ubm.fingerprint:
+        if model.meta["speaker"] != speaker:
+            raise SpkverError(f"holds speaker id {printable(model.meta['speaker'])!r}, not {speaker!r} as its file "
+                              "name says; refusing it (re-enroll the speaker)", path)
+        if ubm is not None and (model.meta["ubm_fingerprint"] != ubm.fingerprint
+                                or model.feature_config != ubm.feature_config):
             raise SpkverError("speaker model was adapted from a different UBM; re-enroll it", path)
         return model
 
-    @contextlib.contextmanager
     def locked(self, speaker: str):
-        """Hold an exclusive lock on one speaker while it is written."""
-        import fcntl
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock_path = self.root / f".{validate_speaker_id(speaker)}.lock"
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        """A ``with`` block holding an exclusive lock on one speaker while it is written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpkverError(f"cannot create the models folder ({os_problem(exc)})", self.root) from None
+        return locked(self.root / f".{validate_speaker_id(speaker)}.lock")
 
 
 def save_checkpoint(path, state, identity: str) -> None:
@@ -261,18 +334,29 @@ def save_checkpoint(path, state, identity: str) -> None:
 
 
 def load_checkpoint(path, identity: str):
-    """The EM state saved at ``path`` for the same training ``identity``, else None."""
+    """The EM state saved at ``path`` for the same training ``identity``; None when there is none.
+
+    A checkpoint of another run (other data or settings) is None too; a damaged
+    one is an error, so a resumed run never starts from broken parameters.
+    """
     from spkver.gmm import EMState
 
     path = Path(path)
     if not path.is_file():
         return None
+    arrays = read_arrays(path, _model_limits(cohort=False), "checkpoint")
+    meta = _meta(arrays, path)
+    if meta.get("kind") != "checkpoint":
+        raise SpkverError("not an EM checkpoint", path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"].item()))
-            gmm = GMM(archive["weights"], archive["means"], archive["variances"])
-        if meta.get("kind") != "checkpoint" or meta.get("identity") != identity:
-            return None
-        return EMState(gmm, list(meta["history"]), int(meta["step"]), int(meta["reseeded"]), meta["rng_state"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        gmm = GMM(arrays["weights"], arrays["means"], arrays["variances"])
+        history = [float(v) for v in meta["history"]]
+        step, reseeded = meta["step"], meta["reseeded"]
+        if not (np.isfinite(history).all() and type(step) is int and type(reseeded) is int and step >= 0
+                and isinstance(meta["rng_state"], dict)):
+            raise ValueError("history, step or random state is invalid")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpkverError(f"checkpoint is damaged ({exc}); delete it, or run without --resume", path) from None
+    if meta.get("identity") != identity:
         return None
+    return EMState(gmm, history, step, reseeded, meta["rng_state"])

@@ -8,14 +8,17 @@
   scores enter the statistics (adaptive S-norm, Matějka et al. 2017).
 
 A cohort is audio (scored as impostor tests for Z, and each file MAP-adapted
-into an impostor model for T) and/or a store of cohort speaker models (T).
-Raw cohort scores are cached per UBM and cohort in ``DIR/.cohort-cache``.
+into an impostor model for T), or the speech segments a UBM stores from its
+own training audio (the default of ``spkver score``), and/or a store of
+cohort speaker models (T). Raw cohort scores are cached per UBM and cohort
+in ``DIR/.cohort-cache``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -24,8 +27,9 @@ import numpy as np
 from spkver.adapt import DEFAULT_ADAPT, map_adapt
 from spkver.corpus import extract_all
 from spkver.errors import SpkverError
+from spkver.fileio import file_identity, read_json, write_atomic
 from spkver.gmm import accumulate
-from spkver.models import Model, SpeakerStore, write_atomic
+from spkver.models import Model, SpeakerStore
 from spkver.scoring import Scorer
 
 NORMS = ("none", "z", "t", "s")
@@ -36,14 +40,16 @@ def describe_normalisation(norm: str, top_n=None) -> str:
     return norm if norm == "none" or not top_n else f"{norm} top-n={top_n}"
 
 
-def file_key(path) -> str:
-    """Identity of a file's contents for caching: resolved path, size, modification time."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        return str(path)
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+def parse_normalisation(text: str):
+    """``(norm, top_n)`` of a :func:`describe_normalisation` string; raises ValueError when it is not one."""
+    norm, _, rest = text.partition(" top-n=")
+    if norm not in NORMS or (rest and (norm == "none" or not rest.isdigit() or int(rest) < 1)):
+        raise ValueError(f"unknown normalisation {text!r}")
+    return norm, int(rest) if rest else None
+
+
+def _finite_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
 
 
 def cohort_statistics(scores, top_n=None):
@@ -79,18 +85,23 @@ class Cohort:
     """
 
     def __init__(self, ubm: Model, audio_items=(), model_store: SpeakerStore | None = None, top_c=5,
-                 cache_dir=None, relevance=16.0, workers=None, progress=None, adapt=DEFAULT_ADAPT):
+                 cache_dir=None, relevance=16.0, workers=None, progress=None, adapt=DEFAULT_ADAPT, frames=None):
         self.ubm, self.audio_items, self.model_store = ubm, list(audio_items), model_store
         self.top_c, self.relevance, self.workers, self.progress = top_c, relevance, workers, progress
         self.adapt = adapt
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self._features = None
+        self._features = None if frames is None else [np.asarray(f, dtype=np.float32) for f in frames]
         self._models = None
         self._t_scorer = None
         identity = [ubm.fingerprint, str(top_c), str(relevance), adapt]
-        identity += sorted(file_key(item.path) for item in self.audio_items)
+        identity += sorted(file_identity(item.path) for item in self.audio_items)
+        if frames is not None:
+            digest = hashlib.sha256()
+            for segment in frames:
+                digest.update(np.ascontiguousarray(segment).tobytes())
+            identity.append(f"frames:{len(frames)}:{digest.hexdigest()}")
         if model_store is not None:
-            identity += [f"{s}:{file_key(model_store.path(s))}" for s in model_store.speakers()]
+            identity += [f"{s}:{file_identity(model_store.path(s))}" for s in model_store.speakers()]
         self.key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:20]
         self._cache = {"z": self._load("z"), "t": self._load("t")}
 
@@ -102,23 +113,31 @@ class Cohort:
         if path is None or not path.is_file():
             return {}
         try:
-            data = json.loads(path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
+            data = read_json(path, "cohort cache")
+        except SpkverError:
             return {}  # a damaged cache is recomputed, never trusted
+        if not isinstance(data, dict):
+            return {}
+        return {key: value for key, value in data.items() if _finite_list(value)}
 
-    def save(self):
+    def save(self, on_note=None):
+        """Keep the raw cohort scores for next time; a folder that cannot take them only costs a warning."""
         if self.cache_dir is None:
             return
-        os.makedirs(self.cache_dir, exist_ok=True)
-        for kind, data in self._cache.items():
-            if data:
-                write_atomic(self._cache_path(kind), json.dumps(data).encode())
+        try:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            for kind, data in self._cache.items():
+                if data:
+                    write_atomic(self._cache_path(kind), json.dumps(data, allow_nan=False).encode(), sync=False)
+        except (OSError, SpkverError) as exc:
+            if on_note:
+                on_note(f"cohort scores are not cached ({exc}); the next run computes them again")
 
     def features(self):
         if self._features is None:
             if not self.audio_items:
-                raise SpkverError("Z- and S-norm need cohort recordings: give --cohort with audio files")
+                raise SpkverError("Z- and S-norm need cohort recordings: give --cohort with audio files, or a UBM "
+                                  "that stores a cohort")
             extracted = extract_all(self.audio_items, self.ubm.feature_config, self.workers, skip_bad=True,
                                     progress=self.progress("cohort") if self.progress else None)
             self._features = [frames for _, frames in extracted]

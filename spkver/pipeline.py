@@ -21,9 +21,9 @@ from spkver.engine import Engine
 from spkver.errors import SpkverError
 from spkver.featstore import FeatureStore
 from spkver.features import TELEPHONE_RATE, FeatureConfig, feature_rate_for
-from spkver.gmm import accumulate, train
+from spkver.gmm import GMM, accumulate, train
 from spkver.models import Model, load_checkpoint, save_checkpoint, validate_speaker_id
-from spkver.scoring import Scorer
+from spkver.scoring import Scorer, checked_scores
 
 # EM needs several frames per Gaussian to estimate 2·D+1 parameters sensibly.
 MIN_FRAMES_PER_COMPONENT = 10
@@ -65,6 +65,39 @@ def components_for(n_frames: int, requested, allow_fewer: bool) -> int:
         f"({MIN_FRAMES_PER_COMPONENT} per component); give more audio, lower --components, "
         "or pass --allow-fewer-components"
     )
+
+
+# Every UBM stores a cohort for S-norm (``spkver score``): this many segments of its own speech,
+# evenly spread over the training frames, each as long as a typical test (README: measured).
+COHORT_SEGMENTS = 100
+COHORT_SECONDS = 3.0
+
+
+def cohort_segments(arrays, n_segments=COHORT_SEGMENTS, segment_frames=300) -> list:
+    """``n_segments`` stretches of ``segment_frames`` consecutive frames, evenly spaced over ``arrays``.
+
+    The arrays are read as one sequence, so a segment may join the end of one
+    recording to the start of the next. Fewer segments when the frames run
+    short; none when there are not two. Returned as float16 (as stored).
+
+    Returns
+    -------
+    list of numpy.ndarray, each (segment_frames, D), float16
+    """
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
+    n = min(n_segments, int(offsets[-1]) // segment_frames)
+    if n < 2:
+        return []
+    segments = []
+    for start in np.linspace(0, offsets[-1] - segment_frames, n).round().astype(np.int64):
+        pieces, position, stop = [], start, start + segment_frames
+        while position < stop:
+            index = int(np.searchsorted(offsets, position, side="right")) - 1
+            take = min(stop, offsets[index + 1]) - position
+            pieces.append(np.asarray(arrays[index][position - offsets[index] : position - offsets[index] + take]))
+            position += take
+        segments.append(np.concatenate(pieces).astype(np.float16))
+    return segments
 
 
 def data_identity(arrays) -> str:
@@ -117,11 +150,29 @@ def default_feature_config(items, probe_limit=1000) -> tuple[FeatureConfig, str]
     return FeatureConfig(sample_rate=rate), why
 
 
+def checkpoint_writer(path, identity, on_note=None):
+    """A callback writing each EM state to ``path``; when that fails (disk full, read-only), training
+    goes on without checkpoints after one warning, since the model itself may still be writable."""
+    failed = []
+
+    def write(state):
+        if failed:
+            return
+        try:
+            save_checkpoint(path, state, identity)
+        except SpkverError as exc:
+            failed.append(exc)
+            if on_note:
+                on_note(f"{exc}; training goes on without checkpoints (--resume will not be possible)")
+
+    return write
+
+
 def train_ubm(items, config: FeatureConfig | None = None, n_components=None, iterations=20,
               init="kmeans", seed=0, tol=1e-4, variance_floor_ratio=1e-3, workers=None,
               skip_bad=False, allow_fewer_components=False, on_skip=None, progress=None,
               on_iteration=None, on_note=None, cache_dir=None, features_dir=None, scheduler=None,
-              checkpoint=None, resume=False, on_log=None) -> Model:
+              checkpoint=None, resume=False, on_log=None, cohort_size=COHORT_SEGMENTS) -> Model:
     """Train a universal background model on the speech of ``items``.
 
     Parameters mirror ``spkver train-ubm``; see :func:`spkver.gmm.train` for
@@ -132,7 +183,9 @@ def train_ubm(items, config: FeatureConfig | None = None, n_components=None, ite
     number of components). With ``features_dir`` the frames come from a
     feature store (``items`` is ignored); with ``cache_dir`` extracted
     features are kept there for later runs. ``checkpoint`` is a file written
-    after every EM iteration; ``resume`` continues from it.
+    after every EM iteration; ``resume`` continues from it. The UBM keeps
+    ``cohort_size`` segments of its training speech (:func:`cohort_segments`)
+    for score normalisation; 0 keeps none.
     """
     if config is None and features_dir is None:
         config, why = default_feature_config(items)
@@ -151,9 +204,12 @@ def train_ubm(items, config: FeatureConfig | None = None, n_components=None, ite
     state = load_checkpoint(checkpoint, identity) if checkpoint and resume else None
     if resume and state is None and on_note:
         on_note("no matching checkpoint to resume from; starting from the beginning")
+    elif state is not None and state.step > iterations:
+        raise SpkverError(f"checkpoint holds {state.step} iterations, more than --iterations {iterations}: raise "
+                          "--iterations, or run without --resume to start over", checkpoint)
     elif state is not None and on_note:
         on_note(f"resuming after EM iteration {state.step}")
-    save = (lambda s: save_checkpoint(checkpoint, s, identity)) if checkpoint else None
+    save = checkpoint_writer(checkpoint, identity, on_note) if checkpoint else None
     with Engine(arrays, workers or default_workers(), scheduler, paths) as engine:
         result = train(arrays, k, iterations, init, seed, tol, variance_floor_ratio,
                        on_iteration=on_iteration, engine=engine, resume=state, on_checkpoint=save)
@@ -178,7 +234,8 @@ def train_ubm(items, config: FeatureConfig | None = None, n_components=None, ite
             "spkver_version": __version__,
         }
     }
-    return Model(result.gmm, "ubm", config, meta)
+    segment_frames = int(round(COHORT_SECONDS * 1000 / config.hop_ms))
+    return Model(result.gmm, "ubm", config, meta, cohort_segments(arrays, cohort_size, segment_frames))
 
 
 def enroll(ubm: Model, items, speaker: str, relevance=16.0, adapt=DEFAULT_ADAPT, workers=None,
@@ -192,7 +249,7 @@ def enroll(ubm: Model, items, speaker: str, relevance=16.0, adapt=DEFAULT_ADAPT,
     arrays = [frames for _, frames in extracted]
     stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
     floor = ubm.gmm.variances.min(axis=0) * 1e-2
-    gmm = map_adapt(ubm.gmm, stats, relevance, adapt, variance_floor=floor)
+    gmm = check_adapted(ubm.gmm, map_adapt(ubm.gmm, stats, relevance, adapt, variance_floor=floor), stats)
     meta = {
         "speaker": speaker,
         "relevance": relevance,
@@ -206,6 +263,16 @@ def enroll(ubm: Model, items, speaker: str, relevance=16.0, adapt=DEFAULT_ADAPT,
         },
     }
     return Model(gmm, "speaker", ubm.feature_config, meta)
+
+
+def check_adapted(ubm: GMM, adapted: GMM, stats) -> GMM:
+    """The guard on speaker models: one that equals its UBM would score 0 for everyone, so it is refused."""
+    if (np.array_equal(adapted.means, ubm.means) and np.array_equal(adapted.weights, ubm.weights)
+            and np.array_equal(adapted.variances, ubm.variances)):
+        raise SpkverError(f"the enrollment audio did not move the UBM ({stats.n_frames} speech frames, "
+                          f"{float(stats.zeroth.sum()):.3g} assigned to components): nothing to tell this speaker "
+                          "from anyone else")
+    return adapted
 
 
 @dataclass
@@ -233,7 +300,7 @@ def verify(ubm: Model, speakers, items, threshold=0.0, top_c=5, workers=None,
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     trials = []
     for item, frames in extracted:
-        scores = scorer.scores(frames)
+        scores = checked_scores(scorer.scores(frames), item.path)
         if calibration is not None:
             scores = calibration(scores)
         for model, score in zip(speakers, scores):

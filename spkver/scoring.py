@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from spkver.errors import SpkverError
 from spkver.gmm import GMM, augment, iter_chunks, logsumexp_rows
 
 
@@ -70,6 +71,14 @@ class Scorer:
             ll = self._chunk_log_likelihoods(block, stacked)
             total += (ll[:, 1:] - ll[:, :1]).sum(axis=0)
         return total / len(frames)
+
+
+def checked_scores(scores, path) -> np.ndarray:
+    """The guard on scores: finite, else the trial is an error naming its recording."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise SpkverError("score is not finite (no speech frames, or damaged audio)", path)
+    return scores
 
 
 def llr_scores(ubm: GMM, speakers, frames, top_c: int = 5):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from spkver.audio import path_exists
-from spkver.errors import SpkverError
+from spkver.errors import SpkverError, printable
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False}
 CALIBRATED_MARK = "# spkver: calibrated log-likelihood ratios"
@@ -148,6 +148,15 @@ def read_scores(path) -> ScoreFile:
     return ScoreFile(scores, calibrated, normalisation)
 
 
+def is_score_file(path) -> bool:
+    """Whether ``path`` holds scores as ``spkver score`` writes them."""
+    try:
+        read_scores(path)
+    except SpkverError:
+        return False
+    return True
+
+
 def labelled_scores(scores, trials=None, source=""):
     """Split scores into target and non-target lists, labels from the scores or from ``trials``."""
     labels = {(t.speaker, t.test): t.label for t in trials} if trials is not None else None
@@ -164,7 +173,7 @@ def labelled_scores(scores, trials=None, source=""):
 
 
 def format_score(speaker, test, score, label=None) -> str:
-    text = f"{speaker}\t{test}\t{score:.6f}"
+    text = f"{printable(speaker)}\t{printable(test)}\t{score:.6f}"
     if label is not None:
         text += "\ttarget" if label else "\tnontarget"
     return text

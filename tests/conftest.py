@@ -80,6 +80,11 @@ def train_and_enroll(corpus: Path, work: Path):
     return ubm, models
 
 
+# Python code printing the process's own peak resident memory in KiB. VmHWM belongs to the
+# address space made at exec; ru_maxrss would also count the parent's pages at fork.
+PRINT_PEAK_KIB = "print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]))"
+
+
 def python_output(code: str, *args) -> str:
     """Run ``code`` in a fresh interpreter (its own memory accounting) and return its stdout."""
     import subprocess

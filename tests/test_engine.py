@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 from conftest import python_output
 
@@ -17,7 +18,7 @@ from spkver.cli import cli
 from spkver.engine import Engine, make_shards, shard_size
 from spkver.errors import SpkverError
 from spkver.featstore import FeatureStore
-from spkver.features import FeatureConfig
+from spkver.features import FeatureConfig, extract
 from spkver.gmm import GMM, accumulate, train
 
 
@@ -75,10 +76,20 @@ def test_feature_store_skips_unchanged_files_and_redoes_changed_ones(synthetic_c
     again = FeatureStore(tmp_path / "feats").extract(items, workers=1)
     assert [p.stat().st_mtime_ns for p in npy] == stamps
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again))
-    os.utime(items[0].path)  # a changed recording is extracted again
+    index = [p.stem for p in npy].index(store.key(items[0].path))
+    os.utime(items[0].path)  # touched, same bytes: the hash vouches for the entry, nothing is extracted
     FeatureStore(tmp_path / "feats").extract(items, workers=1)
-    assert npy[[p.stem for p in npy].index(store.key(items[0].path))].stat().st_mtime_ns != \
-        stamps[[p.stem for p in npy].index(store.key(items[0].path))]
+    assert npy[index].stat().st_mtime_ns == stamps[index]
+    # Other content of the same size, old modification time restored (as cp -p, rsync -t and tar x do).
+    before = items[0].path.stat()
+    audio, rate = sf.read(items[0].path, dtype="float32")
+    sf.write(items[0].path, np.roll(audio, 4000), rate, subtype=sf.info(str(items[0].path)).subtype)
+    os.utime(items[0].path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert items[0].path.stat().st_size == before.st_size
+    assert items[0].path.stat().st_mtime_ns == before.st_mtime_ns
+    redone = dict((str(i.path), a) for i, a in FeatureStore(tmp_path / "feats").extract(items, workers=1))
+    assert npy[index].stat().st_mtime_ns != stamps[index]
+    np.testing.assert_array_equal(redone[str(items[0].path)], extract(np.roll(audio, 4000)))
     with pytest.raises(SpkverError, match="other settings"):
         FeatureStore(tmp_path / "feats", FeatureConfig(n_ceps=13))
 

@@ -35,7 +35,7 @@ def enrolled(synthetic_corpus, tmp_path_factory):
 def test_score_writes_trials_in_order_and_matches_verify(enrolled):
     work, ubm, models, trials, corpus = enrolled
     out = work / "raw.scores"
-    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", out)
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", out, "--score-norm", "none")
     assert result.exit_code == 0, result.stderr
     scores, calibrated, normalisation = read_scores(out)
     assert not calibrated and normalisation == "none" and len(scores) == 12
@@ -54,7 +54,7 @@ def test_kaldi_trials_with_wav_scp(enrolled, tmp_path):
     kaldi.write_text("alice utt0 target\nbob utt1 nontarget\n")
     out = tmp_path / "scores"
     assert run("score", "--ubm", ubm, "--models", models, "--trials", kaldi, "--wav-scp", scp, "-o", out).exit_code == 0
-    assert [line.split("\t")[1] for line in out.read_text().splitlines()] == ["utt0", "utt1"]
+    assert [s.test for s in read_scores(out).scores] == ["utt0", "utt1"]
     kaldi.write_text("alice utt9 target\n")
     result = run("score", "--ubm", ubm, "--models", models, "--trials", kaldi, "--wav-scp", scp, "-o", out)
     assert result.exit_code == 2 and "line 1" in result.stderr and "utt9" in result.stderr
@@ -72,7 +72,7 @@ def test_unknown_speakers_and_bad_files_fail_or_are_skipped(enrolled, tmp_path):
     assert not out.exists()
     result = run("score", "--ubm", ubm, "--models", models, "--trials", extra, "-o", out, "--skip-bad")
     assert result.exit_code == 0 and "carol" in result.stderr and "bad.wav" in result.stderr
-    assert len(out.read_text().splitlines()) == 12
+    assert len(read_scores(out).scores) == 12
 
 
 @pytest.mark.parametrize("norm", ["z", "t", "s"])
@@ -91,8 +91,33 @@ def test_normalised_scoring_uses_and_caches_the_cohort(enrolled, tmp_path, norm)
     assert normalisation == norm
     if raw:
         assert any(abs(s.score - raw[s.speaker, s.test]) > 1e-3 for s in normed)
-    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "--score-norm", norm, "-o", out1)
+    bare = tmp_path / "bare.npz"  # a UBM without a stored cohort
+    assert run("train-ubm", "-o", bare, "--components", 4, "--iterations", 1, "--workers", 1, "--cohort-segments", 0,
+               corpus / "background").exit_code == 0
+    result = run("score", "--ubm", bare, "--models", tmp_path / "none", "--trials", trials, "--score-norm", norm,
+                 "-o", out1)
     assert result.exit_code == 2 and "--cohort" in result.stderr
+
+
+def test_score_normalises_against_the_ubms_own_cohort_by_default(enrolled, tmp_path):
+    from spkver.models import load_model
+
+    work, ubm, models, trials, corpus = enrolled
+    stored = load_model(ubm).cohort
+    assert stored and all(segment.shape == (300, 120) and segment.dtype == np.float16 for segment in stored)
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", tmp_path / "s")
+    assert result.exit_code == 0 and result.stderr.count("warning") == 0
+    default = read_scores(tmp_path / "s")
+    assert default.normalisation == "s"
+    run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", tmp_path / "raw", "--score-norm", "none")
+    raw = read_scores(tmp_path / "raw")
+    assert raw.normalisation == "none"
+    assert all(abs(a.score - b.score) > 1e-6 for a, b in zip(default.scores, raw.scores))
+    # Calibrated on raw scores, a calibration makes score raw again without being told.
+    assert run("calibrate", tmp_path / "raw", "-o", tmp_path / "cal.json").exit_code == 0
+    result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", tmp_path / "llr",
+                 "--calibration", tmp_path / "cal.json")
+    assert result.exit_code == 0 and read_scores(tmp_path / "llr").normalisation == "none"
 
 
 def test_cohort_cache_is_reused_without_recomputing(enrolled, monkeypatch):
@@ -141,7 +166,7 @@ def test_evaluate_reports_metrics_and_draws_a_det(enrolled, tmp_path):
 def test_calibrate_then_verify_and_score_with_llrs(enrolled, tmp_path):
     work, ubm, models, trials, corpus = enrolled
     raw = tmp_path / "raw"
-    run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", raw)
+    run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", raw, "--score-norm", "none")
     cal = tmp_path / "cal.json"
     result = run("calibrate", raw, "-o", cal, "--p-target", "0.1")
     assert result.exit_code == 0 and "Cllr" in result.stderr
@@ -177,7 +202,7 @@ def test_a_calibration_is_only_applied_to_scores_normalised_like_its_own(enrolle
     assert llr.calibrated and llr.normalisation == "s top-n=5"
     test = sorted((corpus / "test" / "alice").glob("*.wav"))[0]
     refused = [
-        run(*common, "-o", tmp_path / "raw", "--calibration", cal),  # raw scores
+        run(*common, "-o", tmp_path / "raw", "--calibration", cal, "--score-norm", "none"),
         run(*common, "--score-norm", "s", "--cohort", corpus / "background", "-o", tmp_path / "x",
             "--calibration", cal),
         run("verify", "--ubm", ubm, "--models", models, "--speaker", "alice", "--calibration", cal, test),

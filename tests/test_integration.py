@@ -1,6 +1,7 @@
 """On recorded speech (../shared/data): the accuracy protocols through the CLI."""
 
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from spkver.scoring import llr_scores  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
+# EER ceilings for spkver's defaults: the README's figures plus about one seed-to-seed spread.
 FLOORS = {"asc": 0.11, "fsdd": 0.09}
 
 
@@ -46,7 +48,7 @@ def test_protocol_eer_is_within_the_floor(protocol_runs, name):
 
 def test_top_c_agrees_with_full_scoring_on_real_speech(protocol_runs):
     protocol, workdir, row = protocol_runs["fsdd"]
-    ubm = load_model(next(workdir.glob("ubm-*.npz")), "ubm")
+    ubm = load_model(row["ubm"], "ubm")
     store = SpeakerStore(row["models"])
     speakers = [store.load(s, ubm).gmm for s in store.speakers()]
     items = [AudioItem(str(p), p) for p in protocol.test[::12]]
@@ -69,3 +71,21 @@ def test_sixteen_khz_audio_runs_at_eight_khz(shared_data, tmp_path):
                                       "--components", "8", "--iterations", "3", *map(str, files)])
     assert result.exit_code == 0, result.stderr
     assert load_model(tmp_path / "u.npz").feature_config.sample_rate == 8000
+
+
+def test_calibration_on_one_half_holds_on_the_other(protocol_runs):
+    """Calibrate on the trials of half the ASC test files, evaluate on the other half."""
+    from spkver.calibration import fit_calibration
+    from spkver.metrics import actual_dcf, cllr, min_dcf
+    from spkver.trials import read_scores
+
+    protocol, _, row = protocol_runs["asc"]
+    halves = ([], []), ([], [])
+    for line in read_scores(row["scores"]).scores:
+        tar, non = halves[zlib.crc32(line.test.encode()) % 2]  # by test file: none is in both halves
+        (tar if line.label else non).append(line.score)
+    (dev_tar, dev_non), (eval_tar, eval_non) = halves
+    calibration = fit_calibration(dev_tar, dev_non, p_target=0.01)
+    llr_tar, llr_non = calibration(eval_tar), calibration(eval_non)
+    assert actual_dcf(llr_tar, llr_non, 0.01) <= 1.25 * min_dcf(eval_tar, eval_non, 0.01)
+    assert cllr(llr_tar, llr_non) < 1

@@ -62,7 +62,7 @@ def test_truncated_corrupted_and_wrong_kind(tmp_path):
     save_model(tmp_path / "ubm.npz", small_model())
     data = (tmp_path / "ubm.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(SpkverError, match="not a valid model"):
+    with pytest.raises(SpkverError, match="not a spkver model"):
         load_model(tmp_path / "cut.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk" * 100)
     with pytest.raises(SpkverError):
@@ -71,7 +71,7 @@ def test_truncated_corrupted_and_wrong_kind(tmp_path):
         load_model(tmp_path / "ubm.npz", kind="speaker")
     with zipfile.ZipFile(tmp_path / "empty.npz", "w"):
         pass
-    with pytest.raises(SpkverError, match="missing"):
+    with pytest.raises(SpkverError, match="no weights array"):
         load_model(tmp_path / "empty.npz")
 
 

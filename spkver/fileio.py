@@ -1,0 +1,186 @@
+"""Where spkver meets storage: atomic writes and bounded JSON.
+
+Every file spkver writes goes through :func:`write_atomic` (a temporary file
+in the same folder, then a rename), so a crash, a full disk or a read-only
+folder leaves the previous file as it was and the user gets one line naming
+the file. JSON read from disk (model metadata, calibrations, caches, indexes)
+goes through :func:`parse_json`, which bounds its size and nesting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from spkver.errors import SpkverError
+
+# Metadata, calibrations and indexes are small; a larger file is damage or an attack.
+MAX_JSON_BYTES = 64 << 20
+
+
+def os_problem(exc: OSError) -> str:
+    """The words of an OS error, without its path (the caller names the file)."""
+    return exc.strerror or type(exc).__name__
+
+
+def write_atomic(path, data: bytes, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    With ``sync`` (models) the data and the folder are fsynced; caches skip
+    that, since a damaged cache entry is detected and recomputed.
+
+    Raises
+    ------
+    SpkverError
+        The folder is missing, read-only or full, or ``path`` is a folder; the
+        temporary file is removed and any file already at ``path`` is untouched.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise SpkverError(f"cannot write here ({os_problem(exc)})", path) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise SpkverError(f"cannot write ({os_problem(exc)})", path) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if not sync:
+        return
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def parse_json(text: str | bytes, what: str, path=None):
+    """Parse JSON read from a file; anything too large, too deep or malformed is a clean error."""
+    if len(text) > MAX_JSON_BYTES:
+        raise SpkverError(f"{what} is too large ({len(text)} bytes)", path)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise SpkverError(f"{what} is nested too deeply", path) from None
+    except (ValueError, TypeError) as exc:
+        raise SpkverError(f"{what} is not valid JSON ({exc})", path) from None
+
+
+def read_json(path, what: str):
+    """Read and parse a JSON file (see :func:`parse_json`)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise SpkverError(f"no such {what}", path) from None
+    except OSError as exc:
+        raise SpkverError(f"cannot read {what} ({os_problem(exc)})", path) from None
+    return parse_json(text, what, path)
+
+
+@contextlib.contextmanager
+def locked(lock_path):
+    """Hold an exclusive lock on ``lock_path`` (a file created for it) for the ``with`` block.
+
+    The lock file is never a followed symbolic link (a link planted in a shared
+    folder cannot make spkver create or lock a file elsewhere), and it is
+    removed when the block ends: whoever locks the file re-checks that the path
+    still names it, so a waiting process never holds a lock on a file already
+    unlinked.
+    """
+    import fcntl
+
+    lock_path = Path(lock_path)
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666 & ~_umask())
+        except OSError as exc:
+            if lock_path.is_symlink():
+                raise SpkverError("lock file is a symbolic link; refusing to follow it (remove it)", lock_path) \
+                    from None
+            raise SpkverError(f"cannot create lock file ({os_problem(exc)})", lock_path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock_path, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder before us removed that file: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def refuse_other_kind(path, is_same_kind, what: str) -> None:
+    """An output may replace an earlier file of its own kind, never anything else (a model, say)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpkverError(f"is a folder; give a file name for the {what}", path)
+    if path.exists() and path.stat().st_size and not is_same_kind(path):
+        raise SpkverError(f"exists and is not a {what}; refusing to replace it (remove it or pick another name)",
+                          path)
+
+
+def file_signature(path) -> list:
+    """What says a file is unchanged without reading it: ``[size, mtime_ns, ctime_ns, inode]``.
+
+    ``cp -p``, ``rsync -t`` and ``tar x`` restore a modification time, but no
+    tool can set the change time (ctime): any write to the contents moves it.
+    Raises OSError when the file cannot be examined.
+    """
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def content_hash(path) -> str:
+    """BLAKE2b of a file's bytes (hex), read 1 MiB at a time."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_identity(path) -> str:
+    """A cache key for a file's contents: its resolved path and :func:`file_signature`.
+
+    Any change of contents changes the key; a mere copy or move changes it too,
+    which costs a recomputation, never a wrong answer.
+    """
+    path = Path(path)
+    try:
+        return f"{path.resolve()}|" + "|".join(map(str, file_signature(path)))
+    except OSError:
+        return str(path)
