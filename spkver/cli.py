@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -25,7 +26,7 @@ from spkver.audio import gather_inputs
 from spkver.calibration import load_calibration
 from spkver.errors import SpkverError, printable
 from spkver.features import NORMALISATIONS, VAD_METHODS, FeatureConfig
-from spkver.fileio import os_problem
+from spkver.fileio import locked, os_problem
 from spkver.metrics import bayes_threshold
 from spkver.models import SpeakerStore, load_model, save_model, validate_speaker_id
 from spkver.pipeline import COHORT_SEGMENTS
@@ -120,6 +121,8 @@ class SpkverGroup(click.Group):
 def cli(ctx, quiet):
     """GMM-UBM speaker verification: train-ubm, enroll, verify."""
     ctx.obj = Reporter(quiet)
+    # Python's own warnings (NumPy's RuntimeWarnings, say) become one line like ours, and -q silences them.
+    warnings.showwarning = lambda message, *args, **kwargs: None if quiet else ctx.obj.warn(str(message))
 
 
 class Finite(click.FloatRange):
@@ -141,7 +144,8 @@ def cap_workers(ctx, param, value):
     cores = default_workers()
     if value is not None and value > cores:
         reporter = ctx.find_object(Reporter) or Reporter()
-        reporter.warn(f"--workers {value}: this machine lets spkver use {cores} cores; using {cores}")
+        reporter.warn(f"--workers {value}: this machine lets spkver use {cores} "
+                      f"core{'s' if cores > 1 else ''}; using {cores}")
         return cores
     return value
 
@@ -325,7 +329,10 @@ def train_ubm_command(report, output, components, iterations, init, seed, tol, a
                       features_dir=features_dir, scheduler=scheduler,
                       checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume, on_log=report.log,
                       cohort_size=cohort_segments)
-    save_model(output, model)
+    with locked(output.parent / f".{output.name}.lock"):  # another run may have finished meanwhile
+        if output.exists() and not force:
+            raise SpkverError("was written meanwhile (another train-ubm run?); pass --force to replace it", output)
+        save_model(output, model)
     summary = model.meta["training"]
     report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
                f"average log-likelihood {summary['average_log_likelihood']:.4f}")

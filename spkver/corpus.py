@@ -71,11 +71,11 @@ def iter_features(items, config: FeatureConfig, workers: int | None = None):
         for job in jobs:
             yield (job[0], *_features_or_error(job))
         return
-    from spkver.engine import limit_blas_threads
+    from spkver.threads import init_worker_process
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                             initializer=limit_blas_threads) as pool:
+                             initializer=init_worker_process) as pool:
         chunk = max(1, min(64, len(jobs) // (8 * workers)))
         for job, result in zip(jobs, pool.map(_features_or_error, jobs, chunksize=chunk)):
             yield (job[0], *result)

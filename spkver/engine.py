@@ -9,13 +9,13 @@ beside N − 1 pool processes.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from spkver.gmm import Statistics, accumulate
+from spkver.threads import init_worker_process, single_blas_thread
 
 MIN_SHARD, MAX_SHARD, SHARDS = 1 << 14, 1 << 17, 16
 
@@ -73,30 +73,10 @@ def shard_statistics(gmm, arrays, shard, dtype, chunk_size) -> Statistics:
     return accumulate(gmm, [arrays[i][a:b] for i, a, b in shard], dtype, chunk_size)
 
 
-def one_blas_thread():
-    """A callable that sets this process to one BLAS thread and returns a ``with`` block restoring them.
-
-    Inspects the loaded libraries once (0.3 ms), so each call costs about
-    14 µs. Without threadpoolctl (it comes with librosa) nothing is limited
-    and BLAS may oversubscribe the cores.
-    """
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return contextlib.nullcontext
-    controller = ThreadpoolController()
-    return lambda: controller.limit(limits=1, user_api="blas")
-
-
-def limit_blas_threads():
-    """One BLAS thread in this process for good: worker processes share the cores instead."""
-    one_blas_thread()()
-
-
 def _init_worker(arrays, shards, next_shard):
     global _ARRAYS, _SHARDS, _NEXT_SHARD
     _ARRAYS, _SHARDS, _NEXT_SHARD = arrays, shards, next_shard
-    limit_blas_threads()
+    init_worker_process()
 
 
 def claim_shards(gmm, arrays, shards, next_shard, dtype, chunk_size) -> dict:
@@ -163,7 +143,6 @@ class Engine:
             self.next_shard = context.Value("q", 0)
             self.pool = ProcessPoolExecutor(self.workers - 1, mp_context=context, initializer=_init_worker,
                                             initargs=(arrays, self.shards, self.next_shard))
-            self.blas_limit = one_blas_thread()
 
     def accumulate(self, gmm, dtype=np.float32, chunk_size=None) -> Statistics:
         if self.client is not None:
@@ -178,13 +157,14 @@ class Engine:
             # which cost 7–12% of an iteration on 100 000 frames.
             self.next_shard.value = 0
             futures = [self.pool.submit(_pool_task, gmm, dtype, chunk_size) for _ in range(self.workers - 1)]
-            with self.blas_limit():
+            with single_blas_thread():
                 done = claim_shards(gmm, self.arrays, self.shards, self.next_shard, dtype, chunk_size)
             for future in futures:
                 done.update(future.result())
             parts = [done[i] for i in range(len(self.shards))]
         else:
-            parts = [shard_statistics(gmm, self.arrays, shard, dtype, chunk_size) for shard in self.shards]
+            with single_blas_thread():
+                parts = [shard_statistics(gmm, self.arrays, shard, dtype, chunk_size) for shard in self.shards]
         total = Statistics.zeros(gmm.n_components, gmm.dim)
         for part in parts:  # always in shard order: the sum is the same however it was computed
             total = total + part

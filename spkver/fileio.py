@@ -44,11 +44,7 @@ def write_atomic(path, data: bytes, sync: bool = True) -> None:
     except OSError as exc:
         raise SpkverError(f"cannot write here ({os_problem(exc)})", path) from None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if sync:
-                handle.flush()
-                os.fsync(handle.fileno())
+        _write_file(fd, data, sync)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as exc:
@@ -67,6 +63,15 @@ def write_atomic(path, data: bytes, sync: bool = True) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _write_file(fd: int, data: bytes, sync: bool) -> None:
+    """Write and close ``fd`` (the step a full disk fails; tests inject ENOSPC here)."""
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        if sync:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _umask() -> int:

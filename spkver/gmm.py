@@ -16,6 +16,7 @@ import numpy as np
 
 from spkver.errors import SpkverError
 from spkver.kernels import softmax_rows
+from spkver.threads import single_blas_thread
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -451,7 +452,17 @@ def train(arrays, n_components, iterations=20, init="kmeans", seed=0, tol=1e-4,
         Parallel or distributed computation of the statistics.
     resume, on_checkpoint
         Resume from an :class:`EMState`; receive one after every M-step.
+
+    The whole fit runs with one BLAS thread in this process (workers bring the
+    parallelism), so the model is the same on any machine of the same kind.
     """
+    with single_blas_thread():
+        return _train(arrays, n_components, iterations, init, seed, tol, variance_floor_ratio, kmeans_frames,
+                      split_iterations, dtype, on_iteration, chunk_size, engine, resume, on_checkpoint)
+
+
+def _train(arrays, n_components, iterations, init, seed, tol, variance_floor_ratio, kmeans_frames, split_iterations,
+           dtype, on_iteration, chunk_size, engine, resume, on_checkpoint) -> TrainingResult:
     rng = np.random.default_rng(seed)
     total = sum(len(a) for a in arrays)
     if total < n_components:

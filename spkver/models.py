@@ -14,7 +14,9 @@ import hashlib
 import io
 import json
 import re
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +117,9 @@ MAX_DIM = 4096
 MAX_META_CHARS = 1 << 20
 MAX_COHORT_FRAMES = 1 << 20
 ARRAY_KINDS = "fiu"  # float, signed and unsigned integers: never objects (pickle) or strings (but meta)
+# What a damaged, truncated, encrypted or hand-made archive or .npy header can raise while being read.
+ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError, OverflowError, SyntaxError,
+                  KeyError, NotImplementedError, RuntimeError, struct.error)
 
 
 def _member_header(archive, info):
@@ -152,7 +157,7 @@ def read_arrays(path, limits: dict, what: str = "model file") -> dict:
         raise SpkverError(f"is a folder, not a {what}", path) from None
     except OSError as exc:
         raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
-    except (zipfile.BadZipFile, ValueError, EOFError):
+    except ARCHIVE_ERRORS:
         raise SpkverError("not a spkver model file (not an .npz archive)", path) from None
     arrays = {}
     with archive:
@@ -180,7 +185,7 @@ def read_arrays(path, limits: dict, what: str = "model file") -> dict:
                 raise
             except OSError as exc:
                 raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
-            except (ValueError, EOFError, zipfile.BadZipFile, TypeError, OverflowError, SyntaxError) as exc:
+            except ARCHIVE_ERRORS as exc:
                 raise SpkverError(f"model file is damaged ({name}: {exc})", path) from None
     return arrays
 

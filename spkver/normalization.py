@@ -48,8 +48,15 @@ def parse_normalisation(text: str):
     return norm, int(rest) if rest else None
 
 
-def _finite_list(value) -> bool:
-    return isinstance(value, list) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+def _finite_floats(value):
+    """``value`` as a list of finite floats, or None when it is not one (a damaged or forged cache entry)."""
+    if not isinstance(value, list) or not all(type(v) in (int, float) for v in value):
+        return None
+    try:
+        floats = [float(v) for v in value]
+    except OverflowError:
+        return None
+    return floats if all(math.isfinite(v) for v in floats) else None
 
 
 def cohort_statistics(scores, top_n=None):
@@ -118,7 +125,8 @@ class Cohort:
             return {}  # a damaged cache is recomputed, never trusted
         if not isinstance(data, dict):
             return {}
-        return {key: value for key, value in data.items() if _finite_list(value)}
+        checked = {key: _finite_floats(value) for key, value in data.items()}
+        return {key: value for key, value in checked.items() if value is not None}
 
     def save(self, on_note=None):
         """Keep the raw cohort scores for next time; a folder that cannot take them only costs a warning."""

@@ -24,6 +24,7 @@ from spkver.features import TELEPHONE_RATE, FeatureConfig, feature_rate_for
 from spkver.gmm import GMM, accumulate, train
 from spkver.models import Model, load_checkpoint, save_checkpoint, validate_speaker_id
 from spkver.scoring import Scorer, checked_scores
+from spkver.threads import single_blas_thread
 
 # EM needs several frames per Gaussian to estimate 2·D+1 parameters sensibly.
 MIN_FRAMES_PER_COMPONENT = 10
@@ -247,7 +248,8 @@ def enroll(ubm: Model, items, speaker: str, relevance=16.0, adapt=DEFAULT_ADAPT,
     validate_speaker_id(speaker)
     extracted = extract_all(items, ubm.feature_config, workers, skip_bad, on_skip, progress, on_note)
     arrays = [frames for _, frames in extracted]
-    stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
+    with single_blas_thread():  # the same statistics, so the same model, on any number of cores
+        stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
     floor = ubm.gmm.variances.min(axis=0) * 1e-2
     gmm = check_adapted(ubm.gmm, map_adapt(ubm.gmm, stats, relevance, adapt, variance_floor=floor), stats)
     meta = {

@@ -165,3 +165,45 @@ def test_dask_cluster_trains_the_same_model_as_local(synthetic_corpus, tmp_path)
         m_local = train(arrays, 8, iterations=3, seed=4, engine=local).gmm
     assert len(remote.shards) > 2
     assert np.array_equal(m_remote.means, m_local.means) and np.array_equal(m_remote.weights, m_local.weights)
+
+
+def test_models_are_byte_identical_whatever_the_workers_and_blas_threads(tmp_path):
+    """Issue 12: on 101 000 frames (several shards) --workers 1/2/3, OPENBLAS_NUM_THREADS=1 and taskset
+    give the same bytes: the model does not depend on the machine's cores."""
+    config = FeatureConfig(n_ceps=20, n_mels=40)
+    store = FeatureStore(tmp_path / "feats", config)
+    rng = np.random.default_rng(11)
+    for i in range(101):
+        source = tmp_path / f"src{i}.wav"  # a feature store entry names the recording it came from
+        source.write_bytes(b"x" * (i + 1))
+        centre = rng.normal(scale=3.0, size=config.dim)
+        store.put(source, (centre + rng.normal(size=(1000, config.dim))).astype(np.float32))
+    store.save_index()
+    runs = {
+        "workers 1": ([], ["--workers", "1"]),
+        "workers 2": ([], ["--workers", "2"]),
+        "workers 3": ([], ["--workers", "3"]),
+        "1 BLAS thread": (["env", "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1"], ["--workers", "1"]),
+        "one core": (["taskset", "-c", "0"], ["--workers", "2"]),
+    }
+    outputs = {}
+    for name, (prefix, options) in runs.items():
+        out = tmp_path / f"{name.replace(' ', '_')}.npz"
+        command = [*prefix, sys.executable, "-m", "spkver", "-q", "train-ubm", "-o", str(out), "--features",
+                   str(tmp_path / "feats"), "--components", "32", "--iterations", "4", *options]
+        subprocess.run(command, check=True, capture_output=True)
+        outputs[name] = out.read_bytes()
+    assert len(set(outputs.values())) == 1, {k: hash(v) for k, v in outputs.items()}
+
+
+def test_enrollment_is_byte_identical_on_one_core(synthetic_corpus, tmp_path):
+    ubm = tmp_path / "ubm.npz"
+    subprocess.run([sys.executable, "-m", "spkver", "-q", "train-ubm", "-o", str(ubm), "--components", "8",
+                    "--iterations", "2", "--no-cache", str(synthetic_corpus / "background")], check=True)
+    models = {}
+    for name, prefix in {"all": [], "one": ["taskset", "-c", "0"], "blas1": ["env", "OPENBLAS_NUM_THREADS=1"]}.items():
+        subprocess.run([*prefix, sys.executable, "-m", "spkver", "-q", "enroll", "--ubm", str(ubm), "--models",
+                        str(tmp_path / name), "--speaker", "alice", str(synthetic_corpus / "enroll" / "alice")],
+                       check=True)
+        models[name] = (tmp_path / name / "alice.npz").read_bytes()
+    assert len(set(models.values())) == 1

@@ -370,3 +370,22 @@ def test_resume_refuses_a_checkpoint_past_the_iterations_asked_for(synthetic_cor
     result = run(*common, "--iterations", 8, "--resume")
     assert result.exit_code == 0, result.stderr
     assert load_model(out).meta["training"]["iterations"] == 8
+
+
+def test_two_train_ubm_runs_to_one_output_do_not_both_succeed(synthetic_corpus, tmp_path, monkeypatch):
+    import spkver.pipeline as pipeline
+
+    files = sorted((synthetic_corpus / "background").rglob("*.wav"))[:8]
+    out = tmp_path / "u.npz"
+    real = pipeline.train_ubm
+
+    def meanwhile(*args, **kwargs):  # another run writes the output while this one trains
+        model = real(*args, **kwargs)
+        save_model(out, model)
+        return model
+
+    monkeypatch.setattr(pipeline, "train_ubm", meanwhile)
+    result = run("train-ubm", "-o", out, "--components", 4, "--iterations", 1, "--workers", 1, "--no-cache", *files)
+    one_error_line(result, "u.npz", "meanwhile")
+    assert load_model(out).kind == "ubm"
+    assert not list(tmp_path.glob(".u.npz.lock")) and not list(tmp_path.glob("*.tmp"))

@@ -281,3 +281,62 @@ def test_train_ubm_refuses_to_overwrite_without_force(store, synthetic_corpus):
 
 def test_peak_memory_helper_is_sane():
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def children_of(pid):
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat))
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+@pytest.mark.parametrize("phase", ["extraction", "EM"])
+def test_workers_die_with_a_killed_train_ubm(tmp_path, phase):
+    if phase == "extraction":
+        rng = np.random.default_rng(5)
+        for i in range(48):
+            write(tmp_path / f"f{i}.wav", np.resize(speech(seed=i), 16000 * 4))
+        inputs = ["--no-cache", *sorted(map(str, tmp_path.glob("*.wav")))]
+    else:
+        from spkver.featstore import FeatureStore
+
+        config = FeatureConfig()
+        store = FeatureStore(tmp_path / "feats", config)
+        rng = np.random.default_rng(5)
+        for i in range(8):
+            (tmp_path / f"s{i}").write_bytes(bytes([i]))
+            store.put(tmp_path / f"s{i}", rng.normal(size=(50_000, config.dim)).astype(np.float32))
+        store.save_index()
+        inputs = ["--features", str(tmp_path / "feats")]
+    command = [*SPKVER, "train-ubm", "-o", str(tmp_path / "u.npz"), "--components", "256", "--workers", "2", *inputs]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers = []
+    while not workers and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        workers = children_of(process.pid)
+    assert workers, "the pool never started"
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in workers), "a worker outlived its parent"
