@@ -106,8 +106,11 @@ def read_list(list_path) -> list[AudioItem]:
         text = list_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpkverError("no such list file", list_path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpkverError(f"cannot read list: {exc}", list_path) from None
+    except UnicodeDecodeError:
+        raise SpkverError("is not a text list of audio files (not UTF-8 text: an audio file given as --list?)",
+                          list_path) from None
+    except OSError as exc:
+        raise SpkverError(f"cannot read list ({os_problem(exc)})", list_path) from None
     base = list_path.parent
     items, seen_keys, seen_paths = [], {}, {}
     for number, line in enumerate(text.splitlines(), start=1):

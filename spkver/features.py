@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -38,6 +39,36 @@ def feature_rate_for(native_rates) -> int:
     known = [r for r in native_rates if r]
     narrow = sum(r <= TELEPHONE_RATE for r in known)
     return TELEPHONE_RATE if known and 2 * narrow > len(known) else 16000
+
+
+# Each setting's type and the largest value that makes sense: settings come from model files too,
+# and a stored window of a million milliseconds would ask for an FFT gigabytes wide.
+_SETTING_BOUNDS = {
+    "sample_rate": (int, 384_000), "window_ms": (float, 1000), "hop_ms": (float, 1000), "n_fft": (int, 1 << 16),
+    "n_mels": (int, 512), "fmin": (float, 192_000), "fmax": (float, 192_000), "n_ceps": (int, 512),
+    "log_energy": (bool, None), "preemphasis": (float, 1), "top_db": (float, 1000), "deltas": (int, 2),
+    "delta_window": (int, 50), "vad": (str, None), "vad_threshold": (float, 1e6), "vad_min_pause_ms": (float, 600_000),
+    "vad_bands": (int, 512), "vad_range_db": (float, 1000), "vad_floor_db": (float, 1000), "norm": (str, None),
+    "warp_window_s": (float, 3600),
+}
+_OPTIONAL = {"n_fft", "n_mels", "fmax", "n_ceps", "top_db", "vad_bands"}
+
+
+def _check_setting_types(config) -> None:
+    """Every setting of the right type, finite and within its bound (raises TypeError or ValueError)."""
+    for name, (kind, bound) in _SETTING_BOUNDS.items():
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        if kind is float:
+            ok = type(value) in (int, float) and math.isfinite(value)
+        else:
+            ok = type(value) is kind
+        if not ok:
+            wanted = {float: "finite number", int: "whole number", bool: "true or false", str: "string"}[kind]
+            raise TypeError(f"feature setting {name} = {value!r} is not a {wanted}")
+        if bound is not None and abs(value) > bound:
+            raise ValueError(f"feature setting {name} = {value!r} is out of range (at most {bound})")
 
 
 def htk_mel(hz):
@@ -133,6 +164,7 @@ class FeatureConfig:
     warp_window_s: float = 3.0
 
     def __post_init__(self):
+        _check_setting_types(self)
         # The automatic band and cepstrum counts are resolved here and stored as numbers, so a
         # model keeps its settings even if a later version changes the rule.
         if self.n_mels is None and self.sample_rate >= 1000:

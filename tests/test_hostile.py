@@ -389,3 +389,16 @@ def test_two_train_ubm_runs_to_one_output_do_not_both_succeed(synthetic_corpus, 
     one_error_line(result, "u.npz", "meanwhile")
     assert load_model(out).kind == "ubm"
     assert not list(tmp_path.glob(".u.npz.lock")) and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("setting", [("hop_ms", float("nan")), ("n_mels", 40.5), ("window_ms", float("inf")),
+                                     ("window_ms", 1e6), ("deltas", True), ("vad", 3), ("n_fft", 1 << 30),
+                                     ("top_db", float("nan")), ("sample_rate", "16000")])
+def test_stored_feature_settings_are_checked_where_they_enter(store, tmp_path, setting):
+    from spkver.models import npz_bytes
+
+    name, value = setting
+    model = load_model(store / "ubm.npz")
+    meta = {**model.meta, "feature_config": {**model.feature_config.to_dict(), name: value}}
+    (tmp_path / "bad.npz").write_bytes(npz_bytes(model.gmm, meta))  # as a hostile tool would write it
+    one_error_line(run("info", tmp_path / "bad.npz"), "bad.npz", name)
