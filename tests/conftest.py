@@ -85,6 +85,21 @@ def train_and_enroll(corpus: Path, work: Path):
 PRINT_PEAK_KIB = "print(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]))"
 
 
+def make_store(root: Path, corpus: Path, speakers=("alice", "bob"), components=8, iterations=3) -> Path:
+    """A small UBM (``root/ubm.npz``) and ``speakers`` enrolled in ``root/models``, made with the library."""
+    from spkver.audio import find_audio
+    from spkver.models import SpeakerStore, save_model
+    from spkver.pipeline import enroll, train_ubm
+
+    ubm = train_ubm(find_audio([corpus / "background"]), n_components=components, iterations=iterations, workers=1)
+    save_model(root / "ubm.npz", ubm)
+    models = SpeakerStore(root / "models")
+    models.root.mkdir()
+    for name in speakers:
+        save_model(models.path(name), enroll(ubm, find_audio([corpus / "enroll" / name]), name))
+    return root
+
+
 def python_output(code: str, *args) -> str:
     """Run ``code`` in a fresh interpreter (its own memory accounting) and return its stdout."""
     import subprocess

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from conftest import make_store
 
-from spkver.audio import find_audio
 from spkver.cli import cli
-from spkver.models import SpeakerStore, load_model, save_model
-from spkver.pipeline import enroll, train_ubm
+from spkver.models import load_model
 
 
 def run(*args, env=None):
@@ -38,13 +37,17 @@ def clean_exit_2(result, *needles):
 
 @pytest.fixture(scope="module")
 def store(synthetic_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    ubm = train_ubm(find_audio([synthetic_corpus / "background"]), n_components=8, iterations=2, workers=1)
-    save_model(root / "ubm.npz", ubm)
-    models = SpeakerStore(root / "models")
-    models.root.mkdir()
-    save_model(models.path("alice"), enroll(ubm, find_audio([synthetic_corpus / "enroll" / "alice"]), "alice"))
-    return root
+    """A small UBM and enrolled speakers (conftest.make_store)."""
+    return make_store(tmp_path_factory.mktemp("faults"), synthetic_corpus, speakers=("alice",), iterations=2)
+
+
+def inputs(corpus: Path, tmp_path: Path):
+    """Enrollment audio, background audio, a one-line trial list and a small labelled score file."""
+    trials = tmp_path / "trials"
+    trials.write_text(f"alice {sorted((corpus / 'test' / 'alice').glob('*.wav'))[0]} target\n")
+    scores = tmp_path / "dev.tsv"
+    scores.write_text("a\tt1\t1.0\ttarget\na\tt2\t-1.0\tnontarget\n")
+    return corpus / "enroll" / "alice", corpus / "background", trials, scores
 
 
 def contents(folder: Path):
@@ -76,11 +79,7 @@ def test_read_only_folder(store, synthetic_corpus, tmp_path):
         (mount / "cache").mkdir()
         remount_read_only(mount)
         before = contents(mount)
-        alice, background = synthetic_corpus / "enroll" / "alice", synthetic_corpus / "background"
-        trials = tmp_path / "trials"
-        trials.write_text(f"alice {sorted((synthetic_corpus / 'test' / 'alice').glob('*.wav'))[0]} target\n")
-        scores = tmp_path / "scores.tsv"
-        scores.write_text("a\tt1\t1.0\ttarget\na\tt2\t-1.0\tnontarget\n")
+        alice, background, trials, scores = inputs(synthetic_corpus, tmp_path)
         ubm, models = mount / "ubm.npz", mount / "models"
         clean_exit_2(run("train-ubm", "-o", mount / "new.npz", "--components", 4, background), "not writable")
         clean_exit_2(run("enroll", "--ubm", ubm, "--models", models, "--speaker", "bob", alice), str(mount))
@@ -137,11 +136,7 @@ def test_injected_enospc_everywhere_files_are_written(store, synthetic_corpus, t
     models = tmp_path / "models"
     shutil.copytree(store / "models", models)
     before = contents(models)
-    alice, background = synthetic_corpus / "enroll" / "alice", synthetic_corpus / "background"
-    trials = tmp_path / "trials"
-    trials.write_text(f"alice {sorted((synthetic_corpus / 'test' / 'alice').glob('*.wav'))[0]} target\n")
-    scores = tmp_path / "dev.tsv"
-    scores.write_text("a\tt1\t1.0\ttarget\na\tt2\t-1.0\tnontarget\n")
+    alice, background, trials, scores = inputs(synthetic_corpus, tmp_path)
     full = os.strerror(errno.ENOSPC)
     clean_exit_2(run("enroll", "--ubm", store / "ubm.npz", "--models", models, "--speaker", "alice", "--force",
                      alice), "alice.npz", full)

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import PRINT_PEAK_KIB, python_output
+from conftest import PRINT_PEAK_KIB, make_store, python_output
 
-from spkver.audio import find_audio
 from spkver.cli import cli
-from spkver.models import SpeakerStore, load_model, save_model
-from spkver.pipeline import enroll, train_ubm
+from spkver.models import load_model, save_model
 from spkver.synth import Voice, synthesize
 
 
@@ -38,14 +36,8 @@ def speech(seed=0, rate=16000):
 
 @pytest.fixture(scope="module")
 def store(synthetic_corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    ubm = train_ubm(find_audio([synthetic_corpus / "background"]), n_components=8, iterations=3, workers=1)
-    save_model(root / "ubm.npz", ubm)
-    models = SpeakerStore(root / "models")
-    models.root.mkdir()
-    for name in ["alice", "bob"]:
-        save_model(models.path(name), enroll(ubm, find_audio([synthetic_corpus / "enroll" / name]), name))
-    return root
+    """A small UBM and enrolled speakers (conftest.make_store)."""
+    return make_store(tmp_path_factory.mktemp("hostile"), synthetic_corpus)
 
 
 def snapshot(folder):

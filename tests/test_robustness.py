@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import python_output
+from conftest import make_store, python_output
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spkver.audio import find_audio, iter_audio_blocks, read_list, resample, resampled_blocks
+from spkver.audio import iter_audio_blocks, read_list, resample, resampled_blocks
 from spkver.cli import cli
 from spkver.errors import SpkverError
 from spkver.features import FeatureConfig, extract, extract_blocks
-from spkver.models import SpeakerStore, load_model, save_model
-from spkver.pipeline import enroll, train_ubm
+from spkver.models import load_model
 from spkver.synth import Voice, synthesize
 
 SPKVER = [sys.executable, "-m", "spkver", "-q"]
@@ -34,15 +33,8 @@ def speech(rate=16000, seed=0, seconds=None):
 
 @pytest.fixture(scope="module")
 def store(synthetic_corpus, tmp_path_factory):
-    """A small UBM and two enrolled speakers, made with the library."""
-    root = tmp_path_factory.mktemp("store")
-    ubm = train_ubm(find_audio([synthetic_corpus / "background"]), n_components=8, iterations=3, workers=1)
-    save_model(root / "ubm.npz", ubm)
-    models = SpeakerStore(root / "models")
-    models.root.mkdir()
-    for name in ["alice", "bob"]:
-        save_model(models.path(name), enroll(ubm, find_audio([synthetic_corpus / "enroll" / name]), name))
-    return root
+    """A small UBM and enrolled speakers (conftest.make_store)."""
+    return make_store(tmp_path_factory.mktemp("store"), synthetic_corpus)
 
 
 def cli_enroll(store, *audio, speaker="carol", extra=()):
