@@ -3,9 +3,11 @@
 
     python scripts/bench_features.py [--data ../shared/data] [--files 1000]
 
-Same files, same settings (16 kHz, 25/10 ms, 40 mels, 20 MFCC + Δ + ΔΔ);
-the librosa loop is ``librosa.load`` + ``librosa.feature.mfcc`` +
-``librosa.feature.delta`` per file, the way a script without spkver does it.
+Same files, same settings (spkver's defaults: 16 kHz, 25/10 ms, 64 mels,
+40 MFCC + Δ + ΔΔ); the librosa loop is ``librosa.load`` +
+``librosa.feature.mfcc`` + ``librosa.feature.delta`` per file, the way a
+script without spkver does it. spkver also runs its voice-activity detector
+and mean normalisation, which the librosa loop does not.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from spkver.corpus import extract_all  # noqa: E402
 from spkver.features import FeatureConfig  # noqa: E402
 
 
-def librosa_loop(paths):
+def librosa_loop(paths, config=FeatureConfig()):
+    """The same MFCC + Δ + ΔΔ as spkver's defaults, from librosa (without spkver's VAD and CMN)."""
     import librosa
 
     for path in paths:
-        y, sr = librosa.load(path, sr=16000)
-        mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, n_fft=512, hop_length=160, win_length=400, n_mels=40)
+        y, sr = librosa.load(path, sr=config.sample_rate)
+        mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=config.n_ceps, n_fft=config.fft_size,
+                                    hop_length=config.hop_length, win_length=config.win_length, n_mels=config.n_mels)
         np.vstack([mfcc, librosa.feature.delta(mfcc), librosa.feature.delta(mfcc, order=2)])
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How spkver's defaults were chosen: each candidate setting on every protocol, averaged over UBM seeds.
 
-    python scripts/tune_defaults.py [--protocol asc ...] [--seeds 2] [--only LABEL ...] [--workdir DIR]
+    python scripts/tune_defaults.py [--protocol asc ...] [--seeds 2] [--first-seed 0] [--only LABEL ...]
 
 The library's own calls (feature extraction, EM, MAP, top-C scoring, S-norm
 against the cohort a UBM stores) run in this process, so a row costs seconds, not the minutes of the CLI
@@ -136,6 +136,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", action="append", choices=sorted(PROTOCOLS))
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="Seeds run from this one (to add seeds later).")
     parser.add_argument("--only", action="append", help="Run only candidates whose label starts with this.")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
@@ -144,7 +145,8 @@ def main():
     args.workdir.mkdir(parents=True, exist_ok=True)
     names = args.protocol or list(PROTOCOLS)
     protocols = {n: PROTOCOLS[n](args.data, args.build_dir) for n in names}
-    print(f"Mean EER % over {args.seeds} UBM seeds (minDCF(0.01) in the last column, mean over protocols).")
+    print(f"Mean EER % over UBM seeds {args.first_seed}-{args.first_seed + args.seeds - 1} (mean minDCF(0.01) over "
+          "protocols in the last column).")
     print("| setting | " + " | ".join(names) + " | better on | mean EER | mean minDCF |")
     print("|---|" + "---|" * (len(names) + 3), flush=True)
     baseline = {}
@@ -154,7 +156,8 @@ def main():
         row = {}
         for name, protocol in protocols.items():
             features = protocol_features(protocol, feature_config(protocol, settings), args.workdir)
-            results = np.array([run(protocol, features, seed, **options) for seed in range(args.seeds)])
+            seeds = range(args.first_seed, args.first_seed + args.seeds)
+            results = np.array([run(protocol, features, seed, **options) for seed in seeds])
             row[name] = results.mean(axis=0)
         baseline = baseline or row
         better = sum(row[n][0] < baseline[n][0] for n in names)
