@@ -116,7 +116,7 @@ CONFIGURATIONS = [
     ("relevance 24", [], ["--relevance", "24"], []),
     ("MAP means only (--adapt m)", [], ["--adapt", "m"], []),
     ("MAP means, weights, variances (--adapt mwv)", [], ["--adapt", "mwv"], []),
-    ("S-norm, cohort from the UBM audio", [], [], ["--score-norm", "s"]),
+    ("no score normalisation (--score-norm none)", [], [], ["--score-norm", "none"]),
     ("full scoring (--top-c 0)", [], [], ["--top-c", "0"]),
 ]
 

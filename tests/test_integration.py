@@ -20,8 +20,9 @@ from spkver.scoring import llr_scores  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-# EER ceilings for spkver's defaults: the README's figures plus about one seed-to-seed spread.
-FLOORS = {"asc": 0.11, "fsdd": 0.09}
+# EER ceilings for spkver's defaults (no option but the audio): the README's figures (asc 6.11%,
+# fsdd 3.33%, fsdd-long 1.40%) plus about one seed-to-seed spread, for other CPUs' BLAS rounding.
+FLOORS = {"asc": 0.07, "fsdd": 0.042, "fsdd-long": 0.025}
 
 
 @pytest.fixture(scope="module")
