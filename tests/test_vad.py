@@ -67,11 +67,10 @@ def recall_precision(seeds, snr_db, noise):
     return np.mean(recalls), np.mean(precisions)
 
 
-@pytest.mark.parametrize("noise", ["white", "room"])
-@pytest.mark.parametrize("snr_db", [None, 30, 20, 10])
+# Pauses of digital silence (None) have no noise colour, so they appear once.
+@pytest.mark.parametrize(("snr_db", "noise"), [(None, "white")] + [(snr, noise) for noise in ("white", "room")
+                                                                   for snr in (30, 20, 10)])
 def test_spectral_vad_finds_speech_between_pauses_and_noise(snr_db, noise):
-    if snr_db is None and noise == "room":
-        pytest.skip("silent pauses have no noise colour")
     recall, precision = recall_precision(range(8), snr_db, noise)
     assert recall >= 0.97 and precision >= 0.90, (recall, precision)
 
