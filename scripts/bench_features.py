@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocols import DEFAULT_DATA_ROOT  # noqa: E402
 
-from spkver.audio import AudioItem  # noqa: E402
-from spkver.corpus import extract_all  # noqa: E402
-from spkver.features import FeatureConfig  # noqa: E402
+from spkver.audio.sources import AudioItem  # noqa: E402
+from spkver.features.config import FeatureConfig  # noqa: E402
+from spkver.features.extraction import extract_all  # noqa: E402
 
 
 def librosa_loop(paths, config=FeatureConfig()):

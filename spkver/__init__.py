@@ -1,8 +1,7 @@
 """spkver: GMM-UBM speaker verification from the command line.
 
-The package reads like the data flow: ``audio`` → ``features`` → ``gmm`` (EM)
-→ ``adapt`` (MAP) → ``scoring`` → ``metrics``, with ``models`` (storage) and
-``cli`` at the edges.
+The package is layered as the data flows (ARCHITECTURE.md): ``audio`` →
+``features`` → ``gmm`` → ``storage`` → ``backend`` → ``api`` → ``cli``.
 """
 
 __version__ = "0.1.0"

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from spkver.audio import find_audio
+from spkver.api import enroll, train_ubm, verify
+from spkver.audio.sources import find_audio
+from spkver.backend.metrics import eer
 from spkver.errors import SpkverError
 from spkver.fileio import os_problem
-from spkver.metrics import eer
-from spkver.models import SpeakerStore, load_model, save_model
-from spkver.pipeline import enroll, train_ubm, verify
+from spkver.storage.models import load_model, save_model
+from spkver.storage.speakers import SpeakerStore
 from spkver.synth import WORDS, Voice, utterance
 
 N_BACKGROUND, N_ENROLLED = 10, 6

@@ -1,4 +1,4 @@
-"""Where spkver meets storage: atomic writes and bounded JSON.
+"""Where spkver meets storage: atomic writes, locks, hashes, file identity, bounded JSON and text lists.
 
 Every file spkver writes goes through :func:`write_atomic` (a temporary file
 in the same folder, then a rename), so a crash, a full disk or a read-only
@@ -165,6 +165,29 @@ def file_signature(path) -> list:
     """
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def sha256_hex(parts, length: int = 64) -> str:
+    """SHA-256 of ``parts`` (each ``str``, UTF-8 encoded, or bytes-like), as the first ``length`` hex digits.
+
+    Every hash spkver keeps (model fingerprints, cache keys, data identities)
+    is made here; each caller keeps the length its files have always used.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+    return digest.hexdigest()[:length]
+
+
+def array_parts(arrays, dtype=None):
+    """What identifies each array for :func:`sha256_hex`: its shape, then its bytes (as ``dtype`` if given)."""
+    import numpy as np
+
+    for array in arrays:
+        yield str(array.shape)
+        yield np.ascontiguousarray(array, dtype=dtype).data
 
 
 def content_hash(path) -> str:

@@ -13,13 +13,16 @@ import soundfile as sf
 from click.testing import CliRunner
 from conftest import python_output
 
-from spkver.audio import find_audio
-from spkver.cli import cli
-from spkver.engine import Engine, make_shards, shard_size
+from spkver.audio.sources import find_audio
+from spkver.cli.main import cli
 from spkver.errors import SpkverError
-from spkver.featstore import FeatureStore
-from spkver.features import FeatureConfig, extract
-from spkver.gmm import GMM, accumulate, train
+from spkver.features.config import FeatureConfig
+from spkver.features.frontend import extract
+from spkver.features.store import FeatureStore
+from spkver.gmm.em import train
+from spkver.gmm.engine import Engine, make_shards, shard_size
+from spkver.gmm.estep import accumulate
+from spkver.gmm.model import GMM
 
 
 def blobs(seed=0, n=6000, d=6):
@@ -121,8 +124,8 @@ def test_em_streams_a_memory_mapped_store_with_bounded_memory(tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"format": 1, "feature_config": config.to_dict(),
                                                      "entries": entries}))
     code = (
-        "import sys, tracemalloc; from spkver.featstore import FeatureStore; from spkver.gmm import train;"
-        "import numpy as np; from spkver.kernels import softmax_rows;"
+        "import sys, tracemalloc; from spkver.features.store import FeatureStore; from spkver.gmm.em import train;"
+        "import numpy as np; from spkver.gmm.kernels import softmax_rows;"
         "softmax_rows(np.zeros((2, 2), np.float32));"
         "arrays = FeatureStore(sys.argv[1]).arrays(); tracemalloc.start();"
         "train(arrays, 32, iterations=2, kmeans_frames=20000);"

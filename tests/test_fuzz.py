@@ -14,14 +14,14 @@ import soundfile as sf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from spkver.audio import AudioItem, find_audio
-from spkver.calibration import load_calibration
-from spkver.corpus import features_of
+from spkver.api import enroll, train_ubm
+from spkver.audio.sources import AudioItem, find_audio
+from spkver.backend.calibration import load_calibration
 from spkver.errors import SpkverError
-from spkver.featstore import FeatureStore
-from spkver.features import FeatureConfig
-from spkver.models import Model, load_checkpoint, load_model, npz_bytes, save_model
-from spkver.pipeline import enroll, train_ubm
+from spkver.features.config import FeatureConfig
+from spkver.features.extraction import features_of
+from spkver.features.store import FeatureStore
+from spkver.storage.models import Model, load_checkpoint, load_model, npz_bytes, save_model
 from spkver.synth import Voice, synthesize
 
 # SPKVER_FUZZ_EXAMPLES=3000 for a deeper run than the suite's.
@@ -161,7 +161,7 @@ def test_fuzz_feature_store_index(tmp_path, index):
 @FUZZ
 @given(cache=st.one_of(json_values, st.dictionaries(st.text(max_size=8), st.lists(st.floats(), max_size=4))))
 def test_fuzz_cohort_cache(tmp_path, cache):
-    from spkver.normalization import Cohort
+    from spkver.backend.scorenorm import Cohort
 
     root = tmp_path / "cache"
     root.mkdir(exist_ok=True)
@@ -179,7 +179,7 @@ _UBM = {}
 
 def fuzz_ubm():
     if not _UBM:
-        from spkver.gmm import GMM
+        from spkver.gmm.model import GMM
 
         rng = np.random.default_rng(0)
         _UBM["ubm"] = Model(GMM(np.full(4, 0.25), rng.normal(size=(4, SMALL.dim)), np.ones((4, SMALL.dim))), "ubm",

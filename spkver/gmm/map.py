@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from spkver.gmm import GMM, Statistics
+from spkver.errors import SpkverError
+from spkver.gmm.estep import Statistics
+from spkver.gmm.model import GMM
 
 ADAPT_MODES = ("m", "mw", "mv", "mwv")
 # Means and weights: better than means alone on every protocol, short clips and long recordings
@@ -28,7 +30,7 @@ def map_adapt(ubm: GMM, stats: Statistics, relevance: float = 16.0, adapt: str =
     ubm : GMM
         The universal background model.
     stats : Statistics
-        The speaker's statistics against ``ubm`` (:func:`spkver.gmm.accumulate`).
+        The speaker's statistics against ``ubm`` (:func:`spkver.gmm.estep.accumulate`).
     relevance : float
         The relevance factor r, 16 by default (Reynolds 2000); larger stays
         closer to the UBM. ``inf`` returns the UBM, 0 the ML estimate.
@@ -62,3 +64,13 @@ def map_adapt(ubm: GMM, stats: Statistics, relevance: float = 16.0, adapt: str =
         variances = a * expected_x2 + (1 - a) * (ubm.variances + ubm.means**2) - means**2
         variances = np.maximum(variances, variance_floor)
     return GMM(weights, means, variances)
+
+
+def check_adapted(ubm: GMM, adapted: GMM, stats) -> GMM:
+    """The guard on speaker models: one that equals its UBM would score 0 for everyone, so it is refused."""
+    if (np.array_equal(adapted.means, ubm.means) and np.array_equal(adapted.weights, ubm.weights)
+            and np.array_equal(adapted.variances, ubm.variances)):
+        raise SpkverError(f"the enrollment audio did not move the UBM ({stats.n_frames} speech frames, "
+                          f"{float(stats.zeroth.sum()):.3g} assigned to components): nothing to tell this speaker "
+                          "from anyone else")
+    return adapted

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from spkver.audio import AudioItem, iter_audio_blocks
+from spkver.audio.decode import iter_audio_blocks
+from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError
-from spkver.features import FeatureConfig, extract_blocks
+from spkver.features.config import FeatureConfig
+from spkver.features.frontend import extract_blocks
+from spkver.run import default_workers, init_worker_process, process_context
 
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 24
 
 
 def features_of(item: AudioItem, config: FeatureConfig, info: dict | None = None) -> np.ndarray:
-    """Speech-frame features of one recording (``info`` as for :func:`spkver.audio.iter_audio_blocks`).
+    """Speech-frame features of one recording (``info`` as for :func:`spkver.audio.decode.iter_audio_blocks`).
 
     Raises
     ------
@@ -51,14 +52,6 @@ def low_rate_message(path, native_rate: int, feature_rate: int) -> str:
             f"--sample-rate {8000 if native_rate <= 8000 else native_rate} (further files like this are not reported)")
 
 
-def default_workers() -> int:
-    """All the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def iter_features(items, config: FeatureConfig, workers: int | None = None):
     """Yield ``(item, features, error, native rate)`` for each item, in order.
 
@@ -71,11 +64,8 @@ def iter_features(items, config: FeatureConfig, workers: int | None = None):
         for job in jobs:
             yield (job[0], *_features_or_error(job))
         return
-    from spkver.threads import init_worker_process
 
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                             initializer=init_worker_process) as pool:
+    with ProcessPoolExecutor(workers, mp_context=process_context(), initializer=init_worker_process) as pool:
         chunk = max(1, min(64, len(jobs) // (8 * workers)))
         for job, result in zip(jobs, pool.map(_features_or_error, jobs, chunksize=chunk)):
             yield (job[0], *result)

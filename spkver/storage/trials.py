@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from spkver.audio import path_exists
+from spkver.audio.sources import path_exists
 from spkver.errors import SpkverError, printable
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False}

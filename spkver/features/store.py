@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.corpus import usable_features
 from spkver.errors import SpkverError
-from spkver.features import FeatureConfig
+from spkver.features.config import FeatureConfig
+from spkver.features.extraction import usable_features
 from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, write_atomic
 
 INDEX = "index.json"

@@ -1,4 +1,4 @@
-"""Evaluation commands: score, evaluate, calibrate, identify (registered on the ``spkver`` group)."""
+"""Evaluation commands: ``score`` (trial lists), ``evaluate`` (metrics of score files) and ``calibrate``."""
 
 from __future__ import annotations
 
@@ -8,31 +8,28 @@ from pathlib import Path
 
 import click
 
-from spkver.audio import find_audio, gather_inputs, is_audio_file, read_list
-from spkver.calibration import (
+from spkver.audio.sources import find_audio, is_audio_file, read_list
+from spkver.backend.calibration import (
     calibration_warnings,
     fit_calibration,
     is_calibration_file,
     load_calibration,
     save_calibration,
 )
-from spkver.cli import (
-    Finite,
-    audio_inputs,
-    calibration_options,
-    cli,
-    decision_threshold,
-    deprecated_alias,
-    load_store,
-    top_c_option,
-    workers_option,
-)
+from spkver.backend.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
+from spkver.backend.scorenorm import SCORE_NORMS, Cohort, describe_normalisation, parse_normalisation
+from spkver.cli.options import Finite, deprecated_alias, load_store, top_c_option, workers_option
 from spkver.errors import SpkverError, printable
 from spkver.fileio import refuse_other_kind, write_atomic
-from spkver.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
-from spkver.models import SpeakerStore
-from spkver.normalization import NORMS, Cohort, describe_normalisation, parse_normalisation
-from spkver.trials import format_score, is_score_file, labelled_scores, read_scores, read_trials, score_file_header
+from spkver.storage.speakers import SpeakerStore
+from spkver.storage.trials import (
+    format_score,
+    is_score_file,
+    labelled_scores,
+    read_scores,
+    read_trials,
+    score_file_header,
+)
 
 
 def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
@@ -54,17 +51,17 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
     return Cohort(ubm, audio, model_store, top_c, cache_dir=cache_dir, workers=workers, progress=report.progress)
 
 
-@cli.command()
+@click.command("score")
 @click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
 @click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--trials", "trials_path", required=True, type=click.Path(path_type=Path),
               help="Lines 'speaker test [target|nontarget]'.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scores file to write.")
 @top_c_option
-@click.option("--score-norm", type=click.Choice(NORMS), default=None,
+@click.option("--score-norm", type=click.Choice(SCORE_NORMS), default=None,
               help="Score normalisation against --cohort, or the UBM's stored cohort: Z-, T-, S-norm or none "
                    "[default: s when the UBM stores a cohort or --cohort is given, else none].")
-@click.option("--norm", "old_score_norm", type=click.Choice(NORMS), default=None, hidden=True)
+@click.option("--norm", "old_score_norm", type=click.Choice(SCORE_NORMS), default=None, hidden=True)
 @click.option("--cohort", multiple=True, type=click.Path(path_type=Path),
               help="Impostor cohort: audio folder or list (Z, S, T) and/or a model store (T) [default: the "
                    "speech segments the UBM stores from its training audio]. Repeatable.")
@@ -76,10 +73,10 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 @workers_option("Processes for feature extraction [default: all cores].")
 @click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
 @click.pass_obj
-def score(report, ubm_path, models_dir, trials_path, output, top_c, score_norm, old_score_norm, cohort, top_n,
+def score_command(report, ubm_path, models_dir, trials_path, output, top_c, score_norm, old_score_norm, cohort, top_n,
           calibration_path, wav_scp, workers, skip_bad):
     """Score a trial list: one 'speaker<TAB>test<TAB>score[<TAB>label]' line per trial."""
-    from spkver.evaluation import score_trials
+    from spkver.api import score_trials
 
     norm = deprecated_alias(report, "--norm", "--score-norm", old_score_norm, score_norm, None)
     refuse_other_kind(output, is_score_file, "score file")
@@ -122,7 +119,7 @@ def summary(path, trials_path, p_targets):
     return result, tar, non
 
 
-@cli.command()
+@click.command("evaluate")
 @click.argument("scores_paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--trials", "trials_path", type=click.Path(path_type=Path),
               help="Labels for scores files that have none.")
@@ -130,7 +127,7 @@ def summary(path, trials_path, p_targets):
               default=(0.01,), show_default=True, help="Target prior for DCF (repeatable).")
 @click.option("--det", "det_path", type=click.Path(path_type=Path), help="Draw DET curves to this PNG.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(scores_paths, trials_path, p_targets, det_path, as_json):
+def evaluate_command(scores_paths, trials_path, p_targets, det_path, as_json):
     """EER, minDCF, Cllr/minCllr (and actual DCF for calibrated scores) of SCORES files."""
     curves = []
     for path in scores_paths:
@@ -150,19 +147,19 @@ def evaluate(scores_paths, trials_path, p_targets, det_path, as_json):
         click.echo(f"  minCllr   {result['min_cllr']:.4f}" +
                    (f"   Cllr  {result['cllr']:.4f}" if result["calibrated"] else ""))
     if det_path:
-        from spkver.plots import det_plot
+        from spkver.backend.plots import det_plot
 
         det_plot(curves, det_path)
 
 
-@cli.command()
+@click.command("calibrate")
 @click.argument("scores_path", type=click.Path(path_type=Path))
 @click.option("--trials", "trials_path", type=click.Path(path_type=Path), help="Labels, if SCORES has none.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
 @click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Prior the calibration is optimised for.")
 @click.pass_obj
-def calibrate(report, scores_path, trials_path, output, p_target):
+def calibrate_command(report, scores_path, trials_path, output, p_target):
     """Fit a score → log-likelihood-ratio calibration on a development set's scores."""
     refuse_other_kind(output, is_calibration_file, "calibration file")
     scores, calibrated, normalisation = read_scores(scores_path)
@@ -182,36 +179,3 @@ def calibrate(report, scores_path, trials_path, output, p_target):
                f"actDCF({p_target:g}) {actual_dcf(llr_tar, llr_non, p_target):.4f} -> {output}")
 
 
-@cli.command()
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
-@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Speakers listed per file.")
-@click.option("--threshold", type=Finite(), default=None,
-              help="Answer 'unknown' when the best score is below this (open set) [default: closed set, "
-                   "or the Bayes threshold with --calibration].")
-@top_c_option
-@calibration_options
-@click.option("--json", "as_json", is_flag=True)
-@audio_inputs
-@click.pass_obj
-def identify(report, ubm_path, models_dir, top, threshold, top_c, calibration_path, p_target, as_json, audio,
-             list_file, workers, skip_bad):
-    """Which enrolled speaker is it? Ranks all speakers for each AUDIO file."""
-    from spkver.evaluation import identify as identify_files
-
-    ubm, store = load_store(ubm_path, models_dir)
-    speakers = [store.load(name, ubm) for name in store.speakers()]
-    calibration = load_calibration(calibration_path) if calibration_path else None
-    if calibration is not None:
-        threshold = decision_threshold(threshold, calibration, p_target)
-    items = gather_inputs(audio, list_file)
-    answers = identify_files(ubm, speakers, items, top, threshold, top_c, workers, skip_bad, report.warn,
-                             report.progress("features"), calibration, on_note=report.warn)
-    for answer in answers:
-        if as_json:
-            ranking = [{"speaker": s, "score": round(v, 6)} for s, v in answer.ranking]
-            click.echo(json.dumps({"path": answer.path, "decision": answer.decision, "ranking": ranking},
-                                  allow_nan=False))
-        else:
-            ranked = "\t".join(f"{printable(s)}:{v:.4f}" for s, v in answer.ranking)
-            click.echo(f"{printable(answer.path)}\t{printable(answer.decision)}\t{ranked}")

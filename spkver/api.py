@@ -1,4 +1,4 @@
-"""The three stages as library calls: train a UBM, enroll a speaker, verify.
+"""The stages as library calls: train a UBM, enroll a speaker, verify, score trial lists, identify.
 
 Each returns plain objects (models, results); saving and printing are the
 caller's. The CLI is a thin layer over these.
@@ -7,98 +7,35 @@ caller's. The CLI is a thin layer over these.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from spkver import __version__
-from spkver.adapt import DEFAULT_ADAPT, map_adapt
-from spkver.audio import native_sample_rate
-from spkver.corpus import default_workers, extract_all
-from spkver.engine import Engine
+from spkver.audio.sources import AudioItem
+from spkver.backend.scorenorm import (
+    COHORT_SECONDS,
+    COHORT_SEGMENTS,
+    Cohort,
+    cohort_segments,
+    cohort_statistics,
+    describe_normalisation,
+    normalise_scores,
+)
+from spkver.backend.scoring import Scorer, checked_scores
 from spkver.errors import SpkverError
-from spkver.featstore import FeatureStore
-from spkver.features import TELEPHONE_RATE, FeatureConfig, feature_rate_for
-from spkver.gmm import GMM, accumulate, train
-from spkver.models import Model, load_checkpoint, save_checkpoint, validate_speaker_id
-from spkver.scoring import Scorer, checked_scores
-from spkver.threads import single_blas_thread
-
-# EM needs several frames per Gaussian to estimate 2·D+1 parameters sensibly.
-MIN_FRAMES_PER_COMPONENT = 10
-# --components auto: one component per this many speech frames (nearest power of two), within
-# these bounds. Measured on short clips and long recordings at 8 and 16 kHz (README).
-FRAMES_PER_COMPONENT = 800
-AUTO_COMPONENTS = (16, 2048)
-
-
-def auto_components(n_frames: int) -> int:
-    """The default number of components: the power of two nearest ``n_frames / 800``, from 16 to 2048.
-
-    Fewer than 16 only when there are fewer than 160 frames (at least 10 frames per component).
-    """
-    low, high = AUTO_COMPONENTS
-    k = 2 ** round(math.log2(max(n_frames / FRAMES_PER_COMPONENT, 1)))
-    k = min(max(k, low), high)
-    while k > 1 and k * MIN_FRAMES_PER_COMPONENT > n_frames:
-        k //= 2
-    return k
-
-
-def components_for(n_frames: int, requested, allow_fewer: bool) -> int:
-    """The number of components to train (``requested``, or :func:`auto_components` for None).
-
-    Raises SpkverError when the data is too short for the number requested.
-    """
-    if requested is None:
-        requested = auto_components(n_frames)
-        if requested * MIN_FRAMES_PER_COMPONENT <= n_frames:
-            return requested
-    needed = requested * MIN_FRAMES_PER_COMPONENT
-    if n_frames >= needed:
-        return requested
-    if allow_fewer and n_frames >= MIN_FRAMES_PER_COMPONENT:
-        return max(1, n_frames // MIN_FRAMES_PER_COMPONENT)
-    raise SpkverError(
-        f"{n_frames} speech frames are too few for {requested} components: need at least {needed} "
-        f"({MIN_FRAMES_PER_COMPONENT} per component); give more audio, lower --components, "
-        "or pass --allow-fewer-components"
-    )
-
-
-# Every UBM stores a cohort for S-norm (``spkver score``): this many segments of its own speech,
-# evenly spread over the training frames, each as long as a typical test (README: measured).
-COHORT_SEGMENTS = 100
-COHORT_SECONDS = 3.0
-
-
-def cohort_segments(arrays, n_segments=COHORT_SEGMENTS, segment_frames=300) -> list:
-    """``n_segments`` stretches of ``segment_frames`` consecutive frames, evenly spaced over ``arrays``.
-
-    The arrays are read as one sequence, so a segment may join the end of one
-    recording to the start of the next. Fewer segments when the frames run
-    short; none when there are not two. Returned as float16 (as stored).
-
-    Returns
-    -------
-    list of numpy.ndarray, each (segment_frames, D), float16
-    """
-    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
-    n = min(n_segments, int(offsets[-1]) // segment_frames)
-    if n < 2:
-        return []
-    segments = []
-    for start in np.linspace(0, offsets[-1] - segment_frames, n).round().astype(np.int64):
-        pieces, position, stop = [], start, start + segment_frames
-        while position < stop:
-            index = int(np.searchsorted(offsets, position, side="right")) - 1
-            take = min(stop, offsets[index + 1]) - position
-            pieces.append(np.asarray(arrays[index][position - offsets[index] : position - offsets[index] + take]))
-            position += take
-        segments.append(np.concatenate(pieces).astype(np.float16))
-    return segments
+from spkver.features.config import FeatureConfig, default_feature_config
+from spkver.features.extraction import extract_all, usable_features
+from spkver.features.store import FeatureStore
+from spkver.fileio import file_identity
+from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
+from spkver.gmm.engine import Engine
+from spkver.gmm.estep import accumulate
+from spkver.gmm.map import DEFAULT_ADAPT, check_adapted, map_adapt
+from spkver.run import default_workers, single_blas_thread
+from spkver.storage.models import Model, checkpoint_writer, load_checkpoint
+from spkver.storage.speakers import SpeakerStore, validate_speaker_id
 
 
 def data_identity(arrays) -> str:
@@ -134,41 +71,6 @@ def training_frames(items, config, workers=None, skip_bad=False, on_skip=None, p
     return [frames for _, frames in extracted], None, config
 
 
-def default_feature_config(items, probe_limit=1000) -> tuple[FeatureConfig, str]:
-    """The default features for training audio: :func:`spkver.features.feature_rate_for` its native rates.
-
-    Reads the headers of at most ``probe_limit`` recordings, evenly spread.
-    Returns the config and a sentence saying why, for the log.
-    """
-    items = list(items)
-    sample = items[:: max(1, -(-len(items) // probe_limit))]
-    rates = [native_sample_rate(item.path) for item in sample]
-    rate = feature_rate_for(rates)
-    known = [r for r in rates if r]
-    narrow = sum(r <= TELEPHONE_RATE for r in known)
-    why = (f"feature rate {rate} Hz: {narrow} of {len(known)} training recordings"
-           f"{' read' if len(known) < len(items) else ''} are telephone-band (at most {TELEPHONE_RATE} Hz)")
-    return FeatureConfig(sample_rate=rate), why
-
-
-def checkpoint_writer(path, identity, on_note=None):
-    """A callback writing each EM state to ``path``; when that fails (disk full, read-only), training
-    goes on without checkpoints after one warning, since the model itself may still be writable."""
-    failed = []
-
-    def write(state):
-        if failed:
-            return
-        try:
-            save_checkpoint(path, state, identity)
-        except SpkverError as exc:
-            failed.append(exc)
-            if on_note:
-                on_note(f"{exc}; training goes on without checkpoints (--resume will not be possible)")
-
-    return write
-
-
 def train_ubm(items, config: FeatureConfig | None = None, n_components=None, iterations=20,
               init="kmeans", seed=0, tol=1e-4, variance_floor_ratio=1e-3, workers=None,
               skip_bad=False, allow_fewer_components=False, on_skip=None, progress=None,
@@ -176,7 +78,7 @@ def train_ubm(items, config: FeatureConfig | None = None, n_components=None, ite
               checkpoint=None, resume=False, on_log=None, cohort_size=COHORT_SEGMENTS) -> Model:
     """Train a universal background model on the speech of ``items``.
 
-    Parameters mirror ``spkver train-ubm``; see :func:`spkver.gmm.train` for
+    Parameters mirror ``spkver train-ubm``; see :func:`spkver.gmm.em.train` for
     the EM settings. ``config`` None takes :func:`default_feature_config`;
     ``n_components`` None takes :func:`auto_components` of the speech frames.
     ``on_note`` receives warnings (fewer components, re-seeded components,
@@ -267,16 +169,6 @@ def enroll(ubm: Model, items, speaker: str, relevance=16.0, adapt=DEFAULT_ADAPT,
     return Model(gmm, "speaker", ubm.feature_config, meta)
 
 
-def check_adapted(ubm: GMM, adapted: GMM, stats) -> GMM:
-    """The guard on speaker models: one that equals its UBM would score 0 for everyone, so it is refused."""
-    if (np.array_equal(adapted.means, ubm.means) and np.array_equal(adapted.weights, ubm.weights)
-            and np.array_equal(adapted.variances, ubm.variances)):
-        raise SpkverError(f"the enrollment audio did not move the UBM ({stats.n_frames} speech frames, "
-                          f"{float(stats.zeroth.sum()):.3g} assigned to components): nothing to tell this speaker "
-                          "from anyone else")
-    return adapted
-
-
 @dataclass
 class Trial:
     """One verification answer."""
@@ -293,7 +185,7 @@ def verify(ubm: Model, speakers, items, threshold=0.0, top_c=5, workers=None,
     """Score each recording against each speaker model; accept when score ≥ threshold.
 
     With ``calibration`` (fitted on raw scores) the scores are log-likelihood
-    ratios (compare with :func:`spkver.metrics.bayes_threshold`). ``on_note``
+    ratios (compare with :func:`spkver.backend.metrics.bayes_threshold`). ``on_note``
     receives a warning when audio was recorded below the UBM's feature rate.
     """
     if calibration is not None:
@@ -310,3 +202,116 @@ def verify(ubm: Model, speakers, items, threshold=0.0, top_c=5, workers=None,
                 Trial(model.meta["speaker"], str(item.path), float(score), bool(score >= threshold), len(frames))
             )
     return trials
+
+
+def _load_speakers(ubm, store: SpeakerStore, trials, skip_bad, on_skip, source):
+    models = {}
+    for trial in trials:
+        if trial.speaker in models:
+            continue
+        try:
+            models[trial.speaker] = store.load(trial.speaker, ubm)
+        except SpkverError as exc:
+            message = f"line {trial.line}: speaker {trial.speaker!r}: {exc}"
+            if not skip_bad:
+                raise SpkverError(message, source) from None
+            models[trial.speaker] = None
+            if on_skip:
+                on_skip(f"{source}: {message}")
+    return models
+
+
+def _test_features(ubm, trials, workers, skip_bad, on_skip, progress, on_note=None):
+    """Features of each distinct test file, extracted once, in parallel."""
+    distinct = {}
+    for trial in trials:
+        distinct.setdefault(str(trial.path), AudioItem(trial.test, trial.path, f"trials line {trial.line}"))
+    good = usable_features(distinct.values(), ubm.feature_config, workers, skip_bad, on_skip, progress, on_note)
+    return {str(item.path): frames for item, frames in good}
+
+
+@dataclass
+class ScoredTrial:
+    speaker: str
+    test: str
+    score: float
+    label: bool | None
+
+
+def score_trials(ubm: Model, store: SpeakerStore, trials, top_c=5, norm="none", cohort: Cohort | None = None,
+                 top_n=None, calibration=None, workers=None, skip_bad=False, on_skip=None, progress=None,
+                 source="trials", on_note=None) -> list[ScoredTrial]:
+    """Score every trial; each test file is read and scored against the UBM once.
+
+    Parameters
+    ----------
+    norm : {"none", "z", "t", "s"}
+        Score normalisation against ``cohort`` (required unless ``"none"``).
+    top_n : int, optional
+        Adaptive normalisation: cohort statistics from the N highest cohort scores.
+    calibration : Calibration, optional
+        Maps the (normalised) scores to log-likelihood ratios.
+    """
+    if norm != "none" and cohort is None:
+        raise SpkverError(f"--norm {norm} needs --cohort")
+    if calibration is not None:
+        calibration.require(describe_normalisation(norm, top_n))
+    models = _load_speakers(ubm, store, trials, skip_bad, on_skip, source)
+    features = _test_features(ubm, trials, workers, skip_bad, on_skip, progress, on_note)
+    by_file = {}
+    for index, trial in enumerate(trials):
+        if models[trial.speaker] is not None and features.get(str(trial.path)) is not None:
+            by_file.setdefault(str(trial.path), []).append(index)
+    loaded = sorted(name for name, model in models.items() if model is not None)
+    column = {name: i for i, name in enumerate(loaded)}
+    scorer = Scorer(ubm.gmm, [models[name].gmm for name in loaded], top_c)
+    z_stats = None
+    if norm in ("z", "s") and loaded:
+        z_stats = cohort_statistics(cohort.z_scores([models[name] for name in loaded]), top_n)
+    scores = {}
+    for path, indices in by_file.items():
+        frames = features[path]
+        columns = np.array([column[trials[i].speaker] for i in indices])
+        # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
+        raw = checked_scores(scorer.scores(frames, columns), path)
+        z = t = None
+        if z_stats is not None:
+            z = (z_stats[0][columns], z_stats[1][columns])
+        if norm in ("t", "s"):
+            mean, std = cohort_statistics(cohort.t_scores(file_identity(path), frames), top_n)
+            t = (mean[0], std[0])
+        final = normalise_scores(raw, norm, z, t)
+        if calibration is not None:
+            final = calibration(final)
+        scores.update(zip(indices, final.tolist()))
+    if cohort is not None:
+        cohort.save(on_note)
+    return [ScoredTrial(t.speaker, t.test, scores[i], t.label) for i, t in enumerate(trials) if i in scores]
+
+
+@dataclass
+class Identification:
+    path: str
+    decision: str
+    ranking: list
+
+
+def identify(ubm: Model, speakers, items, top=3, threshold=None, top_c=5, workers=None, skip_bad=False,
+             on_skip=None, progress=None, calibration=None, on_note=None) -> list[Identification]:
+    """Rank enrolled speakers for each recording; ``unknown`` when the best is below ``threshold``."""
+    if not speakers:
+        raise SpkverError("no speakers are enrolled in the model store")
+    if calibration is not None:
+        calibration.require("none")
+    scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
+    answers = []
+    for item, frames in usable_features(items, ubm.feature_config, workers, skip_bad, on_skip, progress, on_note):
+        scores = checked_scores(scorer.scores(frames), item.path)
+        if calibration is not None:
+            scores = calibration(scores)
+        order = np.argsort(-scores, kind="stable")[: max(1, top)]
+        ranking = [(speakers[i].meta["speaker"], float(scores[i])) for i in order]
+        best_name, best_score = ranking[0]
+        decision = best_name if threshold is None or best_score >= threshold else "unknown"
+        answers.append(Identification(str(item.path), decision, ranking))
+    return answers

@@ -23,9 +23,9 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from spkver.backend.scorenorm import parse_normalisation
 from spkver.errors import SpkverError
 from spkver.fileio import read_json, write_atomic
-from spkver.normalization import parse_normalisation
 
 CALIBRATION_KIND = "spkver-calibration"
 
@@ -39,7 +39,7 @@ class Calibration:
     p_target: float
     targets: int = 0
     nontargets: int = 0
-    normalisation: str = "none"  # of the scores it was fitted on (see spkver.normalization)
+    normalisation: str = "none"  # of the scores it was fitted on (see spkver.backend.scorenorm)
     source: str | None = field(default=None, compare=False)  # the file it was read from, for errors
 
     def __call__(self, scores):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import struct
 import zipfile
 import zlib
@@ -22,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.errors import SpkverError, printable
-from spkver.features import FeatureConfig
-from spkver.fileio import locked, os_problem, parse_json, write_atomic
-from spkver.gmm import GMM
+from spkver.errors import SpkverError
+from spkver.features.config import FeatureConfig
+from spkver.fileio import os_problem, parse_json, write_atomic
+from spkver.gmm.model import GMM
 
 FORMAT_VERSION = 1
 KINDS = ("ubm", "speaker")
-SPEAKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass
@@ -54,17 +52,6 @@ def fingerprint(gmm: GMM) -> str:
         digest.update(str(array.shape).encode())
         digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
     return digest.hexdigest()
-
-
-def validate_speaker_id(speaker: str) -> str:
-    """Return ``speaker`` if it is a safe id, else raise (before any file is touched)."""
-    if not isinstance(speaker, str) or not SPEAKER_ID.fullmatch(speaker):
-        shown = repr(speaker) if isinstance(speaker, str) and len(speaker) <= 40 else "given"
-        raise SpkverError(
-            f"speaker id {shown} is not valid: use 1-128 characters from A-Z a-z 0-9 . _ -,"
-            " starting with a letter or digit"
-        )
-    return speaker
 
 
 def _encode(model: Model) -> bytes:
@@ -282,56 +269,8 @@ def _cohort_segments(frames, lengths, dim, path) -> list:
     return np.split(frames, np.cumsum(lengths)[:-1])
 
 
-class SpeakerStore:
-    """A folder of speaker models, ``DIR/<speaker>.npz``."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-        if self.root.is_symlink() and not self.root.exists():
-            raise SpkverError("models folder is a broken symbolic link", self.root)
-        if self.root.exists() and not self.root.is_dir():
-            raise SpkverError("is a file, not a models folder (give the folder that holds <speaker>.npz files)",
-                              self.root)
-
-    def path(self, speaker: str) -> Path:
-        return self.root / f"{validate_speaker_id(speaker)}.npz"
-
-    def exists(self, speaker: str) -> bool:
-        return self.path(speaker).is_file()
-
-    def speakers(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        try:
-            return sorted(p.stem for p in self.root.glob("*.npz") if SPEAKER_ID.fullmatch(p.stem))
-        except OSError as exc:
-            raise SpkverError(f"cannot read the models folder ({os_problem(exc)})", self.root) from None
-
-    def load(self, speaker: str, ubm: Model | None = None) -> Model:
-        """Load a speaker; with ``ubm``, refuse one adapted from a different UBM."""
-        path = self.path(speaker)
-        if not path.is_file():
-            raise SpkverError(f"speaker {speaker!r} is not enrolled (no {path.name})", self.root)
-        model = load_model(path, kind="speaker")
-        if model.meta["speaker"] != speaker:
-            raise SpkverError(f"holds speaker id {printable(model.meta['speaker'])!r}, not {speaker!r} as its file "
-                              "name says; refusing it (re-enroll the speaker)", path)
-        if ubm is not None and (model.meta["ubm_fingerprint"] != ubm.fingerprint
-                                or model.feature_config != ubm.feature_config):
-            raise SpkverError("speaker model was adapted from a different UBM; re-enroll it", path)
-        return model
-
-    def locked(self, speaker: str):
-        """A ``with`` block holding an exclusive lock on one speaker while it is written."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SpkverError(f"cannot create the models folder ({os_problem(exc)})", self.root) from None
-        return locked(self.root / f".{validate_speaker_id(speaker)}.lock")
-
-
 def save_checkpoint(path, state, identity: str) -> None:
-    """Write an EM checkpoint (:class:`spkver.gmm.EMState`) atomically."""
+    """Write an EM checkpoint (:class:`spkver.gmm.em.EMState`) atomically."""
     meta = {"kind": "checkpoint", "format_version": FORMAT_VERSION, "identity": identity,
             "history": state.history, "step": state.step, "reseeded": state.reseeded,
             "rng_state": state.rng_state}
@@ -344,7 +283,7 @@ def load_checkpoint(path, identity: str):
     A checkpoint of another run (other data or settings) is None too; a damaged
     one is an error, so a resumed run never starts from broken parameters.
     """
-    from spkver.gmm import EMState
+    from spkver.gmm.em import EMState
 
     path = Path(path)
     if not path.is_file():
@@ -365,3 +304,21 @@ def load_checkpoint(path, identity: str):
     if meta.get("identity") != identity:
         return None
     return EMState(gmm, history, step, reseeded, meta["rng_state"])
+
+
+def checkpoint_writer(path, identity, on_note=None):
+    """A callback writing each EM state to ``path``; when that fails (disk full, read-only), training
+    goes on without checkpoints after one warning, since the model itself may still be writable."""
+    failed = []
+
+    def write(state):
+        if failed:
+            return
+        try:
+            save_checkpoint(path, state, identity)
+        except SpkverError as exc:
+            failed.append(exc)
+            if on_note:
+                on_note(f"{exc}; training goes on without checkpoints (--resume will not be possible)")
+
+    return write

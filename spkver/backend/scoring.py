@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from spkver.errors import SpkverError
-from spkver.gmm import GMM, augment, iter_chunks, logsumexp_rows
+from spkver.gmm.chunks import iter_chunks
+from spkver.gmm.model import GMM, augment, logsumexp_rows
 
 
 class Scorer:

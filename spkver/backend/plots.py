@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
+from spkver.backend.metrics import det_points, eer
 from spkver.errors import SpkverError
-from spkver.metrics import det_points, eer
 
 TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
 

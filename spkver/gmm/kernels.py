@@ -13,14 +13,9 @@ log-densities themselves. Without numba, :func:`softmax_rows` uses numpy.
 
 from __future__ import annotations
 
-import numpy as np
+import functools
 
-LOG2E = 1.4426950408889634
-# Taylor coefficients of 2**r = exp(r ln 2), highest power first, for r in [-0.5, 0.5].
-COEFFICIENTS = (1.5403530393381606e-4, 1.3333558146428443e-3, 9.618129107628477e-3,
-                5.550410866482158e-2, 2.402265069591007e-1, 6.931471805599453e-1, 1.0)
-# exp(x − max) is clamped at exp(−87): 2**−125.5 is still a normal float32.
-LOWEST_EXPONENT = -87.0
+import numpy as np
 
 
 def _numpy_softmax_rows(scores):
@@ -32,16 +27,14 @@ def _numpy_softmax_rows(scores):
     return float(top.sum(dtype=np.float64) + np.log(total.astype(np.float64)).sum())
 
 
-def _compile():
+@functools.cache
+def compiled_softmax_rows():
+    """The compiled kernel, imported at its first use (numba takes a second to import); None without numba."""
     try:
-        from spkver._fused import fused_softmax_rows
+        from spkver.gmm._fused import fused_softmax_rows
     except ImportError:  # numba (or llvmlite) missing
         return None
     return fused_softmax_rows
-
-
-_FUSED = None
-_TRIED = False
 
 
 def softmax_rows(scores) -> float:
@@ -58,10 +51,7 @@ def softmax_rows(scores) -> float:
     float
         ``Σ_i log Σ_j exp(scores[i, j])`` in float64: the frames' total log-likelihood.
     """
-    global _FUSED, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        _FUSED = _compile()
-    if _FUSED is not None and scores.dtype == np.float32 and scores.flags.c_contiguous:
-        return _FUSED(scores)
+    kernel = compiled_softmax_rows()
+    if kernel is not None and scores.dtype == np.float32 and scores.flags.c_contiguous:
+        return kernel(scores)
     return _numpy_softmax_rows(scores)

@@ -1,4 +1,4 @@
-"""numba source of :func:`spkver.kernels.softmax_rows` (imported lazily: numba is slow to import).
+"""numba source of :func:`spkver.gmm.kernels.softmax_rows` (imported lazily: numba is slow to import).
 
 Module-level functions so that numba's on-disk cache recognises them across runs.
 """
@@ -9,7 +9,13 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from spkver.kernels import COEFFICIENTS, LOG2E, LOWEST_EXPONENT
+LOG2E = 1.4426950408889634
+# Taylor coefficients of 2**r = exp(r ln 2), highest power first, for r in [-0.5, 0.5].
+COEFFICIENTS = (1.5403530393381606e-4, 1.3333558146428443e-3, 9.618129107628477e-3,
+                5.550410866482158e-2, 2.402265069591007e-1, 6.931471805599453e-1, 1.0)
+# exp(x − max) is clamped at exp(−87): 2**−125.5 is still a normal float32.
+LOWEST_EXPONENT = -87.0
+
 
 C0, C1, C2, C3, C4, C5, C6 = (np.float32(c) for c in COEFFICIENTS)
 LOG2E_32, LOWEST_32 = np.float32(LOG2E), np.float32(LOWEST_EXPONENT)

@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.adapt import DEFAULT_ADAPT, map_adapt
-from spkver.corpus import extract_all
+from spkver.backend.scoring import Scorer
 from spkver.errors import SpkverError
+from spkver.features.extraction import extract_all
 from spkver.fileio import file_identity, read_json, write_atomic
-from spkver.gmm import accumulate
-from spkver.models import Model, SpeakerStore
-from spkver.scoring import Scorer
+from spkver.gmm.estep import accumulate
+from spkver.gmm.map import DEFAULT_ADAPT, map_adapt
+from spkver.storage.models import Model
+from spkver.storage.speakers import SpeakerStore
 
-NORMS = ("none", "z", "t", "s")
+SCORE_NORMS = ("none", "z", "t", "s")
 
 
 def describe_normalisation(norm: str, top_n=None) -> str:
@@ -43,7 +44,7 @@ def describe_normalisation(norm: str, top_n=None) -> str:
 def parse_normalisation(text: str):
     """``(norm, top_n)`` of a :func:`describe_normalisation` string; raises ValueError when it is not one."""
     norm, _, rest = text.partition(" top-n=")
-    if norm not in NORMS or (rest and (norm == "none" or not rest.isdigit() or int(rest) < 1)):
+    if norm not in SCORE_NORMS or (rest and (norm == "none" or not rest.isdigit() or int(rest) < 1)):
         raise ValueError(f"unknown normalisation {text!r}")
     return norm, int(rest) if rest else None
 
@@ -180,3 +181,38 @@ class Cohort:
                 self._t_scorer = Scorer(self.ubm.gmm, self.models(), self.top_c)
             self._cache["t"][test_key] = self._t_scorer.scores(frames).tolist()
         return np.array(self._cache["t"][test_key])
+
+
+# Every UBM stores a cohort for S-norm (``spkver score``): this many segments of its own speech,
+# evenly spread over the training frames, each as long as a typical test (README: measured).
+COHORT_SEGMENTS = 100
+
+
+COHORT_SECONDS = 3.0
+
+
+def cohort_segments(arrays, n_segments=COHORT_SEGMENTS, segment_frames=300) -> list:
+    """``n_segments`` stretches of ``segment_frames`` consecutive frames, evenly spaced over ``arrays``.
+
+    The arrays are read as one sequence, so a segment may join the end of one
+    recording to the start of the next. Fewer segments when the frames run
+    short; none when there are not two. Returned as float16 (as stored).
+
+    Returns
+    -------
+    list of numpy.ndarray, each (segment_frames, D), float16
+    """
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
+    n = min(n_segments, int(offsets[-1]) // segment_frames)
+    if n < 2:
+        return []
+    segments = []
+    for start in np.linspace(0, offsets[-1] - segment_frames, n).round().astype(np.int64):
+        pieces, position, stop = [], start, start + segment_frames
+        while position < stop:
+            index = int(np.searchsorted(offsets, position, side="right")) - 1
+            take = min(stop, offsets[index + 1]) - position
+            pieces.append(np.asarray(arrays[index][position - offsets[index] : position - offsets[index] + take]))
+            position += take
+        segments.append(np.concatenate(pieces).astype(np.float16))
+    return segments

@@ -9,18 +9,34 @@ beside N − 1 pool processes.
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from spkver.gmm import Statistics, accumulate
-from spkver.threads import init_worker_process, single_blas_thread
+from spkver.gmm.chunks import pack
+from spkver.gmm.estep import Statistics, accumulate
+from spkver.run import init_worker_process, process_context, single_blas_thread
 
 MIN_SHARD, MAX_SHARD, SHARDS = 1 << 14, 1 << 17, 16
+# Feature files a Dask worker keeps memory-mapped between tasks (least recently used closed first).
+OPEN_FILES = 1024
 
-_ARRAYS = _SHARDS = _NEXT_SHARD = None  # set in each pool worker: frames, shards, shared shard counter
-_OPENED = {}  # per-process cache of memory-mapped feature files (Dask workers)
+
+class PoolWorker:
+    """What one pool process holds while its :class:`Engine` lives: the frames, the shards, the shard counter.
+
+    The pool's initializer fills the one instance, :data:`POOL_WORKER`, in each
+    pool process; the parent's stays empty.
+    """
+
+    arrays = shards = next_shard = None
+
+    def set(self, arrays, shards, next_shard):
+        self.arrays, self.shards, self.next_shard = arrays, shards, next_shard
+
+
+POOL_WORKER = PoolWorker()
 
 
 def shard_size(total_frames: int) -> int:
@@ -51,21 +67,7 @@ def make_shards(lengths, shard_frames=None):
     -------
     list of list of (array index, start row, stop row)
     """
-    shard_frames = shard_frames or shard_size(sum(lengths))
-    shards, current, count = [], [], 0
-    for index, length in enumerate(lengths):
-        start = 0
-        while start < length:
-            take = min(shard_frames - count, length - start)
-            current.append((index, start, start + take))
-            count += take
-            start += take
-            if count == shard_frames:
-                shards.append(current)
-                current, count = [], 0
-    if current:
-        shards.append(current)
-    return shards
+    return pack(lengths, shard_frames or shard_size(sum(lengths)))
 
 
 def shard_statistics(gmm, arrays, shard, dtype, chunk_size) -> Statistics:
@@ -74,8 +76,7 @@ def shard_statistics(gmm, arrays, shard, dtype, chunk_size) -> Statistics:
 
 
 def _init_worker(arrays, shards, next_shard):
-    global _ARRAYS, _SHARDS, _NEXT_SHARD
-    _ARRAYS, _SHARDS, _NEXT_SHARD = arrays, shards, next_shard
+    POOL_WORKER.set(arrays, shards, next_shard)
     init_worker_process()
 
 
@@ -97,15 +98,17 @@ def claim_shards(gmm, arrays, shards, next_shard, dtype, chunk_size) -> dict:
 
 
 def _pool_task(gmm, dtype, chunk_size):
-    return claim_shards(gmm, _ARRAYS, _SHARDS, _NEXT_SHARD, dtype, chunk_size)
+    return claim_shards(gmm, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, dtype, chunk_size)
+
+
+@functools.lru_cache(maxsize=OPEN_FILES)
+def open_shared(path: str) -> np.ndarray:
+    """A feature file on shared storage, memory-mapped (kept open between a Dask worker's tasks)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _dask_task(gmm, shard, paths, dtype, chunk_size):
-    arrays = {}
-    for i, _, _ in shard:
-        if paths[i] not in _OPENED:
-            _OPENED[paths[i]] = np.load(paths[i], mmap_mode="r", allow_pickle=False)
-        arrays[i] = _OPENED[paths[i]]
+    arrays = {i: open_shared(paths[i]) for i, _, _ in shard}
     return shard_statistics(gmm, arrays, shard, dtype, chunk_size)
 
 
@@ -137,8 +140,7 @@ class Engine:
             self.client = Client(scheduler)
             self.paths = [str(p) for p in paths]
         elif workers > 1 and len(self.shards) > 1:
-            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                                  else "spawn")
+            context = process_context()
             self.workers = min(workers, len(self.shards))
             self.next_shard = context.Value("q", 0)
             self.pool = ProcessPoolExecutor(self.workers - 1, mp_context=context, initializer=_init_worker,
