@@ -97,7 +97,7 @@ def protocol_features(protocol, config, workdir: Path):
     if cache.exists():
         with np.load(cache) as data:
             return {f: data[str(i)] for i, f in enumerate(files)}
-    extracted = extract_all([AudioItem(f, Path(f)) for f in files], config, workers=None)
+    extracted = extract_all([AudioItem(f, Path(f)) for f in files], config)
     features = {str(item.path): frames for item, frames in extracted}
     np.savez(cache, **{str(i): features[f] for i, f in enumerate(files)})
     return features

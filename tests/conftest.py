@@ -89,10 +89,12 @@ def make_store(root: Path, corpus: Path, speakers=("alice", "bob"), components=8
     """A small UBM (``root/ubm.npz``) and ``speakers`` enrolled in ``root/models``, made with the library."""
     from spkver.api import enroll, train_ubm
     from spkver.audio.sources import find_audio
+    from spkver.run import RunOptions
     from spkver.storage.models import save_model
     from spkver.storage.speakers import SpeakerStore
 
-    ubm = train_ubm(find_audio([corpus / "background"]), n_components=components, iterations=iterations, workers=1)
+    ubm = train_ubm(find_audio([corpus / "background"]), n_components=components, iterations=iterations,
+                    run=RunOptions(workers=1))
     save_model(root / "ubm.npz", ubm)
     models = SpeakerStore(root / "models")
     models.root.mkdir()

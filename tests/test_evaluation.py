@@ -12,6 +12,7 @@ from spkver.backend.calibration import calibration_warnings, fit_calibration, lo
 from spkver.backend.metrics import actual_dcf, bayes_threshold, cllr, min_cllr, pav
 from spkver.backend.scorenorm import cohort_statistics, normalise_scores
 from spkver.errors import SpkverError
+from spkver.run import RunOptions
 from spkver.storage.trials import read_scores, read_trials
 
 run = run_cli
@@ -131,10 +132,10 @@ def test_cohort_cache_is_reused_without_recomputing(enrolled, monkeypatch):
     ubm = load_model(ubm_path)
     cohort_files = find_audio([corpus / "background"])
     first = score_trials(ubm, SpeakerStore(models), read_trials(trials), norm="s",
-                         cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), workers=1)
+                         cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), run=RunOptions(workers=1))
     monkeypatch.setattr(Cohort, "features", lambda self: pytest.fail("cohort recomputed"))
     second = score_trials(ubm, SpeakerStore(models), read_trials(trials), norm="s",
-                          cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), workers=1)
+                          cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), run=RunOptions(workers=1))
     assert [t.score for t in first] == [t.score for t in second]
 
 

@@ -21,6 +21,7 @@ from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.extraction import features_of
 from spkver.features.store import FeatureStore
+from spkver.run import RunOptions
 from spkver.storage.models import Model, load_checkpoint, load_model, npz_bytes, save_model
 from spkver.synth import Voice, synthesize
 
@@ -210,7 +211,7 @@ def test_fuzz_sample_values_through_extraction_and_enrollment(tmp_path, values, 
         return
     assert np.isfinite(frames).all()
     try:
-        model = enroll(fuzz_ubm(), [item], "x", workers=1)
+        model = enroll(fuzz_ubm(), [item], "x", run=RunOptions(workers=1))
     except SpkverError:
         return
     ubm = fuzz_ubm().gmm
@@ -218,7 +219,8 @@ def test_fuzz_sample_values_through_extraction_and_enrollment(tmp_path, values, 
 
 
 def test_a_trained_ubm_round_trips_through_the_safe_loader(synthetic_corpus, tmp_path):
-    ubm = train_ubm(find_audio([synthetic_corpus / "background"]), SMALL, n_components=4, iterations=2, workers=1)
+    ubm = train_ubm(find_audio([synthetic_corpus / "background"]), config=SMALL, n_components=4, iterations=2,
+                    run=RunOptions(workers=1))
     save_model(tmp_path / "u.npz", ubm)
     loaded = load_model(tmp_path / "u.npz", "ubm")
     assert np.array_equal(loaded.gmm.means, ubm.gmm.means) and len(loaded.cohort) == len(ubm.cohort)

@@ -16,6 +16,7 @@ from protocols import PROTOCOLS  # noqa: E402
 from spkver.audio.sources import AudioItem  # noqa: E402
 from spkver.backend.scoring import llr_scores  # noqa: E402
 from spkver.features.extraction import extract_all  # noqa: E402
+from spkver.run import RunOptions  # noqa: E402
 from spkver.storage.models import load_model  # noqa: E402
 from spkver.storage.speakers import SpeakerStore  # noqa: E402
 
@@ -54,7 +55,7 @@ def test_top_c_agrees_with_full_scoring_on_real_speech(protocol_runs):
     speakers = [store.load(s, ubm).gmm for s in store.speakers()]
     items = [AudioItem(str(p), p) for p in protocol.test[::12]]
     fast, full = [], []
-    for _, frames in extract_all(items, ubm.feature_config, workers=1):
+    for _, frames in extract_all(items, ubm.feature_config, run=RunOptions(workers=1)):
         fast.extend(llr_scores(ubm.gmm, speakers, frames, top_c=5))
         full.extend(llr_scores(ubm.gmm, speakers, frames, top_c=0))
     fast, full = np.array(fast), np.array(full)

@@ -30,6 +30,8 @@ from spkver.features.extraction import extract_all
 from spkver.fileio import file_identity, read_json, write_atomic
 from spkver.gmm.estep import accumulate
 from spkver.gmm.map import DEFAULT_ADAPT, map_adapt
+from spkver.gmm.model import GMM
+from spkver.run import RunOptions
 from spkver.storage.models import Model
 from spkver.storage.speakers import SpeakerStore
 
@@ -88,19 +90,26 @@ class Cohort:
         Cohort recordings (needed for Z- and S-norm; also become T models).
     model_store : SpeakerStore, optional
         Cohort speaker models adapted from ``ubm`` (used for T-norm when given).
+    top_c, relevance, adapt
+        Scoring and MAP settings of the cohort scores (as for ``spkver score``).
     cache_dir : Path, optional
         Where raw cohort scores are kept between runs.
+    frames : list of numpy.ndarray, each (n_i, D), optional
+        Cohort segments as features (a UBM's ``model.cohort``) instead of audio.
+    run : RunOptions
+        Workers and progress for extracting the cohort recordings (bad ones are skipped).
     """
 
-    def __init__(self, ubm: Model, audio_items=(), model_store: SpeakerStore | None = None, top_c=5,
-                 cache_dir=None, relevance=16.0, workers=None, progress=None, adapt=DEFAULT_ADAPT, frames=None):
+    def __init__(self, ubm: Model, audio_items=(), model_store: SpeakerStore | None = None, *, top_c: int = 5,
+                 cache_dir=None, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT, frames=None,
+                 run: RunOptions = RunOptions()):
         self.ubm, self.audio_items, self.model_store = ubm, list(audio_items), model_store
-        self.top_c, self.relevance, self.workers, self.progress = top_c, relevance, workers, progress
+        self.top_c, self.relevance, self.run = top_c, relevance, run
         self.adapt = adapt
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._features = None if frames is None else [np.asarray(f, dtype=np.float32) for f in frames]
-        self._models = None
-        self._t_scorer = None
+        self._models: list[GMM] | None = None
+        self._t_scorer: Scorer | None = None
         identity = [ubm.fingerprint, str(top_c), str(relevance), adapt]
         identity += sorted(file_identity(item.path) for item in self.audio_items)
         if frames is not None:
@@ -147,8 +156,8 @@ class Cohort:
             if not self.audio_items:
                 raise SpkverError("Z- and S-norm need cohort recordings: give --cohort with audio files, or a UBM "
                                   "that stores a cohort")
-            extracted = extract_all(self.audio_items, self.ubm.feature_config, self.workers, skip_bad=True,
-                                    progress=self.progress("cohort") if self.progress else None)
+            run = RunOptions(self.run.workers, skip_bad=True, progress=self.run.progress)
+            extracted = extract_all(self.audio_items, self.ubm.feature_config, run=run)
             self._features = [frames for _, frames in extracted]
         return self._features
 

@@ -21,6 +21,7 @@ from spkver.backend.scorenorm import SCORE_NORMS, Cohort, describe_normalisation
 from spkver.cli.options import Finite, deprecated_alias, load_store, top_c_option, workers_option
 from spkver.errors import SpkverError, printable
 from spkver.fileio import refuse_other_kind, write_atomic
+from spkver.run import RunOptions
 from spkver.storage.speakers import SpeakerStore
 from spkver.storage.trials import (
     format_score,
@@ -36,7 +37,7 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
     """A Cohort from --cohort values (model stores and audio), else the UBM's stored cohort."""
     cache_dir = Path(models_dir) / ".cohort-cache"
     if not cohort_paths:
-        return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, workers=workers, frames=ubm.cohort)
+        return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, frames=ubm.cohort, run=RunOptions(workers))
     audio, model_store = [], None
     for raw in cohort_paths:
         path = Path(raw)
@@ -48,7 +49,8 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
             audio.extend(read_list(path))
         else:
             audio.extend(find_audio([path]))
-    return Cohort(ubm, audio, model_store, top_c, cache_dir=cache_dir, workers=workers, progress=report.progress)
+    return Cohort(ubm, audio, model_store, top_c=top_c, cache_dir=cache_dir,
+                  run=RunOptions(workers, progress=report.progress("cohort")))
 
 
 @click.command("score")
@@ -97,9 +99,8 @@ def score_command(report, ubm_path, models_dir, trials_path, output, top_c, scor
     trials = read_trials(trials_path, scp)
     normalisation = describe_normalisation(norm, top_n)
     cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" else None
-    scored = score_trials(ubm, store, trials, top_c, norm, cohort_obj, top_n, calibration, workers, skip_bad,
-                          on_skip=report.warn, progress=report.progress("features"), source=str(trials_path),
-                          on_note=report.warn)
+    scored = score_trials(ubm, store, trials, top_c=top_c, norm=norm, cohort=cohort_obj, top_n=top_n,
+                          calibration=calibration, source=str(trials_path), run=report.run_options(workers, skip_bad))
     lines = score_file_header(calibration is not None, normalisation)
     lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
     write_atomic(output, ("\n".join(lines) + "\n").encode())

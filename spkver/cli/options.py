@@ -13,6 +13,7 @@ from spkver.backend.metrics import bayes_threshold
 from spkver.errors import SpkverError, printable
 from spkver.features.config import VAD_METHODS, FeatureConfig
 from spkver.features.normalise import FEATURE_NORMS
+from spkver.run import RunOptions
 from spkver.storage.models import load_model
 from spkver.storage.speakers import SpeakerStore
 
@@ -29,6 +30,10 @@ class Reporter:
 
     def warn(self, message):
         click.echo(f"spkver: warning: {printable(message)}", err=True)
+
+    def run_options(self, workers=None, skip_bad=False, label="features") -> RunOptions:
+        """The :class:`RunOptions` of a command: bad files and warnings reported here, a progress bar."""
+        return RunOptions(workers, skip_bad, on_skip=self.warn, progress=self.progress(label), on_note=self.warn)
 
     def progress(self, label):
         """A ``progress(iterator, length)`` wrapper drawing a bar over files."""

@@ -40,8 +40,8 @@ def enroll_command(report, ubm_path, models_dir, speaker, relevance, adapt, forc
         raise SpkverError(f"speaker {speaker!r} is already enrolled; pass --force to replace it",
                           store.path(speaker))
     items = gather_inputs(audio, list_file)
-    model = enroll_speaker(ubm, items, speaker, relevance, adapt, workers, skip_bad,
-                           on_skip=report.warn, progress=report.progress("features"), on_note=report.warn)
+    model = enroll_speaker(ubm, items, speaker, relevance=relevance, adapt=adapt,
+                           run=report.run_options(workers, skip_bad))
     with store.locked(speaker):
         if store.exists(speaker) and not force:
             raise SpkverError(f"speaker {speaker!r} was enrolled meanwhile; pass --force to replace it",
@@ -75,19 +75,19 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
     calibration = load_calibration(calibration_path) if calibration_path else None
     threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
-    trials = verify_trials(ubm, models, items, threshold, top_c, workers, skip_bad, on_skip=report.warn,
-                           progress=report.progress("features"), calibration=calibration, on_note=report.warn)
-    for t in trials:
+    scores = verify_trials(ubm, models, items, threshold=threshold, top_c=top_c, calibration=calibration,
+                           run=report.run_options(workers, skip_bad))
+    for t in scores:
         decision = "accept" if t.accepted else "reject"
         if as_json:
-            record = {"speaker": t.speaker, "path": t.path, "score": round(t.score, 6),
+            record = {"speaker": t.speaker, "path": t.test, "score": round(t.score, 6),
                       "decision": decision, "frames": t.frames}
             if calibration is not None:
                 record["posterior"] = round(float(expit(t.score + np.log(p_target / (1 - p_target)))), 6)
                 record["p_target"] = p_target
             click.echo(json.dumps(record, allow_nan=False))
         else:
-            click.echo(f"{printable(t.speaker)}\t{printable(t.path)}\t{t.score:.6f}\t{decision}")
+            click.echo(f"{printable(t.speaker)}\t{printable(t.test)}\t{t.score:.6f}\t{decision}")
 
 
 @click.command("identify")
@@ -113,8 +113,8 @@ def identify_command(report, ubm_path, models_dir, top, threshold, top_c, calibr
     if calibration is not None:
         threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
-    answers = identify_files(ubm, speakers, items, top, threshold, top_c, workers, skip_bad, report.warn,
-                             report.progress("features"), calibration, on_note=report.warn)
+    answers = identify_files(ubm, speakers, items, top=top, threshold=threshold, top_c=top_c,
+                             calibration=calibration, run=report.run_options(workers, skip_bad))
     for answer in answers:
         if as_json:
             ranking = [{"speaker": s, "score": round(v, 6)} for s, v in answer.ranking]

@@ -73,10 +73,9 @@ def train_ubm_command(report, output, components, iterations, init, seed, tol, a
         report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
                    f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
     cache = None if no_cache or features_dir is not None else feature_cache(report, cache_dir)
-    model = train_ubm(items, config, components, iterations, init, seed, tol, workers=workers,
-                      skip_bad=skip_bad, allow_fewer_components=allow_fewer_components,
-                      on_skip=report.warn, progress=report.progress("features"),
-                      on_iteration=report.iteration(), on_note=report.warn, cache_dir=cache,
+    model = train_ubm(items, config=config, n_components=components, iterations=iterations, init=init, seed=seed,
+                      tol=tol, allow_fewer_components=allow_fewer_components, run=report.run_options(workers, skip_bad),
+                      on_iteration=report.iteration(), cache_dir=cache,
                       features_dir=features_dir, scheduler=scheduler,
                       checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume, on_log=report.log,
                       cohort_size=cohort_segments)
@@ -100,7 +99,7 @@ def extract_command(report, output, audio, list_file, workers, skip_bad, **featu
 
     items = gather_inputs(audio, list_file)
     store = FeatureStore(output, training_feature_config(report, items, feature_values))
-    kept = store.extract(items, workers, skip_bad, report.warn, report.progress("features"), report.warn)
+    kept = store.extract(items, run=report.run_options(workers, skip_bad))
     frames = sum(len(a) for _, a in kept)
     report.log(f"{output}: {len(kept)} of {len(items)} files, {frames} speech frames, "
                f"{len(store.entries)} entries in the store")

@@ -11,7 +11,7 @@ from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.frontend import extract_blocks
-from spkver.run import default_workers, init_worker_process, process_context
+from spkver.run import RunOptions, default_workers, init_worker_process, process_context
 
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 24
@@ -71,48 +71,43 @@ def iter_features(items, config: FeatureConfig, workers: int | None = None):
             yield (job[0], *result)
 
 
-def usable_features(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None,
-                    on_note=None):
+def usable_features(items, config: FeatureConfig, *, run: RunOptions = RunOptions()):
     """Yield ``(item, features)`` of each good recording, in order.
 
-    A bad file raises :class:`SpkverError`, or with ``skip_bad`` is passed to
-    ``on_skip`` (its one-line message) and left out.
+    A bad file raises :class:`SpkverError`, or with ``run.skip_bad`` is
+    passed to ``run.on_skip`` (its one-line message) and left out. Features
+    are (n_speech_frames, ``config.dim``) float32 arrays.
 
-    Parameters
-    ----------
-    progress : callable, optional
-        Wraps the result iterator (for a progress bar); called as
-        ``progress(iterator, length)`` and must return an iterator.
-    on_note : callable, optional
-        Receives one warning, at the first recording made at a lower rate than
-        ``config.sample_rate`` (its upper band is empty after resampling).
+    ``run.progress`` wraps the result iterator (for a progress bar);
+    ``run.on_note`` receives one warning, at the first recording made at a
+    lower rate than ``config.sample_rate`` (its upper band is empty after
+    resampling).
     """
     items = list(items)
-    results = iter_features(items, config, workers)
-    if progress is not None:
-        results = progress(results, len(items))
-    warned = on_note is None
+    results = iter_features(items, config, run.workers)
+    if run.progress is not None:
+        results = run.progress(results, len(items))
+    warned = run.on_note is None
     for item, frames, error, native_rate in results:
         if error is None:
             if not warned and native_rate and native_rate < config.sample_rate:
-                on_note(low_rate_message(item.path, native_rate, config.sample_rate))
+                run.note(low_rate_message(item.path, native_rate, config.sample_rate))
                 warned = True
             yield item, frames
-        elif not skip_bad:
+        elif not run.skip_bad:
             raise SpkverError(error)
-        elif on_skip is not None:
-            on_skip(error)
+        elif run.on_skip is not None:
+            run.on_skip(error)
 
 
-def extract_all(items, config: FeatureConfig, workers=None, skip_bad=False, on_skip=None, progress=None,
-                on_note=None):
+def extract_all(items, config: FeatureConfig, *, run: RunOptions = RunOptions()):
     """Features of every good item (see :func:`usable_features`); at least one must be usable.
 
     Returns
     -------
-    list of (AudioItem, numpy.ndarray)
+    list of (AudioItem, numpy.ndarray of shape (n_speech_frames, config.dim))
     """
-    kept = list(usable_features(items, config, workers, skip_bad, on_skip, progress, on_note))
+    kept = list(usable_features(items, config, run=run))
     if not kept:
         raise SpkverError("no usable audio: every input was skipped")
     return kept

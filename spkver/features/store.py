@@ -28,6 +28,7 @@ from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.extraction import usable_features
 from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, write_atomic
+from spkver.run import RunOptions
 
 INDEX = "index.json"
 FORMAT = 1
@@ -191,7 +192,7 @@ class FeatureStore:
         text = json.dumps([self.config.fingerprint(), sorted(self.entries.items())], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
-    def extract(self, items, workers=None, skip_bad=False, on_skip=None, progress=None, on_note=None):
+    def extract(self, items, *, run: RunOptions = RunOptions()):
         """Bring the store up to date for ``items``; return ``[(item, memory-mapped features)]``.
 
         Files whose entry is fresh are not read again; the others are
@@ -205,7 +206,7 @@ class FeatureStore:
                 todo.append(item)
             else:
                 ready[str(item.path)] = frames
-        good = usable_features(todo, self.config, workers, skip_bad, on_skip, progress, on_note)
+        good = usable_features(todo, self.config, run=run)
         try:
             for done, (item, frames) in enumerate(good, start=1):
                 self.put(item.path, frames)

@@ -79,7 +79,7 @@ class EMState:
     rng_state: dict
 
 
-def em_iterations(gmm, arrays, iterations, variance_floor, rng, tol=1e-4, dtype=np.float32,
+def em_iterations(gmm, arrays, iterations, variance_floor, rng, *, tol=1e-4, dtype=np.float32,
                   on_iteration=None, chunk_size=None, engine=None, state: EMState | None = None,
                   on_checkpoint=None):
     """Run EM from ``gmm``: at most ``iterations`` M-steps, fewer once the gain is small.
@@ -121,7 +121,7 @@ def em_iterations(gmm, arrays, iterations, variance_floor, rng, tol=1e-4, dtype=
     return TrainingResult(gmm, history, converged, reseeded, variance_floor)
 
 
-def train(arrays, n_components, iterations=20, init="kmeans", seed=0, tol=1e-4,
+def train(arrays, n_components, *, iterations=20, init="kmeans", seed=0, tol=1e-4,
           variance_floor_ratio=1e-3, kmeans_frames=None, split_iterations=3,
           dtype=np.float32, on_iteration=None, chunk_size=None, engine=None,
           resume: EMState | None = None, on_checkpoint=None) -> TrainingResult:
@@ -179,12 +179,12 @@ def _train(arrays, n_components, iterations, init, seed, tol, variance_floor_rat
         gmm = GMM(np.ones(1), mean[None, :], np.maximum(global_var, floor)[None, :])
         while gmm.n_components < n_components:
             gmm = split_components(gmm, min(gmm.n_components, n_components - gmm.n_components))
-            gmm = em_iterations(gmm, arrays, split_iterations, floor, rng, 0.0, dtype,
+            gmm = em_iterations(gmm, arrays, split_iterations, floor, rng, tol=0.0, dtype=dtype,
                                 chunk_size=chunk_size, engine=engine).gmm
     else:
         raise ValueError(f"unknown init {init!r}: use 'kmeans' or 'split'")
-    return em_iterations(gmm, arrays, iterations, floor, rng, tol, dtype, on_iteration, chunk_size,
-                         engine, resume, on_checkpoint)
+    return em_iterations(gmm, arrays, iterations, floor, rng, tol=tol, dtype=dtype, on_iteration=on_iteration,
+                         chunk_size=chunk_size, engine=engine, state=resume, on_checkpoint=on_checkpoint)
 
 
 # EM needs several frames per Gaussian to estimate 2·D+1 parameters sensibly.

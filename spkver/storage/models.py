@@ -309,7 +309,7 @@ def load_checkpoint(path, identity: str):
 def checkpoint_writer(path, identity, on_note=None):
     """A callback writing each EM state to ``path``; when that fails (disk full, read-only), training
     goes on without checkpoints after one warning, since the model itself may still be writable."""
-    failed = []
+    failed: list[SpkverError] = []
 
     def write(state):
         if failed:

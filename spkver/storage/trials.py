@@ -25,14 +25,54 @@ NORMALISATION_MARK = "# spkver: normalisation "  # followed by e.g. "s" or "s to
 
 
 @dataclass(frozen=True)
-class TrialLine:
-    """One trial: claimed speaker, test as written, resolved audio path, label or None."""
+class Trial:
+    """One trial: a claimed speaker and a test recording.
+
+    Attributes
+    ----------
+    speaker : str
+        The claimed speaker's id.
+    test : str
+        The test as written in the trial list (a path, or an utterance id).
+    path : Path
+        The test's audio file.
+    label : bool or None
+        True for a target trial, False for a non-target one, None when unknown.
+    line : int
+        Line number in the trial list (0 when the trial was not read from one).
+    """
 
     speaker: str
     test: str
     path: Path
-    label: bool | None
-    line: int
+    label: bool | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Score:
+    """The score of one trial, as written to and read from score files.
+
+    Attributes
+    ----------
+    speaker, test : str
+        As in the :class:`Trial`; ``test`` is the recording's path for ``verify``.
+    score : float
+        Average log-likelihood ratio (normalised as asked), or a calibrated LLR.
+    label : bool or None
+        Target (True) or non-target (False) when known.
+    accepted : bool or None
+        The decision at the threshold (``verify`` only).
+    frames : int or None
+        Speech frames of the test recording (``verify`` only).
+    """
+
+    speaker: str
+    test: str
+    score: float
+    label: bool | None = None
+    accepted: bool | None = None
+    frames: int | None = None
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -66,7 +106,7 @@ def _split_trial(line: str):
     return fields[0], " ".join(fields[1:]), label
 
 
-def read_trials(path, wav_scp: dict | None = None) -> list[TrialLine]:
+def read_trials(path, wav_scp: dict | None = None) -> list[Trial]:
     """Parse a trial list; ``wav_scp`` maps utterance ids to paths (Kaldi ``trials``).
 
     Raises
@@ -76,7 +116,8 @@ def read_trials(path, wav_scp: dict | None = None) -> list[TrialLine]:
         or no trial at all; messages carry the line number.
     """
     path = Path(path)
-    trials, seen = [], {}
+    trials: list[Trial] = []
+    seen: dict[tuple[str, str], int] = {}
     for number, line in _read_lines(path, "trials"):
         try:
             speaker, test, label = _split_trial(line)
@@ -91,24 +132,16 @@ def read_trials(path, wav_scp: dict | None = None) -> list[TrialLine]:
         if (speaker, test) in seen:
             raise SpkverError(f"line {number}: repeats the trial of line {seen[speaker, test]}", path)
         seen[speaker, test] = number
-        trials.append(TrialLine(speaker, test, audio, label, number))
+        trials.append(Trial(speaker, test, audio, label, number))
     if not trials:
         raise SpkverError("trial list holds no trials", path)
     return trials
 
 
-@dataclass(frozen=True)
-class ScoreLine:
-    speaker: str
-    test: str
-    score: float
-    label: bool | None
-
-
 class ScoreFile(NamedTuple):
     """A parsed score file: its lines, whether they are calibrated LLRs, how they were normalised."""
 
-    scores: list[ScoreLine]
+    scores: list[Score]
     calibrated: bool
     normalisation: str
 
@@ -142,7 +175,7 @@ def read_scores(path) -> ScoreFile:
             if fields[3].lower() not in LABELS:
                 raise SpkverError(f"line {number}: label {fields[3]!r} is not target or nontarget", path)
             label = LABELS[fields[3].lower()]
-        scores.append(ScoreLine(fields[0], fields[1], value, label))
+        scores.append(Score(fields[0], fields[1], value, label))
     if not scores:
         raise SpkverError("score file holds no scores", path)
     return ScoreFile(scores, calibrated, normalisation)
@@ -160,7 +193,8 @@ def is_score_file(path) -> bool:
 def labelled_scores(scores, trials=None, source=""):
     """Split scores into target and non-target lists, labels from the scores or from ``trials``."""
     labels = {(t.speaker, t.test): t.label for t in trials} if trials is not None else None
-    targets, nontargets = [], []
+    targets: list[float] = []
+    nontargets: list[float] = []
     for s in scores:
         label = s.label if labels is None else labels.get((s.speaker, s.test))
         if label is None:
