@@ -451,10 +451,8 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
 
     Parameters
     ----------
-    ubm : Model
-    speakers : list of Model
-        The enrolled speakers (at least one).
-    items : list of AudioItem
+    ubm, speakers, items
+        As for :func:`verify`; at least one speaker.
     top : int
         Speakers listed per recording.
     threshold : float, optional

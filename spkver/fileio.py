@@ -146,6 +146,30 @@ def locked(lock_path):
         os.close(fd)
 
 
+def read_text(path, what: str, not_text: str | None = None) -> str:
+    """The UTF-8 text of a list file (audio list, ``wav.scp``, trials, scores), or one clean error.
+
+    ``what`` names the file in messages (``"list file"``); ``not_text`` is the
+    message for bytes that are not UTF-8 (binary data given as a list, say).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpkverError(f"no such {what}", path) from None
+    except UnicodeDecodeError:
+        raise SpkverError(not_text or f"{what} is not UTF-8 text", path) from None
+    except OSError as exc:
+        raise SpkverError(f"cannot read {what} ({os_problem(exc)})", path) from None
+
+
+def numbered_lines(text: str, path):
+    """``(number, line)`` of every line of a list file's ``text``, from 1; a NUL byte is an error naming the line."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if "\x00" in line:
+            raise SpkverError(f"line {number}: contains a NUL byte", path)
+        yield number, line
+
+
 def refuse_other_kind(path, is_same_kind, what: str) -> None:
     """An output may replace an earlier file of its own kind, never anything else (a model, say)."""
     path = Path(path)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spkver.errors import SpkverError
-from spkver.fileio import os_problem
+from spkver.fileio import numbered_lines, os_problem, read_text
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")
 
@@ -99,20 +99,11 @@ def read_list(list_path) -> list[AudioItem]:
     the list file's folder. Errors name the list and the line number.
     """
     list_path = Path(list_path)
-    try:
-        text = list_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpkverError("no such list file", list_path) from None
-    except UnicodeDecodeError:
-        raise SpkverError("is not a text list of audio files (not UTF-8 text: an audio file given as --list?)",
-                          list_path) from None
-    except OSError as exc:
-        raise SpkverError(f"cannot read list ({os_problem(exc)})", list_path) from None
+    text = read_text(list_path, "list file",
+                     "is not a text list of audio files (not UTF-8 text: an audio file given as --list?)")
     base = list_path.parent
     items, seen_keys, seen_paths = [], {}, {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if "\x00" in line:
-            raise SpkverError(f"line {number}: contains a NUL byte", list_path)
+    for number, line in numbered_lines(text, list_path):
         try:
             item = parse_list_line(line, base)
         except ValueError as exc:

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
 
+from spkver.backend.metrics import prior_log_odds
 from spkver.backend.scorenorm import parse_normalisation
 from spkver.errors import SpkverError
 from spkver.fileio import read_json, write_atomic
@@ -66,7 +67,7 @@ def _cross_entropy(logit, label):
 
 def _objective(params, tar, non, prior):
     scale, offset = params
-    shift = np.log(prior / (1 - prior))
+    shift = prior_log_odds(prior)
     tar_label, non_label = (len(tar) + 1) / (len(tar) + 2), 1 / (len(non) + 2)
     value_tar, grad_tar = _cross_entropy(scale * tar + offset + shift, tar_label)
     value_non, grad_non = _cross_entropy(scale * non + offset + shift, non_label)

@@ -47,8 +47,19 @@ def min_dcf(target_scores, nontarget_scores, p_target=0.01, c_miss=1.0, c_fa=1.0
     the cost of the better trivial system, ``min(C_miss P_target, C_fa (1 − P_target))``.
     """
     p_miss, p_fa = det_points(target_scores, nontarget_scores)
-    cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
-    return float(cost.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
+    return float(detection_cost(p_miss, p_fa, p_target, c_miss, c_fa).min())
+
+
+def detection_cost(p_miss, p_fa, p_target=0.01, c_miss=1.0, c_fa=1.0):
+    """Normalised detection cost of error rates: ``C_miss P P_miss + C_fa (1 − P) P_fa`` over the cost of
+    the better trivial system, ``min(C_miss P, C_fa (1 − P))`` (the one DCF formula)."""
+    cost = c_miss * p_target * np.asarray(p_miss) + c_fa * (1 - p_target) * np.asarray(p_fa)
+    return cost / min(c_miss * p_target, c_fa * (1 - p_target))
+
+
+def prior_log_odds(p_target) -> float:
+    """``log(P / (1 − P))``: the log-odds of a target prior, added to an LLR to give the posterior's log-odds."""
+    return float(np.log(p_target / (1 - p_target)))
 
 
 def bayes_threshold(p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
@@ -61,8 +72,7 @@ def actual_dcf(target_llrs, nontarget_llrs, p_target=0.01, c_miss=1.0, c_fa=1.0)
     threshold = bayes_threshold(p_target, c_miss, c_fa)
     p_miss = np.mean(np.asarray(target_llrs) < threshold)
     p_fa = np.mean(np.asarray(nontarget_llrs) >= threshold)
-    cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
-    return float(cost / min(c_miss * p_target, c_fa * (1 - p_target)))
+    return float(detection_cost(p_miss, p_fa, p_target, c_miss, c_fa))
 
 
 def cllr(target_llrs, nontarget_llrs) -> float:

@@ -16,7 +16,6 @@ in ``DIR/.cohort-cache``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import numpy as np
 from spkver.backend.scoring import Scorer
 from spkver.errors import SpkverError
 from spkver.features.extraction import extract_all
-from spkver.fileio import file_identity, read_json, write_atomic
+from spkver.fileio import file_identity, read_json, sha256_hex, write_atomic
 from spkver.gmm.estep import accumulate
 from spkver.gmm.map import DEFAULT_ADAPT, map_adapt
 from spkver.gmm.model import GMM
@@ -113,13 +112,11 @@ class Cohort:
         identity = [ubm.fingerprint, str(top_c), str(relevance), adapt]
         identity += sorted(file_identity(item.path) for item in self.audio_items)
         if frames is not None:
-            digest = hashlib.sha256()
-            for segment in frames:
-                digest.update(np.ascontiguousarray(segment).tobytes())
-            identity.append(f"frames:{len(frames)}:{digest.hexdigest()}")
+            digest = sha256_hex(np.ascontiguousarray(segment).data for segment in frames)
+            identity.append(f"frames:{len(frames)}:{digest}")
         if model_store is not None:
             identity += [f"{s}:{file_identity(model_store.path(s))}" for s in model_store.speakers()]
-        self.key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:20]
+        self.key = sha256_hex(["\n".join(identity)], 20)
         self._cache = {"z": self._load("z"), "t": self._load("t")}
 
     def _cache_path(self, kind):

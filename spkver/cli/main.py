@@ -21,6 +21,12 @@ from spkver.errors import SpkverError, printable
 from spkver.fileio import os_problem
 
 
+def stop(ctx, line: str, code: int):
+    """End the command with one line on stderr and exit ``code``."""
+    click.echo(line, err=True)
+    ctx.exit(code)
+
+
 class SpkverGroup(click.Group):
     """Turns user errors into one line and exit code 2, and bugs into exit code 1."""
 
@@ -41,20 +47,16 @@ class SpkverGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SpkverError as exc:
-            click.echo(f"spkver: error: {exc}", err=True)
-            ctx.exit(2)
+            stop(ctx, f"spkver: error: {exc}", 2)
         except KeyboardInterrupt:
-            click.echo("spkver: interrupted", err=True)
-            ctx.exit(130)
+            stop(ctx, "spkver: interrupted", 130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except OSError as exc:  # the system's fault (disk full, read-only, permissions) reached us unwrapped
             where = printable(exc.filename) + ": " if exc.filename else ""
-            click.echo(f"spkver: error: {where}{os_problem(exc)}", err=True)
-            ctx.exit(2)
+            stop(ctx, f"spkver: error: {where}{os_problem(exc)}", 2)
         except MemoryError:
-            click.echo("spkver: error: out of memory (fewer --workers, or smaller inputs)", err=True)
-            ctx.exit(2)
+            stop(ctx, "spkver: error: out of memory (fewer --workers, or smaller inputs)", 2)
         except Exception as exc:  # noqa: BLE001 - last resort, shown without traceback
             if os.environ.get("SPKVER_DEBUG"):
                 traceback.print_exc()

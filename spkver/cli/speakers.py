@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 from scipy.special import expit
 
 from spkver.audio.sources import gather_inputs
 from spkver.backend.calibration import load_calibration
+from spkver.backend.metrics import prior_log_odds
 from spkver.cli.options import Finite, audio_inputs, calibration_options, decision_threshold, load_store, top_c_option
 from spkver.errors import SpkverError, printable
 from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
@@ -83,7 +83,7 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
             record = {"speaker": t.speaker, "path": t.test, "score": round(t.score, 6),
                       "decision": decision, "frames": t.frames}
             if calibration is not None:
-                record["posterior"] = round(float(expit(t.score + np.log(p_target / (1 - p_target)))), 6)
+                record["posterior"] = round(float(expit(t.score + prior_log_odds(p_target))), 6)
                 record["p_target"] = p_target
             click.echo(json.dumps(record, allow_nan=False))
         else:

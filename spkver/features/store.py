@@ -15,7 +15,6 @@ streams them and never needs them all in RAM.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,7 @@ import numpy as np
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.extraction import usable_features
-from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, write_atomic
+from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, sha256_hex, write_atomic
 from spkver.run import RunOptions
 
 INDEX = "index.json"
@@ -101,7 +100,7 @@ class FeatureStore:
 
     @staticmethod
     def key(path: Path) -> str:
-        return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+        return sha256_hex([str(Path(path).resolve())], 24)
 
     def file(self, key: str) -> Path:
         """The ``.npy`` file of entry ``key``."""
@@ -190,7 +189,7 @@ class FeatureStore:
     def fingerprint(self) -> str:
         """Identity of the stored data: config and every entry's source, size, time and length."""
         text = json.dumps([self.config.fingerprint(), sorted(self.entries.items())], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        return sha256_hex([text], 20)
 
     def extract(self, items, *, run: RunOptions = RunOptions()):
         """Bring the store up to date for ``items``; return ``[(item, memory-mapped features)]``.

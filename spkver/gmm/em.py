@@ -13,7 +13,7 @@ import numpy as np
 
 from spkver.errors import SpkverError
 from spkver.gmm.estep import Statistics, accumulate
-from spkver.gmm.initialise import global_moments, init_kmeans, sample_frames, split_components
+from spkver.gmm.initialise import global_moments, init_kmeans, sample_frames, split_components, split_into
 from spkver.gmm.model import GMM
 from spkver.run import single_blas_thread
 
@@ -46,12 +46,8 @@ def reseed_dead(gmm: GMM, dead, rng, offset=0.2):
     for k in np.flatnonzero(dead):
         live = np.where(dead, -np.inf, weights)
         src = int(np.argmax(live))
-        direction = offset * np.sqrt(variances[src]) * rng.choice([-1.0, 1.0], size=gmm.dim)
-        means[k] = means[src] + direction
-        means[src] = means[src] - direction
-        variances[k] = variances[src]
-        weights[src] *= 0.5
-        weights[k] = weights[src]
+        split_into(weights, means, variances, src, k,
+                   offset * np.sqrt(variances[src]) * rng.choice([-1.0, 1.0], size=gmm.dim))
         dead = dead.copy()
         dead[k] = False
     return GMM(weights / weights.sum(), means, variances)

@@ -95,13 +95,26 @@ def init_kmeans(points, n_components, variance_floor, rng) -> GMM:
     return GMM(weights / weights.sum(), centers, np.maximum(variances, variance_floor))
 
 
+def split_into(weights, means, variances, src, dst, shift) -> None:
+    """Split component(s) ``src`` in two, in place: ``dst`` gets ``μ + shift``, ``src`` keeps ``μ − shift``.
+
+    Both halves take half the weight and the variance; ``shift`` is
+    ``offset · σ`` (with a sign per dimension when re-seeding). The one
+    component split, for binary-splitting initialisation and dead components.
+    """
+    means[dst] = means[src] + shift
+    means[src] = means[src] - shift
+    variances[dst] = variances[src]
+    weights[src] = weights[src] * 0.5
+    weights[dst] = weights[src]
+
+
 def split_components(gmm: GMM, n_split, offset=0.2) -> GMM:
     """Split the ``n_split`` heaviest components into two, means ±offset·σ apart."""
     order = np.argsort(-gmm.weights, kind="stable")[:n_split]
-    shift = offset * np.sqrt(gmm.variances[order])
-    means = np.vstack([gmm.means, gmm.means[order] + shift])
-    means[order] -= shift
-    weights = np.concatenate([gmm.weights, gmm.weights[order] / 2])
-    weights[order] /= 2
-    variances = np.vstack([gmm.variances, gmm.variances[order]])
+    k, n = gmm.n_components, len(order)
+    weights = np.concatenate([gmm.weights, np.zeros(n)])
+    means = np.vstack([gmm.means, np.zeros((n, gmm.dim))])
+    variances = np.vstack([gmm.variances, np.zeros((n, gmm.dim))])
+    split_into(weights, means, variances, order, np.arange(k, k + n), offset * np.sqrt(gmm.variances[order]))
     return GMM(weights, means, variances)

@@ -10,7 +10,6 @@ crash never leaves a partial file under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import struct
@@ -23,7 +22,7 @@ import numpy as np
 
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
-from spkver.fileio import os_problem, parse_json, write_atomic
+from spkver.fileio import array_parts, os_problem, parse_json, sha256_hex, write_atomic
 from spkver.gmm.model import GMM
 
 FORMAT_VERSION = 1
@@ -47,11 +46,7 @@ class Model:
 
 def fingerprint(gmm: GMM) -> str:
     """SHA-256 of the mixture's arrays (float64, little-endian, in a fixed order)."""
-    digest = hashlib.sha256()
-    for array in (gmm.weights, gmm.means, gmm.variances):
-        digest.update(str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
-    return digest.hexdigest()
+    return sha256_hex(array_parts((gmm.weights, gmm.means, gmm.variances), dtype="<f8"))
 
 
 def _encode(model: Model) -> bytes:

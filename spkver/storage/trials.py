@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from spkver.audio.sources import path_exists
 from spkver.errors import SpkverError, printable
+from spkver.fileio import numbered_lines, read_text
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False}
 CALIBRATED_MARK = "# spkver: calibrated log-likelihood ratios"
@@ -75,21 +76,10 @@ class Score:
     frames: int | None = None
 
 
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpkverError(f"no such {what} file", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpkverError(f"cannot read {what} file: {exc}", path) from None
-
-
 def _read_lines(path: Path, what: str, text: str | None = None):
     """Numbered non-blank, non-comment lines of ``path`` (or of ``text`` already read from it)."""
-    text = _read_text(path, what) if text is None else text
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if "\x00" in raw:
-            raise SpkverError(f"line {number}: contains a NUL byte", path)
+    text = read_text(path, f"{what} file") if text is None else text
+    for number, raw in numbered_lines(text, path):
         line = raw.strip()
         if line and not line.startswith("#"):
             yield number, line
@@ -155,7 +145,7 @@ def score_file_header(calibrated: bool, normalisation: str) -> list[str]:
 def read_scores(path) -> ScoreFile:
     """Parse a score file (lines ``speaker<TAB>test<TAB>score[<TAB>label]`` and the header comments)."""
     path = Path(path)
-    text = _read_text(path, "scores")
+    text = read_text(path, "scores file")
     calibrated = text.startswith(CALIBRATED_MARK)
     normalisation = next((line[len(NORMALISATION_MARK):].strip() for line in text.split("\n", 2)[:2]
                           if line.startswith(NORMALISATION_MARK)), "none")  # the header's two lines only
