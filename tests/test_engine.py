@@ -136,6 +136,7 @@ def test_em_streams_a_memory_mapped_store_with_bounded_memory(tmp_path):
     assert int(python_output(code, tmp_path)) < 40  # MiB allocated at peak, against 144 MB of frames
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_model(synthetic_corpus, tmp_path):
     base = [sys.executable, "-m", "spkver", "-q", "train-ubm", "--components", "16", "--iterations", "200",
             "--tol", "0", "--workers", "1", str(synthetic_corpus / "background")]
@@ -158,6 +159,7 @@ def test_killed_training_resumes_to_the_same_model(synthetic_corpus, tmp_path):
     assert not checkpoint.exists()
 
 
+@pytest.mark.slow
 def test_dask_cluster_trains_the_same_model_as_local(synthetic_corpus, tmp_path):
     distributed = pytest.importorskip("distributed")
     store = FeatureStore(tmp_path / "feats", FeatureConfig())

@@ -342,6 +342,7 @@ def test_speakers_of_a_ubm_with_other_feature_settings_are_refused(store, tmp_pa
     one_error_line(result, "alice.npz", "different UBM")
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_past_the_iterations_asked_for(synthetic_corpus, tmp_path, monkeypatch):
     import spkver.storage.models as models
     from spkver.storage.models import save_checkpoint

@@ -131,6 +131,7 @@ def test_streamed_resampling_and_features_equal_whole_file_results():
     np.testing.assert_allclose(extract_blocks(pieces), extract(s), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_one_hour_file_uses_bounded_memory(tmp_path):
     path = tmp_path / "hour.wav"
     with sf.SoundFile(path, "w", 16000, 1, "PCM_16") as handle:
@@ -208,6 +209,7 @@ def kill_at_random(command, runs, seed, check):
         check()
 
 
+@pytest.mark.slow
 def test_sigkill_during_enroll_loses_nothing(store, synthetic_corpus):
     models = store / "models"
     before = snapshot(store)
@@ -223,6 +225,7 @@ def test_sigkill_during_enroll_loses_nothing(store, synthetic_corpus):
     kill_at_random(command, 20, 0, check)
 
 
+@pytest.mark.slow
 def test_sigkill_during_train_ubm_loses_nothing(store, synthetic_corpus, tmp_path):
     before = snapshot(store)
     output = store / "ubm2.npz"
@@ -301,6 +304,7 @@ def alive(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
 @pytest.mark.parametrize("phase", ["extraction", "EM"])
 def test_workers_die_with_a_killed_train_ubm(tmp_path, phase):
