@@ -16,6 +16,7 @@ demo: $(BIN)/python
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/ruff check spkver tests scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 eval: $(BIN)/python

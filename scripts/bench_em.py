@@ -66,8 +66,9 @@ def run_one(tool, n, m, iterations):
     x, weights, means, variances = data_and_start(n, m)
     result = {}
     if tool == "spkver":
-        from spkver.engine import Engine
-        from spkver.gmm import GMM, em_iterations
+        from spkver.gmm.em import em_iterations
+        from spkver.gmm.engine import Engine
+        from spkver.gmm.model import GMM
 
         arrays = [x]
         stamps = []
@@ -119,9 +120,9 @@ def sklearn_bytes(n, m):
 
 def big_run():
     """1024 components on 10 million frames (2.4 GB of features on disk), two EM iterations."""
-    from spkver.featstore import FeatureStore
-    from spkver.features import FeatureConfig
-    from spkver.pipeline import train_ubm
+    from spkver.api import train_ubm
+    from spkver.features.config import FeatureConfig
+    from spkver.features.store import FeatureStore
 
     with tempfile.TemporaryDirectory(prefix="spkver-big-") as tmp:
         rng = np.random.default_rng(0)
@@ -181,8 +182,10 @@ def kernel_run(components, frames=25_000, rounds=15):
     """One core: the posterior pass, compiled vs numpy; then the E-step per chunk size against GEMM."""
     from threadpoolctl import threadpool_limits
 
-    from spkver.gmm import GMM, accumulate, augment, default_chunk_size
-    from spkver.kernels import _numpy_softmax_rows, softmax_rows
+    from spkver.gmm.chunks import default_chunk_size
+    from spkver.gmm.estep import accumulate
+    from spkver.gmm.kernels import _numpy_softmax_rows, softmax_rows
+    from spkver.gmm.model import GMM, augment
 
     scores = (np.random.default_rng(0).standard_normal((2048, 512)) * 30).astype(np.float32)
     print("\nposterior pass (max, exp, sum, normalisation) on 2048 x 512 scores, one core (median of 50):")

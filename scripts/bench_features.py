@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocols import DEFAULT_DATA_ROOT  # noqa: E402
 
-from spkver.audio import AudioItem  # noqa: E402
-from spkver.corpus import extract_all  # noqa: E402
-from spkver.features import FeatureConfig  # noqa: E402
+from spkver.audio.sources import AudioItem  # noqa: E402
+from spkver.features.config import FeatureConfig  # noqa: E402
+from spkver.features.extraction import extract_all  # noqa: E402
+from spkver.run import RunOptions  # noqa: E402
 
 
 def librosa_loop(paths, config=FeatureConfig()):
@@ -57,7 +58,7 @@ def main():
     rows.append(("librosa loop (1 process)", time.perf_counter() - start))
     for workers in (1, os.cpu_count()):
         start = time.perf_counter()
-        extract_all(items, FeatureConfig(), workers=workers)
+        extract_all(items, FeatureConfig(), run=RunOptions(workers=workers))
         rows.append((f"spkver, {workers} worker{'s' if workers > 1 else ''}", time.perf_counter() - start))
     print(f"{len(paths)} files, {hours:.3f} hours of 16 kHz audio\n")
     print("| extractor | seconds | audio hours / s | speed-up vs librosa |")

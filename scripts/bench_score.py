@@ -16,9 +16,10 @@ import time
 
 import numpy as np
 
-from spkver.adapt import map_adapt
-from spkver.gmm import GMM, accumulate
-from spkver.scoring import Scorer
+from spkver.backend.scoring import Scorer
+from spkver.gmm.estep import accumulate
+from spkver.gmm.map import map_adapt
+from spkver.gmm.model import GMM
 
 
 def main():

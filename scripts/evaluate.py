@@ -129,7 +129,7 @@ def resolve_components(options, default_ubm: Path):
     """``--components half|double``: half or twice the default UBM's automatic choice."""
     if "--components" not in options:
         return options
-    from spkver.models import load_model
+    from spkver.storage.models import load_model
 
     k = load_model(default_ubm, "ubm").gmm.n_components
     options = list(options)

@@ -28,16 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from protocols import DEFAULT_BUILD_DIR, DEFAULT_DATA_ROOT, PROTOCOLS  # noqa: E402
 
-from spkver.adapt import DEFAULT_ADAPT, map_adapt  # noqa: E402
-from spkver.audio import AudioItem, native_sample_rate  # noqa: E402
-from spkver.corpus import extract_all  # noqa: E402
-from spkver.engine import Engine  # noqa: E402
-from spkver.features import FeatureConfig, feature_rate_for  # noqa: E402
-from spkver.gmm import accumulate, train  # noqa: E402
-from spkver.metrics import eer, min_dcf  # noqa: E402
-from spkver.normalization import cohort_statistics, normalise_scores  # noqa: E402
-from spkver.pipeline import COHORT_SEGMENTS, auto_components, cohort_segments  # noqa: E402
-from spkver.scoring import Scorer  # noqa: E402
+from spkver.audio.decode import native_sample_rate  # noqa: E402
+from spkver.audio.sources import AudioItem  # noqa: E402
+from spkver.backend.metrics import eer, min_dcf  # noqa: E402
+from spkver.backend.scorenorm import COHORT_SEGMENTS, cohort_segments, cohort_statistics, normalise_scores  # noqa: E402  # noqa: E402
+from spkver.backend.scoring import Scorer  # noqa: E402
+from spkver.features.config import FeatureConfig, feature_rate_for  # noqa: E402
+from spkver.features.extraction import extract_all  # noqa: E402
+from spkver.gmm.em import (
+    auto_components,  # noqa: E402
+    train,  # noqa: E402
+)
+from spkver.gmm.engine import Engine  # noqa: E402
+from spkver.gmm.estep import accumulate  # noqa: E402
+from spkver.gmm.map import DEFAULT_ADAPT, map_adapt  # noqa: E402
 
 # (label, feature settings, run settings): the defaults, then one change at a time.
 CANDIDATES = [
@@ -93,7 +97,7 @@ def protocol_features(protocol, config, workdir: Path):
     if cache.exists():
         with np.load(cache) as data:
             return {f: data[str(i)] for i, f in enumerate(files)}
-    extracted = extract_all([AudioItem(f, Path(f)) for f in files], config, workers=None)
+    extracted = extract_all([AudioItem(f, Path(f)) for f in files], config)
     features = {str(item.path): frames for item, frames in extracted}
     np.savez(cache, **{str(i): features[f] for i, f in enumerate(files)})
     return features

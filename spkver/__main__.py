@@ -1,4 +1,4 @@
-from spkver.cli import main
+from spkver.cli.main import main
 
 if __name__ == "__main__":
     main()

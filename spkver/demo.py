@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from spkver.audio import find_audio
+from spkver.api import enroll, train_ubm, verify
+from spkver.audio.sources import find_audio
+from spkver.backend.metrics import eer
 from spkver.errors import SpkverError
 from spkver.fileio import os_problem
-from spkver.metrics import eer
-from spkver.models import SpeakerStore, load_model, save_model
-from spkver.pipeline import enroll, train_ubm, verify
+from spkver.run import RunOptions
+from spkver.storage.models import load_model, save_model
+from spkver.storage.speakers import SpeakerStore
 from spkver.synth import WORDS, Voice, utterance
 
 N_BACKGROUND, N_ENROLLED = 10, 6
@@ -58,7 +60,7 @@ def run_demo(workdir=None, seed=0, echo=print, progress=None):
     echo(f"1. Synthesizing {N_BACKGROUND} background and {N_ENROLLED} target voices in {root} ...")
     speakers = write_corpus(root, seed)
     echo(f"2. spkver train-ubm -o {root}/ubm.npz {root}/background")
-    ubm = train_ubm(find_audio([root / "background"]), seed=seed, progress=bar("features"))
+    ubm = train_ubm(find_audio([root / "background"]), seed=seed, run=RunOptions(progress=bar("features")))
     save_model(root / "ubm.npz", ubm)
     ubm = load_model(root / "ubm.npz", kind="ubm")
     summary = ubm.meta["training"]
@@ -72,11 +74,11 @@ def run_demo(workdir=None, seed=0, echo=print, progress=None):
         save_model(store.path(name), enroll(ubm, find_audio([root / "enroll" / name]), name))
     models = [store.load(name, ubm) for name in speakers]
     echo(f"4. spkver verify --ubm {root}/ubm.npz --models {store.root} --speaker spk00 ... {root}/test")
-    trials = verify(ubm, models, find_audio([root / "test"]), progress=bar("verify"))
-    targets = [t.score for t in trials if Path(t.path).parent.name == t.speaker]
-    nontargets = [t.score for t in trials if Path(t.path).parent.name != t.speaker]
+    trials = verify(ubm, models, find_audio([root / "test"]), run=RunOptions(progress=bar("verify")))
+    targets = [t.score for t in trials if Path(t.test).parent.name == t.speaker]
+    nontargets = [t.score for t in trials if Path(t.test).parent.name != t.speaker]
     for t in trials[: len(speakers)]:
-        echo(f"   {t.speaker}\t{Path(t.path).name}\t{t.score:+.3f}\t{'accept' if t.accepted else 'reject'}")
+        echo(f"   {t.speaker}\t{Path(t.test).name}\t{t.score:+.3f}\t{'accept' if t.accepted else 'reject'}")
     rate = eer(targets, nontargets)
     accepted_targets = np.mean([s >= 0 for s in targets])
     rejected_impostors = np.mean([s < 0 for s in nontargets])

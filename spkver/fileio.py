@@ -1,4 +1,4 @@
-"""Where spkver meets storage: atomic writes and bounded JSON.
+"""Where spkver meets storage: atomic writes, locks, hashes, file identity, bounded JSON and text lists.
 
 Every file spkver writes goes through :func:`write_atomic` (a temporary file
 in the same folder, then a rename), so a crash, a full disk or a read-only
@@ -146,6 +146,30 @@ def locked(lock_path):
         os.close(fd)
 
 
+def read_text(path, what: str, not_text: str | None = None) -> str:
+    """The UTF-8 text of a list file (audio list, ``wav.scp``, trials, scores), or one clean error.
+
+    ``what`` names the file in messages (``"list file"``); ``not_text`` is the
+    message for bytes that are not UTF-8 (binary data given as a list, say).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpkverError(f"no such {what}", path) from None
+    except UnicodeDecodeError:
+        raise SpkverError(not_text or f"{what} is not UTF-8 text", path) from None
+    except OSError as exc:
+        raise SpkverError(f"cannot read {what} ({os_problem(exc)})", path) from None
+
+
+def numbered_lines(text: str, path):
+    """``(number, line)`` of every line of a list file's ``text``, from 1; a NUL byte is an error naming the line."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if "\x00" in line:
+            raise SpkverError(f"line {number}: contains a NUL byte", path)
+        yield number, line
+
+
 def refuse_other_kind(path, is_same_kind, what: str) -> None:
     """An output may replace an earlier file of its own kind, never anything else (a model, say)."""
     path = Path(path)
@@ -165,6 +189,29 @@ def file_signature(path) -> list:
     """
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def sha256_hex(parts, length: int = 64) -> str:
+    """SHA-256 of ``parts`` (each ``str``, UTF-8 encoded, or bytes-like), as the first ``length`` hex digits.
+
+    Every hash spkver keeps (model fingerprints, cache keys, data identities)
+    is made here; each caller keeps the length its files have always used.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+    return digest.hexdigest()[:length]
+
+
+def array_parts(arrays, dtype=None):
+    """What identifies each array for :func:`sha256_hex`: its shape, then its bytes (as ``dtype`` if given)."""
+    import numpy as np
+
+    for array in arrays:
+        yield str(array.shape)
+        yield np.ascontiguousarray(array, dtype=dtype).data
 
 
 def content_hash(path) -> str:

@@ -8,7 +8,9 @@ tilt, breathiness and speaking rate. No recording is needed or shipped.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.signal import lfilter
@@ -124,3 +126,37 @@ def utterance(voice: Voice, n_words, sample_rate=16000, rng=None, words=None):
     vocabulary = words or WORDS
     picks = rng.choice(len(vocabulary), size=n_words)
     return np.concatenate([synthesize(voice, vocabulary[i], sample_rate, rng) for i in picks])
+
+
+@functools.cache
+def example_corpus(seed: int = 7) -> Path:
+    """A small corpus of synthetic speakers for examples and doctests, written once per process.
+
+    ``background/bg0`` … ``bg4`` (four files each, all words), and for
+    ``alice`` and ``bob`` ``enroll/NAME`` (three files, the first five words)
+    and ``test/NAME`` (two files, the other words), 16 kHz WAV. The folder is
+    removed when the process exits.
+
+    Returns
+    -------
+    Path
+        The corpus's root folder.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    import soundfile as sf
+
+    root = Path(tempfile.mkdtemp(prefix="spkver-example-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    voices = [Voice.random(rng) for _ in range(7)]
+    plan = [(root / "background" / f"bg{i}", voice, 4, WORDS) for i, voice in enumerate(voices[:5])]
+    for name, voice in zip(["alice", "bob"], voices[5:]):
+        plan += [(root / "enroll" / name, voice, 3, WORDS[:5]), (root / "test" / name, voice, 2, WORDS[5:])]
+    for folder, voice, count, words in plan:
+        folder.mkdir(parents=True)
+        for i in range(count):
+            sf.write(folder / f"{folder.name}_{i}.wav", utterance(voice, 3, 16000, rng, words), 16000)
+    return root

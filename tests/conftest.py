@@ -62,7 +62,7 @@ def run_cli(*args):
     """Invoke the spkver CLI in-process; arguments may be paths or numbers."""
     from click.testing import CliRunner
 
-    from spkver.cli import cli
+    from spkver.cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
@@ -87,11 +87,14 @@ PRINT_PEAK_KIB = "print(int(next(l for l in open('/proc/self/status') if l.start
 
 def make_store(root: Path, corpus: Path, speakers=("alice", "bob"), components=8, iterations=3) -> Path:
     """A small UBM (``root/ubm.npz``) and ``speakers`` enrolled in ``root/models``, made with the library."""
-    from spkver.audio import find_audio
-    from spkver.models import SpeakerStore, save_model
-    from spkver.pipeline import enroll, train_ubm
+    from spkver.api import enroll, train_ubm
+    from spkver.audio.sources import find_audio
+    from spkver.run import RunOptions
+    from spkver.storage.models import save_model
+    from spkver.storage.speakers import SpeakerStore
 
-    ubm = train_ubm(find_audio([corpus / "background"]), n_components=components, iterations=iterations, workers=1)
+    ubm = train_ubm(find_audio([corpus / "background"]), n_components=components, iterations=iterations,
+                    run=RunOptions(workers=1))
     save_model(root / "ubm.npz", ubm)
     models = SpeakerStore(root / "models")
     models.root.mkdir()

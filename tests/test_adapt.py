@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from spkver.adapt import map_adapt
-from spkver.gmm import GMM, Statistics, accumulate, m_step
+from spkver.gmm.em import m_step
+from spkver.gmm.estep import Statistics, accumulate
+from spkver.gmm.map import map_adapt
+from spkver.gmm.model import GMM
 
 
 def ubm_and_data():

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from spkver.audio import find_audio, gather_inputs, load_audio, read_list
+from spkver.audio.decode import load_audio
+from spkver.audio.sources import find_audio, gather_inputs, read_list
 from spkver.errors import SpkverError
 
 

@@ -128,8 +128,8 @@ def test_demo_runs_end_to_end(tmp_path):
 def test_train_ubm_chooses_the_feature_rate_and_components_from_the_audio(tmp_path):
     from conftest import write_voice_files
 
-    from spkver.models import load_model
-    from spkver.pipeline import auto_components
+    from spkver.gmm.em import auto_components
+    from spkver.storage.models import load_model
     from spkver.synth import Voice
 
     rng = np.random.default_rng(5)
@@ -170,7 +170,7 @@ def test_old_norm_spellings_still_work_with_a_warning(trained, tmp_path):
     result = run("train-ubm", "-o", tmp_path / "u.npz", "--components", 4, "--iterations", 1, "--workers", 1,
                  "--norm", "cmvn", corpus / "background")
     assert result.exit_code == 0 and "--norm is deprecated" in result.stderr and "--feature-norm" in result.stderr
-    from spkver.models import load_model
+    from spkver.storage.models import load_model
 
     assert load_model(tmp_path / "u.npz").feature_config.norm == "cmvn"
     clash = run("train-ubm", "-o", tmp_path / "v.npz", "--norm", "cmvn", "--feature-norm", "cmn",

@@ -13,13 +13,17 @@ import soundfile as sf
 from click.testing import CliRunner
 from conftest import python_output
 
-from spkver.audio import find_audio
-from spkver.cli import cli
-from spkver.engine import Engine, make_shards, shard_size
+from spkver.audio.sources import find_audio
+from spkver.cli.main import cli
 from spkver.errors import SpkverError
-from spkver.featstore import FeatureStore
-from spkver.features import FeatureConfig, extract
-from spkver.gmm import GMM, accumulate, train
+from spkver.features.config import FeatureConfig
+from spkver.features.frontend import extract
+from spkver.features.store import FeatureStore
+from spkver.gmm.em import train
+from spkver.gmm.engine import Engine, make_shards, shard_size
+from spkver.gmm.estep import accumulate
+from spkver.gmm.model import GMM
+from spkver.run import RunOptions
 
 
 def blobs(seed=0, n=6000, d=6):
@@ -69,16 +73,16 @@ def test_one_and_many_workers_give_bit_identical_statistics_and_models():
 def test_feature_store_skips_unchanged_files_and_redoes_changed_ones(synthetic_corpus, tmp_path):
     items = find_audio([synthetic_corpus / "enroll" / "alice"])
     store = FeatureStore(tmp_path / "feats", FeatureConfig())
-    first = store.extract(items, workers=1)
+    first = store.extract(items, run=RunOptions(workers=1))
     npy = sorted((tmp_path / "feats").glob("*.npy"))
     stamps = [p.stat().st_mtime_ns for p in npy]
     time.sleep(0.01)
-    again = FeatureStore(tmp_path / "feats").extract(items, workers=1)
+    again = FeatureStore(tmp_path / "feats").extract(items, run=RunOptions(workers=1))
     assert [p.stat().st_mtime_ns for p in npy] == stamps
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again))
     index = [p.stem for p in npy].index(store.key(items[0].path))
     os.utime(items[0].path)  # touched, same bytes: the hash vouches for the entry, nothing is extracted
-    FeatureStore(tmp_path / "feats").extract(items, workers=1)
+    FeatureStore(tmp_path / "feats").extract(items, run=RunOptions(workers=1))
     assert npy[index].stat().st_mtime_ns == stamps[index]
     # Other content of the same size, old modification time restored (as cp -p, rsync -t and tar x do).
     before = items[0].path.stat()
@@ -87,7 +91,8 @@ def test_feature_store_skips_unchanged_files_and_redoes_changed_ones(synthetic_c
     os.utime(items[0].path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert items[0].path.stat().st_size == before.st_size
     assert items[0].path.stat().st_mtime_ns == before.st_mtime_ns
-    redone = dict((str(i.path), a) for i, a in FeatureStore(tmp_path / "feats").extract(items, workers=1))
+    redone = FeatureStore(tmp_path / "feats").extract(items, run=RunOptions(workers=1))
+    redone = {str(i.path): a for i, a in redone}
     assert npy[index].stat().st_mtime_ns != stamps[index]
     np.testing.assert_array_equal(redone[str(items[0].path)], extract(np.roll(audio, 4000)))
     with pytest.raises(SpkverError, match="other settings"):
@@ -121,8 +126,8 @@ def test_em_streams_a_memory_mapped_store_with_bounded_memory(tmp_path):
     (tmp_path / "index.json").write_text(json.dumps({"format": 1, "feature_config": config.to_dict(),
                                                      "entries": entries}))
     code = (
-        "import sys, tracemalloc; from spkver.featstore import FeatureStore; from spkver.gmm import train;"
-        "import numpy as np; from spkver.kernels import softmax_rows;"
+        "import sys, tracemalloc; from spkver.features.store import FeatureStore; from spkver.gmm.em import train;"
+        "import numpy as np; from spkver.gmm.kernels import softmax_rows;"
         "softmax_rows(np.zeros((2, 2), np.float32));"
         "arrays = FeatureStore(sys.argv[1]).arrays(); tracemalloc.start();"
         "train(arrays, 32, iterations=2, kmeans_frames=20000);"
@@ -131,6 +136,7 @@ def test_em_streams_a_memory_mapped_store_with_bounded_memory(tmp_path):
     assert int(python_output(code, tmp_path)) < 40  # MiB allocated at peak, against 144 MB of frames
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_model(synthetic_corpus, tmp_path):
     base = [sys.executable, "-m", "spkver", "-q", "train-ubm", "--components", "16", "--iterations", "200",
             "--tol", "0", "--workers", "1", str(synthetic_corpus / "background")]
@@ -153,10 +159,11 @@ def test_killed_training_resumes_to_the_same_model(synthetic_corpus, tmp_path):
     assert not checkpoint.exists()
 
 
+@pytest.mark.slow
 def test_dask_cluster_trains_the_same_model_as_local(synthetic_corpus, tmp_path):
     distributed = pytest.importorskip("distributed")
     store = FeatureStore(tmp_path / "feats", FeatureConfig())
-    store.extract(find_audio([synthetic_corpus / "background"]), workers=1)
+    store.extract(find_audio([synthetic_corpus / "background"]), run=RunOptions(workers=1))
     arrays, paths = store.arrays(), store.paths()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) \
             as cluster, Engine(arrays, scheduler=cluster.scheduler_address, paths=paths, shard_frames=500) as remote, \

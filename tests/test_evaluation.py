@@ -8,11 +8,12 @@ from conftest import run_cli, train_and_enroll
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spkver.calibration import calibration_warnings, fit_calibration, load_calibration
+from spkver.backend.calibration import calibration_warnings, fit_calibration, load_calibration
+from spkver.backend.metrics import actual_dcf, bayes_threshold, cllr, min_cllr, pav
+from spkver.backend.scorenorm import cohort_statistics, normalise_scores
 from spkver.errors import SpkverError
-from spkver.metrics import actual_dcf, bayes_threshold, cllr, min_cllr, pav
-from spkver.normalization import cohort_statistics, normalise_scores
-from spkver.trials import read_scores, read_trials
+from spkver.run import RunOptions
+from spkver.storage.trials import read_scores, read_trials
 
 run = run_cli
 
@@ -100,7 +101,7 @@ def test_normalised_scoring_uses_and_caches_the_cohort(enrolled, tmp_path, norm)
 
 
 def test_score_normalises_against_the_ubms_own_cohort_by_default(enrolled, tmp_path):
-    from spkver.models import load_model
+    from spkver.storage.models import load_model
 
     work, ubm, models, trials, corpus = enrolled
     stored = load_model(ubm).cohort
@@ -121,19 +122,20 @@ def test_score_normalises_against_the_ubms_own_cohort_by_default(enrolled, tmp_p
 
 
 def test_cohort_cache_is_reused_without_recomputing(enrolled, monkeypatch):
-    from spkver.audio import find_audio
-    from spkver.evaluation import score_trials
-    from spkver.models import SpeakerStore, load_model
-    from spkver.normalization import Cohort
+    from spkver.api import score_trials
+    from spkver.audio.sources import find_audio
+    from spkver.backend.scorenorm import Cohort
+    from spkver.storage.models import load_model
+    from spkver.storage.speakers import SpeakerStore
 
     work, ubm_path, models, trials, corpus = enrolled
     ubm = load_model(ubm_path)
     cohort_files = find_audio([corpus / "background"])
     first = score_trials(ubm, SpeakerStore(models), read_trials(trials), norm="s",
-                         cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), workers=1)
+                         cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), run=RunOptions(workers=1))
     monkeypatch.setattr(Cohort, "features", lambda self: pytest.fail("cohort recomputed"))
     second = score_trials(ubm, SpeakerStore(models), read_trials(trials), norm="s",
-                          cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), workers=1)
+                          cohort=Cohort(ubm, cohort_files, cache_dir=work / "cache"), run=RunOptions(workers=1))
     assert [t.score for t in first] == [t.score for t in second]
 
 
@@ -275,7 +277,7 @@ def test_trials_errors_have_line_numbers(tmp_path):
 def test_det_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     import sys
 
-    from spkver.plots import det_plot
+    from spkver.backend.plots import det_plot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SpkverError, match=r"needs matplotlib: pip install 'spkver\[plot\]'"):

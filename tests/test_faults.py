@@ -20,8 +20,8 @@ import soundfile as sf
 from click.testing import CliRunner
 from conftest import make_store
 
-from spkver.cli import cli
-from spkver.models import load_model
+from spkver.cli.main import cli
+from spkver.storage.models import load_model
 
 
 def run(*args, env=None):

@@ -2,17 +2,10 @@ import librosa
 import numpy as np
 import pytest
 
-from spkver.features import (
-    FeatureConfig,
-    deltas,
-    extract,
-    feature_rate_for,
-    mel_filterbank,
-    mfcc_and_energy,
-    normalise,
-    preemphasize,
-    warp,
-)
+from spkver.features.config import FeatureConfig, feature_rate_for
+from spkver.features.frontend import extract
+from spkver.features.mfcc import deltas, mel_filterbank, mfcc_and_energy, preemphasize
+from spkver.features.normalise import normalise, warp
 from spkver.synth import Voice, synthesize
 
 

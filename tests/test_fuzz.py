@@ -14,14 +14,15 @@ import soundfile as sf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from spkver.audio import AudioItem, find_audio
-from spkver.calibration import load_calibration
-from spkver.corpus import features_of
+from spkver.api import enroll, train_ubm
+from spkver.audio.sources import AudioItem, find_audio
+from spkver.backend.calibration import load_calibration
 from spkver.errors import SpkverError
-from spkver.featstore import FeatureStore
-from spkver.features import FeatureConfig
-from spkver.models import Model, load_checkpoint, load_model, npz_bytes, save_model
-from spkver.pipeline import enroll, train_ubm
+from spkver.features.config import FeatureConfig
+from spkver.features.extraction import features_of
+from spkver.features.store import FeatureStore
+from spkver.run import RunOptions
+from spkver.storage.models import Model, load_checkpoint, load_model, npz_bytes, save_model
 from spkver.synth import Voice, synthesize
 
 # SPKVER_FUZZ_EXAMPLES=3000 for a deeper run than the suite's.
@@ -161,7 +162,7 @@ def test_fuzz_feature_store_index(tmp_path, index):
 @FUZZ
 @given(cache=st.one_of(json_values, st.dictionaries(st.text(max_size=8), st.lists(st.floats(), max_size=4))))
 def test_fuzz_cohort_cache(tmp_path, cache):
-    from spkver.normalization import Cohort
+    from spkver.backend.scorenorm import Cohort
 
     root = tmp_path / "cache"
     root.mkdir(exist_ok=True)
@@ -179,7 +180,7 @@ _UBM = {}
 
 def fuzz_ubm():
     if not _UBM:
-        from spkver.gmm import GMM
+        from spkver.gmm.model import GMM
 
         rng = np.random.default_rng(0)
         _UBM["ubm"] = Model(GMM(np.full(4, 0.25), rng.normal(size=(4, SMALL.dim)), np.ones((4, SMALL.dim))), "ubm",
@@ -210,7 +211,7 @@ def test_fuzz_sample_values_through_extraction_and_enrollment(tmp_path, values, 
         return
     assert np.isfinite(frames).all()
     try:
-        model = enroll(fuzz_ubm(), [item], "x", workers=1)
+        model = enroll(fuzz_ubm(), [item], "x", run=RunOptions(workers=1))
     except SpkverError:
         return
     ubm = fuzz_ubm().gmm
@@ -218,7 +219,8 @@ def test_fuzz_sample_values_through_extraction_and_enrollment(tmp_path, values, 
 
 
 def test_a_trained_ubm_round_trips_through_the_safe_loader(synthetic_corpus, tmp_path):
-    ubm = train_ubm(find_audio([synthetic_corpus / "background"]), SMALL, n_components=4, iterations=2, workers=1)
+    ubm = train_ubm(find_audio([synthetic_corpus / "background"]), config=SMALL, n_components=4, iterations=2,
+                    run=RunOptions(workers=1))
     save_model(tmp_path / "u.npz", ubm)
     loaded = load_model(tmp_path / "u.npz", "ubm")
     assert np.array_equal(loaded.gmm.means, ubm.gmm.means) and len(loaded.cohort) == len(ubm.cohort)

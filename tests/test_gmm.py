@@ -7,7 +7,11 @@ from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
-from spkver.gmm import GMM, accumulate, augment, default_chunk_size, em_iterations, iter_chunks, kmeans, m_step, train
+from spkver.gmm.chunks import default_chunk_size, iter_chunks
+from spkver.gmm.em import em_iterations, m_step, train
+from spkver.gmm.estep import accumulate
+from spkver.gmm.initialise import kmeans
+from spkver.gmm.model import GMM, augment
 
 
 def three_blobs(rng, n=400, d=4):
@@ -190,7 +194,7 @@ def test_statistics_do_not_depend_on_the_chunk_size(dtype, k):
 def test_fused_softmax_kernel_matches_numpy_and_scipy():
     from scipy.special import logsumexp, softmax
 
-    from spkver.kernels import _numpy_softmax_rows, softmax_rows
+    from spkver.gmm.kernels import _numpy_softmax_rows, softmax_rows
 
     rng = np.random.default_rng(9)
     scores = (rng.standard_normal((300, 77)) * 30 - 200).astype(np.float32)

@@ -11,8 +11,8 @@ import soundfile as sf
 from click.testing import CliRunner
 from conftest import PRINT_PEAK_KIB, make_store, python_output
 
-from spkver.cli import cli
-from spkver.models import load_model, save_model
+from spkver.cli.main import cli
+from spkver.storage.models import load_model, save_model
 from spkver.synth import Voice, synthesize
 
 
@@ -101,8 +101,8 @@ def test_non_finite_or_negative_numbers_in_options_are_refused(store, synthetic_
 
 def test_a_speaker_model_never_equals_its_ubm(store):
     from spkver.errors import SpkverError
-    from spkver.gmm import Statistics
-    from spkver.pipeline import check_adapted
+    from spkver.gmm.estep import Statistics
+    from spkver.gmm.map import check_adapted
 
     ubm = load_model(store / "ubm.npz", "ubm")
     empty = Statistics.zeros(ubm.gmm.n_components, ubm.gmm.dim)
@@ -126,8 +126,9 @@ def test_nan_in_a_cached_feature_file_is_never_trained_on(synthetic_corpus, tmp_
 
 
 def test_nan_in_a_checkpoint_is_refused(synthetic_corpus, tmp_path):
-    from spkver.gmm import GMM, EMState
-    from spkver.models import save_checkpoint
+    from spkver.gmm.em import EMState
+    from spkver.gmm.model import GMM
+    from spkver.storage.models import save_checkpoint
 
     with pytest.raises(ValueError, match="not finite"):
         GMM(np.full(4, 0.25), np.full((4, 120), np.nan), np.ones((4, 120)))
@@ -221,7 +222,7 @@ def test_a_deflated_npz_bomb_is_refused_before_it_is_read(tmp_path):
         with archive.open("meta.npy", "w") as member:
             np.lib.format.write_array(member, np.array("{}"))
     assert bomb.stat().st_size < 8_000_000
-    code = ("import sys; from spkver.models import load_model; from spkver.errors import SpkverError\n"
+    code = ("import sys; from spkver.storage.models import load_model; from spkver.errors import SpkverError\n"
             "try: load_model(sys.argv[1])\nexcept SpkverError as e: print('refused:', e)\n" + PRINT_PEAK_KIB)
     out = python_output(code, bomb).splitlines()
     assert out[0].startswith("refused:") and "too large" in out[0]
@@ -243,8 +244,8 @@ def test_a_header_declaring_a_huge_array_is_refused(tmp_path):
 def test_an_absurd_sample_rate_is_resampled_in_bounded_memory(tmp_path):
     path = tmp_path / "fast.wav"
     sf.write(path, np.resize(speech(), 100_000), 1_999_993)
-    code = "import sys; from spkver.audio import load_audio\ny = load_audio(sys.argv[1], 16000); print(len(y))\n" \
-        + PRINT_PEAK_KIB
+    code = ("import sys; from spkver.audio.decode import load_audio\n"
+            "y = load_audio(sys.argv[1], 16000); print(len(y))\n" + PRINT_PEAK_KIB)
     out = python_output(code, path).splitlines()
     assert int(out[0]) in range(790, 810)  # 100 000 samples at 2 MHz last 50 ms
     assert int(out[1]) < 400_000  # KiB
@@ -341,9 +342,10 @@ def test_speakers_of_a_ubm_with_other_feature_settings_are_refused(store, tmp_pa
     one_error_line(result, "alice.npz", "different UBM")
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_past_the_iterations_asked_for(synthetic_corpus, tmp_path, monkeypatch):
-    import spkver.pipeline as pipeline
-    from spkver.models import save_checkpoint
+    import spkver.storage.models as models
+    from spkver.storage.models import save_checkpoint
 
     def stop_after_six(path, state, identity):  # a run killed after its sixth iteration
         save_checkpoint(path, state, identity)
@@ -353,7 +355,7 @@ def test_resume_refuses_a_checkpoint_past_the_iterations_asked_for(synthetic_cor
     files = sorted((synthetic_corpus / "background").rglob("*.wav"))[:10]
     out = tmp_path / "u.npz"
     common = ["train-ubm", "-o", out, "--components", 4, "--workers", 1, "--no-cache", "--tol", 0, *files]
-    monkeypatch.setattr(pipeline, "save_checkpoint", stop_after_six)
+    monkeypatch.setattr(models, "save_checkpoint", stop_after_six)
     assert run(*common, "--iterations", 60).exit_code == 130
     monkeypatch.undo()
     assert (tmp_path / "u.npz.checkpoint.npz").exists()
@@ -365,18 +367,18 @@ def test_resume_refuses_a_checkpoint_past_the_iterations_asked_for(synthetic_cor
 
 
 def test_two_train_ubm_runs_to_one_output_do_not_both_succeed(synthetic_corpus, tmp_path, monkeypatch):
-    import spkver.pipeline as pipeline
+    import spkver.api as api
 
     files = sorted((synthetic_corpus / "background").rglob("*.wav"))[:8]
     out = tmp_path / "u.npz"
-    real = pipeline.train_ubm
+    real = api.train_ubm
 
     def meanwhile(*args, **kwargs):  # another run writes the output while this one trains
         model = real(*args, **kwargs)
         save_model(out, model)
         return model
 
-    monkeypatch.setattr(pipeline, "train_ubm", meanwhile)
+    monkeypatch.setattr(api, "train_ubm", meanwhile)
     result = run("train-ubm", "-o", out, "--components", 4, "--iterations", 1, "--workers", 1, "--no-cache", *files)
     one_error_line(result, "u.npz", "meanwhile")
     assert load_model(out).kind == "ubm"
@@ -387,7 +389,7 @@ def test_two_train_ubm_runs_to_one_output_do_not_both_succeed(synthetic_corpus, 
                                      ("window_ms", 1e6), ("deltas", True), ("vad", 3), ("n_fft", 1 << 30),
                                      ("top_db", float("nan")), ("sample_rate", "16000")])
 def test_stored_feature_settings_are_checked_where_they_enter(store, tmp_path, setting):
-    from spkver.models import npz_bytes
+    from spkver.storage.models import npz_bytes
 
     name, value = setting
     model = load_model(store / "ubm.npz")

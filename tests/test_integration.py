@@ -13,10 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from evaluate import run_protocol  # noqa: E402
 from protocols import PROTOCOLS  # noqa: E402
 
-from spkver.audio import AudioItem  # noqa: E402
-from spkver.corpus import extract_all  # noqa: E402
-from spkver.models import SpeakerStore, load_model  # noqa: E402
-from spkver.scoring import llr_scores  # noqa: E402
+from spkver.audio.sources import AudioItem  # noqa: E402
+from spkver.backend.scoring import llr_scores  # noqa: E402
+from spkver.features.extraction import extract_all  # noqa: E402
+from spkver.run import RunOptions  # noqa: E402
+from spkver.storage.models import load_model  # noqa: E402
+from spkver.storage.speakers import SpeakerStore  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +56,7 @@ def test_top_c_agrees_with_full_scoring_on_real_speech(protocol_runs):
     speakers = [store.load(s, ubm).gmm for s in store.speakers()]
     items = [AudioItem(str(p), p) for p in protocol.test[::12]]
     fast, full = [], []
-    for _, frames in extract_all(items, ubm.feature_config, workers=1):
+    for _, frames in extract_all(items, ubm.feature_config, run=RunOptions(workers=1)):
         fast.extend(llr_scores(ubm.gmm, speakers, frames, top_c=5))
         full.extend(llr_scores(ubm.gmm, speakers, frames, top_c=0))
     fast, full = np.array(fast), np.array(full)
@@ -65,7 +67,7 @@ def test_top_c_agrees_with_full_scoring_on_real_speech(protocol_runs):
 def test_sixteen_khz_audio_runs_at_eight_khz(shared_data, tmp_path):
     from click.testing import CliRunner
 
-    from spkver.cli import cli
+    from spkver.cli.main import cli
 
     files = sorted((shared_data / "asc" / "dataset" / "zero").glob("0000000[12]_*.wav"))
     result = CliRunner().invoke(cli, ["train-ubm", "-o", str(tmp_path / "u.npz"), "--sample-rate", "8000",
@@ -76,9 +78,9 @@ def test_sixteen_khz_audio_runs_at_eight_khz(shared_data, tmp_path):
 
 def test_calibration_on_one_half_holds_on_the_other(protocol_runs):
     """Calibrate on the trials of half the ASC test files, evaluate on the other half."""
-    from spkver.calibration import fit_calibration
-    from spkver.metrics import actual_dcf, cllr, min_dcf
-    from spkver.trials import read_scores
+    from spkver.backend.calibration import fit_calibration
+    from spkver.backend.metrics import actual_dcf, cllr, min_dcf
+    from spkver.storage.trials import read_scores
 
     protocol, _, row = protocol_runs["asc"]
     halves = ([], []), ([], [])

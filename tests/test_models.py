@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from spkver.errors import SpkverError
-from spkver.features import FeatureConfig
-from spkver.gmm import GMM
-from spkver.models import Model, SpeakerStore, fingerprint, load_model, save_model, validate_speaker_id
+from spkver.features.config import FeatureConfig
+from spkver.gmm.model import GMM
+from spkver.storage.models import Model, fingerprint, load_model, save_model
+from spkver.storage.speakers import SpeakerStore, validate_speaker_id
 
 
 def small_model(kind="ubm", dim=FeatureConfig().dim, **meta):

@@ -15,11 +15,14 @@ from conftest import make_store, python_output
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spkver.audio import iter_audio_blocks, read_list, resample, resampled_blocks
-from spkver.cli import cli
+from spkver.audio.decode import iter_audio_blocks
+from spkver.audio.resample import resample, resampled_blocks
+from spkver.audio.sources import read_list
+from spkver.cli.main import cli
 from spkver.errors import SpkverError
-from spkver.features import FeatureConfig, extract, extract_blocks
-from spkver.models import load_model
+from spkver.features.config import FeatureConfig
+from spkver.features.frontend import extract, extract_blocks
+from spkver.storage.models import load_model
 from spkver.synth import Voice, synthesize
 
 SPKVER = [sys.executable, "-m", "spkver", "-q"]
@@ -128,6 +131,7 @@ def test_streamed_resampling_and_features_equal_whole_file_results():
     np.testing.assert_allclose(extract_blocks(pieces), extract(s), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_one_hour_file_uses_bounded_memory(tmp_path):
     path = tmp_path / "hour.wav"
     with sf.SoundFile(path, "w", 16000, 1, "PCM_16") as handle:
@@ -135,8 +139,8 @@ def test_one_hour_file_uses_bounded_memory(tmp_path):
         for _ in range(60):
             handle.write(minute)
     code = (
-        "import resource, sys; from pathlib import Path; from spkver.corpus import features_of;"
-        "from spkver.audio import AudioItem; from spkver.features import FeatureConfig;"
+        "import resource, sys; from pathlib import Path; from spkver.features.extraction import features_of;"
+        "from spkver.audio.sources import AudioItem; from spkver.features.config import FeatureConfig;"
         "f = features_of(AudioItem('x', Path(sys.argv[1])), FeatureConfig());"
         "print(len(f), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
     )
@@ -205,6 +209,7 @@ def kill_at_random(command, runs, seed, check):
         check()
 
 
+@pytest.mark.slow
 def test_sigkill_during_enroll_loses_nothing(store, synthetic_corpus):
     models = store / "models"
     before = snapshot(store)
@@ -220,6 +225,7 @@ def test_sigkill_during_enroll_loses_nothing(store, synthetic_corpus):
     kill_at_random(command, 20, 0, check)
 
 
+@pytest.mark.slow
 def test_sigkill_during_train_ubm_loses_nothing(store, synthetic_corpus, tmp_path):
     before = snapshot(store)
     output = store / "ubm2.npz"
@@ -298,6 +304,7 @@ def alive(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
 @pytest.mark.parametrize("phase", ["extraction", "EM"])
 def test_workers_die_with_a_killed_train_ubm(tmp_path, phase):
@@ -307,7 +314,7 @@ def test_workers_die_with_a_killed_train_ubm(tmp_path, phase):
             write(tmp_path / f"f{i}.wav", np.resize(speech(seed=i), 16000 * 4))
         inputs = ["--no-cache", *sorted(map(str, tmp_path.glob("*.wav")))]
     else:
-        from spkver.featstore import FeatureStore
+        from spkver.features.store import FeatureStore
 
         config = FeatureConfig()
         store = FeatureStore(tmp_path / "feats", config)

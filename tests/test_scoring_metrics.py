@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from spkver.adapt import map_adapt
-from spkver.gmm import GMM, accumulate
-from spkver.metrics import det_points, eer, min_dcf
-from spkver.scoring import llr_scores
+from spkver.backend.metrics import det_points, eer, min_dcf
+from spkver.backend.scoring import llr_scores
+from spkver.gmm.estep import accumulate
+from spkver.gmm.map import map_adapt
+from spkver.gmm.model import GMM
 
 
 def test_full_score_is_the_mean_log_likelihood_ratio():
@@ -71,7 +72,7 @@ def test_metrics_reject_empty_or_nonfinite():
 
 @pytest.mark.parametrize("top_c", [0, 3])
 def test_scoring_a_subset_of_models_equals_picking_from_all(top_c):
-    from spkver.scoring import Scorer
+    from spkver.backend.scoring import Scorer
 
     rng = np.random.default_rng(3)
     ubm = GMM(np.full(8, 1 / 8), rng.normal(scale=3, size=(8, 2)), np.ones((8, 2)))

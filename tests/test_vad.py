@@ -5,14 +5,10 @@ import pytest
 import soundfile as sf
 from conftest import require_shared_data
 
-from spkver.features import (
-    FeatureConfig,
-    energy_speech_mask,
-    extract,
-    spectra_blocks,
-    spectral_speech_mask,
-    speech_mask,
-)
+from spkver.features.config import FeatureConfig
+from spkver.features.frontend import extract
+from spkver.features.mfcc import spectra_blocks
+from spkver.features.vad import energy_speech_mask, spectral_speech_mask, speech_mask
 from spkver.synth import WORDS, Voice, synthesize
 
 RATE = 16000

@@ -1,0 +1,495 @@
+"""The stages as library calls: train a UBM, enroll speakers, verify, score trial lists, identify.
+
+Each returns plain objects (models, scores); saving and printing are the
+caller's. The CLI is a thin layer over these. Options are keyword-only; how
+a stage runs over many recordings (worker processes, bad files, progress,
+warnings) is one :class:`~spkver.run.RunOptions`, passed as ``run=``.
+
+Examples
+--------
+The whole pipeline on a small synthetic corpus:
+
+>>> from spkver import RunOptions, enroll, find_audio, train_ubm, verify
+>>> from spkver.synth import example_corpus
+>>> corpus = example_corpus()
+>>> run = RunOptions(workers=1)
+>>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+>>> alice = enroll(ubm, find_audio([corpus / "enroll" / "alice"]), "alice", run=run)
+>>> scores = verify(ubm, [alice], find_audio([corpus / "test"]), run=run)
+>>> [(s.speaker, s.test.split("/")[-2], s.accepted) for s in scores]  # doctest: +NORMALIZE_WHITESPACE
+[('alice', 'alice', True), ('alice', 'alice', True), ('alice', 'bob', False), ('alice', 'bob', False)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spkver import __version__
+from spkver.audio.sources import AudioItem
+from spkver.backend.calibration import Calibration
+from spkver.backend.scorenorm import (
+    COHORT_SECONDS,
+    COHORT_SEGMENTS,
+    Cohort,
+    cohort_segments,
+    cohort_statistics,
+    describe_normalisation,
+    normalise_scores,
+)
+from spkver.backend.scoring import Scorer, checked_scores
+from spkver.errors import SpkverError
+from spkver.features.config import FeatureConfig, default_feature_config
+from spkver.features.extraction import extract_all, usable_features
+from spkver.features.store import FeatureStore
+from spkver.fileio import array_parts, file_identity, sha256_hex
+from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
+from spkver.gmm.engine import Engine
+from spkver.gmm.estep import accumulate
+from spkver.gmm.map import DEFAULT_ADAPT, check_adapted, map_adapt
+from spkver.run import RunOptions, default_workers, single_blas_thread
+from spkver.storage.models import Model, checkpoint_writer, load_checkpoint
+from spkver.storage.speakers import SpeakerStore, validate_speaker_id
+from spkver.storage.trials import Score, Trial
+
+DEFAULT_RUN = RunOptions()
+
+
+def data_identity(arrays) -> str:
+    """Hash of training frames (shapes and bytes), to tie checkpoints to their data."""
+    return sha256_hex(array_parts(arrays), 20)
+
+
+def training_frames(items, config, *, run: RunOptions = DEFAULT_RUN, cache_dir=None, features_dir=None):
+    """Training frames from a feature store, a cache, or extraction in memory.
+
+    Returns
+    -------
+    arrays : list of numpy.ndarray, each (n_i, D)
+        Memory-mapped when they come from a store.
+    paths : list of Path or None
+        The ``.npy`` files behind ``arrays`` (for distributed training).
+    config : FeatureConfig
+        The store's settings when ``features_dir`` is given, else ``config``.
+    """
+    if features_dir is not None:
+        store = FeatureStore(features_dir)
+        return store.arrays(), store.paths(), store.config
+    if cache_dir is not None:
+        store = FeatureStore(Path(cache_dir) / f"features-{config.fingerprint()}", config)
+        kept = store.extract(items, run=run)
+        return [a for _, a in kept], [store.file(store.key(i.path)) for i, _ in kept], config
+    extracted = extract_all(items, config, run=run)
+    return [frames for _, frames in extracted], None, config
+
+
+def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int | None = None, iterations: int = 20,
+              init: str = "kmeans", seed: int = 0, tol: float = 1e-4, variance_floor_ratio: float = 1e-3,
+              allow_fewer_components: bool = False, cache_dir=None, features_dir=None, scheduler: str | None = None,
+              checkpoint=None, resume: bool = False, cohort_size: int = COHORT_SEGMENTS, on_iteration=None,
+              on_log=None, run: RunOptions = DEFAULT_RUN) -> Model:
+    """Train a universal background model on the speech of ``items``.
+
+    Parameters
+    ----------
+    items : list of AudioItem
+        The training recordings (:func:`~spkver.audio.sources.find_audio`);
+        ignored with ``features_dir``.
+    config : FeatureConfig, optional
+        Feature settings; None takes :func:`~spkver.features.config.default_feature_config`
+        of the audio (8 kHz features for telephone-band audio, else 16 kHz).
+    n_components : int, optional
+        Gaussians; None takes :func:`~spkver.gmm.em.auto_components` of the
+        speech frames (about one per 800 frames, a power of two from 16 to 2048).
+    iterations, init, seed, tol, variance_floor_ratio
+        EM settings; see :func:`spkver.gmm.em.train`. The same data and seed
+        give a byte-identical model whatever ``run.workers``.
+    allow_fewer_components : bool
+        With too little speech, train fewer components instead of failing.
+    cache_dir : path, optional
+        Keep extracted features there for later runs (a feature store per setting).
+    features_dir : path, optional
+        Train on a feature store made by ``spkver extract`` instead of ``items``.
+    scheduler : str, optional
+        Address of a Dask scheduler that computes the EM statistics.
+    checkpoint : path, optional
+        A file written after every EM iteration; ``resume`` continues from it.
+    cohort_size : int
+        Segments of the training speech the UBM keeps for score normalisation
+        (:func:`~spkver.backend.scorenorm.cohort_segments`); 0 keeps none.
+    on_iteration : callable, optional
+        Called as ``on_iteration(step, average_log_likelihood, relative_gain)``.
+    on_log : callable, optional
+        Receives the choices made (feature rate, number of components).
+    run : RunOptions
+        Workers, bad files, progress, warnings (``run.on_note``: fewer
+        components, re-seeded components, audio below the feature rate).
+
+    Returns
+    -------
+    Model
+        ``kind == "ubm"``; ``model.gmm`` has (K,) weights and (K, D) means and
+        variances, ``model.cohort`` the kept segments, ``model.meta["training"]``
+        a summary.
+
+    Raises
+    ------
+    SpkverError
+        Bad audio (unless ``run.skip_bad``), too little speech, a damaged checkpoint.
+
+    Examples
+    --------
+    >>> from spkver import RunOptions, find_audio, train_ubm
+    >>> from spkver.synth import example_corpus
+    >>> items = find_audio([example_corpus() / "background"])
+    >>> ubm = train_ubm(items, n_components=8, iterations=3, run=RunOptions(workers=1))
+    >>> ubm.kind, ubm.gmm.n_components, ubm.gmm.dim, ubm.feature_config.sample_rate
+    ('ubm', 8, 120, 16000)
+    """
+    on_note = run.on_note
+    if config is None and features_dir is None:
+        config, why = default_feature_config(items)
+        if on_log:
+            on_log(why)
+    arrays, paths, config = training_frames(items, config, run=run, cache_dir=cache_dir, features_dir=features_dir)
+    n_frames = sum(len(a) for a in arrays)
+    k = components_for(n_frames, n_components, allow_fewer_components)
+    if n_components is None and on_log:
+        on_log(f"components: {k} (auto: the power of two nearest one per {FRAMES_PER_COMPONENT} of "
+               f"{n_frames} speech frames, {AUTO_COMPONENTS[0]}-{AUTO_COMPONENTS[1]})")
+    elif k != n_components and on_note:
+        on_note(f"training {k} components instead of {n_components}: only {n_frames} speech frames")
+    identity = "|".join(map(str, [data_identity(arrays), k, init, seed, tol, variance_floor_ratio]))
+    state = load_checkpoint(checkpoint, identity) if checkpoint and resume else None
+    if resume and state is None and on_note:
+        on_note("no matching checkpoint to resume from; starting from the beginning")
+    elif state is not None and state.step > iterations:
+        raise SpkverError(f"checkpoint holds {state.step} iterations, more than --iterations {iterations}: raise "
+                          "--iterations, or run without --resume to start over", checkpoint)
+    elif state is not None and on_note:
+        on_note(f"resuming after EM iteration {state.step}")
+    save = checkpoint_writer(checkpoint, identity, on_note) if checkpoint else None
+    with Engine(arrays, run.workers or default_workers(), scheduler, paths) as engine:
+        result = train(arrays, k, iterations=iterations, init=init, seed=seed, tol=tol,
+                       variance_floor_ratio=variance_floor_ratio, on_iteration=on_iteration, engine=engine,
+                       resume=state, on_checkpoint=save)
+    if checkpoint:
+        Path(checkpoint).unlink(missing_ok=True)
+    if result.reseeded and on_note:
+        on_note(f"{result.reseeded} components lost their frames and were re-seeded")
+    meta = {
+        "training": {
+            "files": len(arrays),
+            "frames": n_frames,
+            "components": k,
+            "iterations": len(result.history) - 1,
+            "converged": result.converged,
+            "average_log_likelihood": result.history[-1],
+            "log_likelihood_history": result.history,
+            "init": init,
+            "seed": seed,
+            "tolerance": tol,
+            "variance_floor_ratio": variance_floor_ratio,
+            "reseeded_components": result.reseeded,
+            "spkver_version": __version__,
+        }
+    }
+    segment_frames = int(round(COHORT_SECONDS * 1000 / config.hop_ms))
+    return Model(result.gmm, "ubm", config, meta, cohort_segments(arrays, cohort_size, segment_frames))
+
+
+def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
+           run: RunOptions = DEFAULT_RUN) -> Model:
+    """MAP-adapt ``ubm`` to the speech of ``items``: a speaker model.
+
+    Parameters
+    ----------
+    ubm : Model
+        The UBM (:func:`train_ubm`, or :func:`~spkver.storage.models.load_model`).
+    items : list of AudioItem
+        The speaker's enrollment recordings.
+    speaker : str
+        The speaker's id: 1-128 characters from ``A-Z a-z 0-9 . _ -``.
+    relevance : float
+        MAP relevance factor r (16): larger stays closer to the UBM.
+    adapt : {"mw", "m", "mv", "mwv"}
+        Which parameters adapt: means, and weights and/or variances.
+    run : RunOptions
+        Workers, bad files, progress; ``run.on_note`` receives a warning when
+        audio was recorded below the UBM's feature rate.
+
+    Returns
+    -------
+    Model
+        ``kind == "speaker"``, with the UBM's (K,) and (K, D) shapes and
+        ``meta["ubm_fingerprint"]`` tying it to its UBM.
+
+    Examples
+    --------
+    >>> from spkver import RunOptions, enroll, find_audio, train_ubm
+    >>> from spkver.synth import example_corpus
+    >>> corpus, run = example_corpus(), RunOptions(workers=1)
+    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    >>> alice = enroll(ubm, find_audio([corpus / "enroll" / "alice"]), "alice", run=run)
+    >>> alice.kind, alice.meta["speaker"], alice.gmm.means.shape
+    ('speaker', 'alice', (8, 120))
+    """
+    validate_speaker_id(speaker)
+    extracted = extract_all(items, ubm.feature_config, run=run)
+    arrays = [frames for _, frames in extracted]
+    with single_blas_thread():  # the same statistics, so the same model, on any number of cores
+        stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
+    floor = ubm.gmm.variances.min(axis=0) * 1e-2
+    gmm = check_adapted(ubm.gmm, map_adapt(ubm.gmm, stats, relevance, adapt, variance_floor=floor), stats)
+    meta = {
+        "speaker": speaker,
+        "relevance": relevance,
+        "adapt": adapt,
+        "ubm_fingerprint": ubm.fingerprint,
+        "training": {
+            "files": len(arrays),
+            "frames": stats.n_frames,
+            "average_log_likelihood_ubm": stats.average_log_likelihood,
+            "spkver_version": __version__,
+        },
+    }
+    return Model(gmm, "speaker", ubm.feature_config, meta)
+
+
+def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 5,
+           calibration: Calibration | None = None, run: RunOptions = DEFAULT_RUN) -> list[Score]:
+    """Score each recording against each speaker model; accept when the score is at least ``threshold``.
+
+    Parameters
+    ----------
+    ubm : Model
+    speakers : list of Model
+        Speaker models enrolled from ``ubm``.
+    items : list of AudioItem
+        Test recordings.
+    threshold : float
+        Decision threshold on the scores (0 by default; for calibrated scores
+        see :func:`spkver.backend.metrics.bayes_threshold`).
+    top_c : int
+        UBM components evaluated per frame (5); 0 evaluates all.
+    calibration : Calibration, optional
+        Fitted on raw scores: the scores become log-likelihood ratios.
+    run : RunOptions
+
+    Returns
+    -------
+    list of Score
+        One per recording and speaker, recording by recording: ``test`` is the
+        recording's path, ``score`` the average log-likelihood ratio,
+        ``accepted`` the decision, ``frames`` its speech frames.
+
+    Examples
+    --------
+    >>> from spkver import RunOptions, enroll, find_audio, train_ubm, verify
+    >>> from spkver.synth import example_corpus
+    >>> corpus, run = example_corpus(), RunOptions(workers=1)
+    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    >>> bob = enroll(ubm, find_audio([corpus / "enroll" / "bob"]), "bob", run=run)
+    >>> [s.accepted for s in verify(ubm, [bob], find_audio([corpus / "test" / "bob"]), run=run)]
+    [True, True]
+    """
+    if calibration is not None:
+        calibration.require("none")
+    extracted = extract_all(items, ubm.feature_config, run=run)
+    scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
+    scores_out = []
+    for item, frames in extracted:
+        scores = checked_scores(scorer.scores(frames), item.path)
+        if calibration is not None:
+            scores = calibration(scores)
+        for model, score in zip(speakers, scores):
+            scores_out.append(Score(model.meta["speaker"], str(item.path), float(score),
+                                    accepted=bool(score >= threshold), frames=len(frames)))
+    return scores_out
+
+
+def _load_speakers(ubm, store: SpeakerStore, trials, run: RunOptions, source) -> dict[str, Model | None]:
+    models: dict[str, Model | None] = {}
+    for trial in trials:
+        if trial.speaker in models:
+            continue
+        try:
+            models[trial.speaker] = store.load(trial.speaker, ubm)
+        except SpkverError as exc:
+            message = f"line {trial.line}: speaker {trial.speaker!r}: {exc}"
+            if not run.skip_bad:
+                raise SpkverError(message, source) from None
+            models[trial.speaker] = None
+            if run.on_skip:
+                run.on_skip(f"{source}: {message}")
+    return models
+
+
+def _test_features(ubm, trials, run: RunOptions):
+    """Features of each distinct test file, extracted once, in parallel."""
+    distinct: dict[str, AudioItem] = {}
+    for trial in trials:
+        distinct.setdefault(str(trial.path), AudioItem(trial.test, trial.path, f"trials line {trial.line}"))
+    good = usable_features(distinct.values(), ubm.feature_config, run=run)
+    return {str(item.path): frames for item, frames in good}
+
+
+def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c: int = 5, norm: str = "none",
+                 cohort: Cohort | None = None, top_n: int | None = None, calibration: Calibration | None = None,
+                 source: str = "trials", run: RunOptions = DEFAULT_RUN) -> list[Score]:
+    """Score every trial; each test file is read and scored against the UBM once.
+
+    Parameters
+    ----------
+    ubm : Model
+    store : SpeakerStore
+        Where the trials' speakers are enrolled.
+    trials : list of Trial
+        From :func:`~spkver.storage.trials.read_trials`, or made by hand.
+    top_c : int
+        UBM components evaluated per frame (5); 0 evaluates all.
+    norm : {"none", "z", "t", "s"}
+        Score normalisation against ``cohort`` (required unless ``"none"``).
+    cohort : Cohort, optional
+        Impostor cohort (:class:`~spkver.backend.scorenorm.Cohort`; ``Cohort(ubm,
+        frames=ubm.cohort)`` uses the segments the UBM keeps).
+    top_n : int, optional
+        Adaptive normalisation: cohort statistics from the N highest cohort scores.
+    calibration : Calibration, optional
+        Maps the (normalised) scores to log-likelihood ratios.
+    source : str
+        Names the trial list in error messages.
+    run : RunOptions
+        With ``run.skip_bad``, trials of unknown speakers or unreadable files are left out.
+
+    Returns
+    -------
+    list of Score
+        In trial order, with the trials' labels.
+
+    Examples
+    --------
+    >>> from spkver import Cohort, RunOptions, SpeakerStore, Trial, enroll, find_audio, save_model, score_trials
+    >>> from spkver import train_ubm
+    >>> from spkver.synth import example_corpus
+    >>> import tempfile
+    >>> corpus, run = example_corpus(), RunOptions(workers=1)
+    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    >>> store = SpeakerStore(tempfile.mkdtemp())
+    >>> for name in ("alice", "bob"):
+    ...     save_model(store.path(name), enroll(ubm, find_audio([corpus / "enroll" / name]), name, run=run))
+    >>> test = corpus / "test" / "alice" / "alice_0.wav"
+    >>> trials = [Trial("alice", test.name, test, True), Trial("bob", test.name, test, False)]
+    >>> scores = score_trials(ubm, store, trials, norm="s", cohort=Cohort(ubm, frames=ubm.cohort), run=run)
+    >>> [(s.speaker, s.label) for s in scores]
+    [('alice', True), ('bob', False)]
+    >>> scores[0].score > scores[1].score  # the target trial scores higher
+    True
+    """
+    if norm != "none" and cohort is None:
+        raise SpkverError(f"--norm {norm} needs --cohort")
+    if calibration is not None:
+        calibration.require(describe_normalisation(norm, top_n))
+    models = _load_speakers(ubm, store, trials, run, source)
+    features = _test_features(ubm, trials, run)
+    by_file: dict[str, list[int]] = {}
+    for index, trial in enumerate(trials):
+        if models[trial.speaker] is not None and features.get(str(trial.path)) is not None:
+            by_file.setdefault(str(trial.path), []).append(index)
+    speakers = {name: model for name, model in models.items() if model is not None}
+    loaded = sorted(speakers)
+    column = {name: i for i, name in enumerate(loaded)}
+    scorer = Scorer(ubm.gmm, [speakers[name].gmm for name in loaded], top_c)
+    z_stats = None
+    if cohort is not None and norm in ("z", "s") and loaded:
+        z_stats = cohort_statistics(cohort.z_scores([speakers[name] for name in loaded]), top_n)
+    scores: dict[int, float] = {}
+    for path, indices in by_file.items():
+        frames = features[path]
+        columns = np.array([column[trials[i].speaker] for i in indices])
+        # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
+        raw = checked_scores(scorer.scores(frames, columns), path)
+        z = t = None
+        if z_stats is not None:
+            z = (z_stats[0][columns], z_stats[1][columns])
+        if cohort is not None and norm in ("t", "s"):
+            mean, std = cohort_statistics(cohort.t_scores(file_identity(path), frames), top_n)
+            t = (mean[0], std[0])
+        final = normalise_scores(raw, norm, z, t)
+        if calibration is not None:
+            final = calibration(final)
+        scores.update(zip(indices, final.tolist()))
+    if cohort is not None:
+        cohort.save(run.on_note)
+    return [Score(t.speaker, t.test, scores[i], t.label) for i, t in enumerate(trials) if i in scores]
+
+
+@dataclass(frozen=True)
+class Identification:
+    """Who is speaking in one recording.
+
+    Attributes
+    ----------
+    path : str
+        The recording.
+    decision : str
+        The best-scoring speaker, or ``"unknown"`` below the threshold.
+    ranking : list of (str, float)
+        The ``top`` best speakers and their scores, best first.
+    """
+
+    path: str
+    decision: str
+    ranking: list
+
+
+def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | None = None, top_c: int = 5,
+             calibration: Calibration | None = None, run: RunOptions = DEFAULT_RUN) -> list[Identification]:
+    """Rank enrolled speakers for each recording; ``unknown`` when the best is below ``threshold``.
+
+    Parameters
+    ----------
+    ubm, speakers, items
+        As for :func:`verify`; at least one speaker.
+    top : int
+        Speakers listed per recording.
+    threshold : float, optional
+        Open-set identification; None (default) always names the best speaker.
+    top_c : int
+    calibration : Calibration, optional
+        Fitted on raw scores: scores become log-likelihood ratios.
+    run : RunOptions
+
+    Returns
+    -------
+    list of Identification
+        One per usable recording, in order.
+
+    Examples
+    --------
+    >>> from spkver import RunOptions, enroll, find_audio, identify, train_ubm
+    >>> from spkver.synth import example_corpus
+    >>> corpus, run = example_corpus(), RunOptions(workers=1)
+    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    >>> speakers = [enroll(ubm, find_audio([corpus / "enroll" / n]), n, run=run) for n in ("alice", "bob")]
+    >>> [answer.decision for answer in identify(ubm, speakers, find_audio([corpus / "test"]), run=run)]
+    ['alice', 'alice', 'bob', 'bob']
+    """
+    if not speakers:
+        raise SpkverError("no speakers are enrolled in the model store")
+    if calibration is not None:
+        calibration.require("none")
+    scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
+    answers = []
+    for item, frames in usable_features(items, ubm.feature_config, run=run):
+        scores = checked_scores(scorer.scores(frames), item.path)
+        if calibration is not None:
+            scores = calibration(scores)
+        order = np.argsort(-scores, kind="stable")[: max(1, top)]
+        ranking = [(speakers[i].meta["speaker"], float(scores[i])) for i in order]
+        best_name, best_score = ranking[0]
+        decision = best_name if threshold is None or best_score >= threshold else "unknown"
+        answers.append(Identification(str(item.path), decision, ranking))
+    return answers

@@ -1,0 +1,151 @@
+"""Score calibration: raw scores → log-likelihood ratios by prior-weighted logistic regression.
+
+As in the BOSARIS toolkit, ``llr = scale · score + offset`` minimises the
+cross-entropy with target and non-target trials weighted by ``P`` and ``1 − P``
+(each class normalised by its count), so the result is calibrated for the
+application prior ``P``.
+
+The labels are smoothed as Platt (1999) proposed: a target counts as
+``(N₊ + 1) / (N₊ + 2)`` target, a non-target as ``1 / (N₋ + 2)``. On a large
+development set this changes nothing measurable; on a small or perfectly
+separated one it keeps the fit finite and the LLRs as confident as that
+much evidence allows (45 targets cannot justify odds of 10¹⁰⁰), where plain
+logistic regression drives the scale towards infinity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from spkver.backend.metrics import prior_log_odds
+from spkver.backend.scorenorm import parse_normalisation
+from spkver.errors import SpkverError
+from spkver.fileio import read_json, write_atomic
+
+CALIBRATION_KIND = "spkver-calibration"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An affine map from raw scores to LLRs."""
+
+    scale: float
+    offset: float
+    p_target: float
+    targets: int = 0
+    nontargets: int = 0
+    normalisation: str = "none"  # of the scores it was fitted on (see spkver.backend.scorenorm)
+    source: str | None = field(default=None, compare=False)  # the file it was read from, for errors
+
+    def __call__(self, scores):
+        return self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+
+    def require(self, normalisation: str) -> None:
+        """Refuse scores normalised otherwise than the ones this was fitted on: its LLRs would be wrong."""
+        if normalisation != self.normalisation:
+            raise SpkverError(f"calibration was fitted on scores with normalisation '{self.normalisation}', "
+                              f"these scores have '{normalisation}': calibrate scores made the same way", self.source)
+
+
+# Below these counts a development set says little about the tails: warn (NIST's rule of thumb
+# for DCF at prior P is at least 10 / P non-target trials).
+MIN_TARGETS = 50
+MIN_NONTARGETS_PER_PRIOR = 10
+
+
+def _cross_entropy(logit, label):
+    """Mean cross-entropy of soft ``label`` against ``sigmoid(logit)``, and its gradient in ``logit``."""
+    value = (label * np.logaddexp(0, -logit) + (1 - label) * np.logaddexp(0, logit)).mean()
+    return value, (expit(logit) - label) / len(logit)
+
+
+def _objective(params, tar, non, prior):
+    scale, offset = params
+    shift = prior_log_odds(prior)
+    tar_label, non_label = (len(tar) + 1) / (len(tar) + 2), 1 / (len(non) + 2)
+    value_tar, grad_tar = _cross_entropy(scale * tar + offset + shift, tar_label)
+    value_non, grad_non = _cross_entropy(scale * non + offset + shift, non_label)
+    grad_scale = prior * grad_tar @ tar + (1 - prior) * grad_non @ non
+    grad_offset = prior * grad_tar.sum() + (1 - prior) * grad_non.sum()
+    return prior * value_tar + (1 - prior) * value_non, np.array([grad_scale, grad_offset])
+
+
+def calibration_warnings(target_scores, nontarget_scores, p_target=0.01) -> list[str]:
+    """Why a calibration fitted on these scores may not hold on new data (empty when none)."""
+    tar, non = np.asarray(target_scores), np.asarray(nontarget_scores)
+    warnings = []
+    if len(tar) < MIN_TARGETS or len(non) < MIN_NONTARGETS_PER_PRIOR / p_target:
+        warnings.append(f"small development set ({len(tar)} target, {len(non)} non-target trials; want at least "
+                        f"{MIN_TARGETS} and {MIN_NONTARGETS_PER_PRIOR / p_target:.0f} for P_target {p_target:g}): "
+                        "its LLRs are rough")
+    if len(tar) and len(non) and non.max() < tar.min():
+        warnings.append("target and non-target scores do not overlap: the fit cannot tell how fast errors grow, "
+                        "so LLRs are limited by the number of trials, not by the scores")
+    return warnings
+
+
+def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibration:
+    """Fit ``scale`` and ``offset`` by prior-weighted logistic regression.
+
+    Parameters
+    ----------
+    target_scores, nontarget_scores : array-like
+        Raw scores of a development set's target and non-target trials.
+    p_target : float
+        The prior the LLRs are optimised for, 0.01 by default (NIST SRE).
+    """
+    if not 0 < p_target < 1:
+        raise ValueError("p_target must be between 0 and 1")
+    tar = np.asarray(target_scores, dtype=np.float64)
+    non = np.asarray(nontarget_scores, dtype=np.float64)
+    if len(tar) == 0 or len(non) == 0:
+        raise ValueError("need target and non-target scores to calibrate")
+    centre = 0.5 * (tar.mean() + non.mean())
+    spread = max(np.concatenate([tar, non]).std(), 1e-12)
+    # Fit on standardised scores for conditioning, then map back.
+    result = minimize(_objective, np.zeros(2), args=((tar - centre) / spread, (non - centre) / spread, p_target),
+                      jac=True, method="BFGS")
+    scale, offset = result.x
+    return Calibration(float(scale / spread), float(offset - scale * centre / spread), p_target, len(tar), len(non))
+
+
+def save_calibration(path, calibration: Calibration) -> None:
+    fields = asdict(calibration)
+    del fields["source"]
+    data = {"kind": CALIBRATION_KIND, "version": 1, **fields}
+    write_atomic(Path(path), (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+
+
+def is_calibration_file(path) -> bool:
+    """Whether ``path`` holds a calibration written by ``spkver calibrate``."""
+    try:
+        load_calibration(path)
+    except SpkverError:
+        return False
+    return True
+
+
+def load_calibration(path) -> Calibration:
+    """Read a calibration file written by ``spkver calibrate``."""
+    data = read_json(path, "calibration file")
+    if not isinstance(data, dict) or data.get("kind") != CALIBRATION_KIND:
+        raise SpkverError("not a spkver calibration file", path)
+    try:
+        calibration = Calibration(float(data["scale"]), float(data["offset"]), float(data["p_target"]),
+                                  int(data.get("targets", 0)), int(data.get("nontargets", 0)),
+                                  str(data.get("normalisation", "none")), str(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpkverError(f"calibration file lacks a field ({exc})", path) from None
+    if not (np.isfinite(calibration.scale) and np.isfinite(calibration.offset) and 0 < calibration.p_target < 1):
+        raise SpkverError("calibration file holds invalid numbers", path)
+    try:
+        parse_normalisation(calibration.normalisation)
+    except ValueError as exc:
+        raise SpkverError(f"calibration file is damaged ({exc})", path) from None
+    return calibration

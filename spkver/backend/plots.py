@@ -1,0 +1,50 @@
+"""DET curves (needs the optional ``[plot]`` extra: matplotlib)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import norm
+
+from spkver.backend.metrics import det_points, eer
+from spkver.errors import SpkverError
+
+TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+
+
+def det_plot(curves, path, title="DET curve"):
+    """Draw one DET curve per ``(label, target_scores, nontarget_scores)`` on normal-deviate axes."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SpkverError("--det needs matplotlib: pip install 'spkver[plot]'") from None
+    clip = 1e-4
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for label, tar, non in curves:
+        p_miss, p_fa = det_points(tar, non)
+        rate = eer(tar, non)
+        x = norm.ppf(np.clip(p_fa, clip, 1 - clip))
+        y = norm.ppf(np.clip(p_miss, clip, 1 - clip))
+        (line,) = ax.plot(x, y, label=f"{label} (EER {100 * rate:.2f}%)")
+        ax.plot(norm.ppf(max(rate, clip)), norm.ppf(max(rate, clip)), "o", color=line.get_color())
+    ticks = norm.ppf(TICKS)
+    labels = [f"{100 * t:g}" for t in TICKS]
+    ax.set_xticks(ticks, labels)
+    ax.set_yticks(ticks, labels)
+    ax.set_xlim(norm.ppf(0.0005), norm.ppf(0.5))
+    ax.set_ylim(norm.ppf(0.0005), norm.ppf(0.5))
+    ax.plot([-5, 5], [-5, 5], ":", color="grey", linewidth=0.8)
+    ax.set_xlabel("false-alarm probability (%)")
+    ax.set_ylabel("miss probability (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise SpkverError(f"cannot write plot: {exc.strerror or exc}", path) from None
+    finally:
+        plt.close(fig)

@@ -1,0 +1,47 @@
+"""``info`` (describe a model file) and ``demo`` (the whole pipeline on synthetic voices)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from spkver.errors import printable
+from spkver.storage.models import load_model
+
+
+@click.command("info")
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info_command(model_path, as_json):
+    """Describe a model file."""
+    model = load_model(model_path)
+    meta = dict(model.meta)
+    meta.pop("feature_config", None)
+    if as_json:
+        meta.update(feature_config=model.feature_config.to_dict(), fingerprint=model.fingerprint,
+                    components=model.gmm.n_components, dim=model.gmm.dim)
+        click.echo(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False))
+        return
+    click.echo(f"{printable(model_path)}: {model.kind} model, {model.gmm.n_components} components, "
+               f"{model.gmm.dim} dimensions, format {meta.pop('format_version')}")
+    click.echo(f"fingerprint: {model.fingerprint}")
+    for key in ("speaker", "relevance", "adapt", "ubm_fingerprint"):
+        if key in meta:
+            click.echo(f"{key}: {printable(meta[key])}")
+    training = {k: v for k, v in meta.get("training", {}).items() if k != "log_likelihood_history"}
+    click.echo("training: " + printable(", ".join(f"{k}={v}" for k, v in training.items())))
+    click.echo("features: " + ", ".join(f"{k}={v}" for k, v in model.feature_config.to_dict().items()))
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the demo's audio and models [default: a temporary folder].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.pass_obj
+def demo_command(report, workdir, seed):
+    """Synthesize speakers, train a UBM, enroll, verify and report the EER."""
+    from spkver.demo import run_demo
+
+    run_demo(workdir, seed, echo=click.echo, progress=report.progress)

@@ -1,0 +1,87 @@
+"""The ``spkver`` command line: parse, call the library, print.
+
+Results go to stdout; logs and progress to stderr. Exit codes: 0 success,
+2 bad usage or bad input (one line naming the file and the problem), 1 any
+other failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import warnings
+
+import click
+
+from spkver import __version__
+from spkver.cli import evaluation, info, speakers, train
+from spkver.cli.options import Reporter
+from spkver.errors import SpkverError, printable
+from spkver.fileio import os_problem
+
+
+def stop(ctx, line: str, code: int):
+    """End the command with one line on stderr and exit ``code``."""
+    click.echo(line, err=True)
+    ctx.exit(code)
+
+
+class SpkverGroup(click.Group):
+    """Turns user errors into one line and exit code 2, and bugs into exit code 1."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:  # usage errors: one line, like every other error
+            click.echo(f"spkver: error: {exc.format_message()} (spkver -h for help)", err=True)
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            click.echo("spkver: interrupted", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SpkverError as exc:
+            stop(ctx, f"spkver: error: {exc}", 2)
+        except KeyboardInterrupt:
+            stop(ctx, "spkver: interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except OSError as exc:  # the system's fault (disk full, read-only, permissions) reached us unwrapped
+            where = printable(exc.filename) + ": " if exc.filename else ""
+            stop(ctx, f"spkver: error: {where}{os_problem(exc)}", 2)
+        except MemoryError:
+            stop(ctx, "spkver: error: out of memory (fewer --workers, or smaller inputs)", 2)
+        except Exception as exc:  # noqa: BLE001 - last resort, shown without traceback
+            if os.environ.get("SPKVER_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"spkver: internal error: {type(exc).__name__}: {exc} "
+                       "(set SPKVER_DEBUG=1 for a traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=SpkverGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spkver")
+@click.option("-q", "--quiet", is_flag=True, help="No logs or progress on stderr.")
+@click.pass_context
+def cli(ctx, quiet):
+    """GMM-UBM speaker verification: train-ubm, enroll, verify."""
+    ctx.obj = Reporter(quiet)
+    # Python's own warnings (NumPy's RuntimeWarnings, say) become one line like ours, and -q silences them.
+    warnings.showwarning = lambda message, *args, **kwargs: None if quiet else ctx.obj.warn(str(message))
+
+
+COMMANDS = (train.train_ubm_command, train.extract_command, speakers.enroll_command, speakers.verify_command,
+            speakers.identify_command, evaluation.score_command, evaluation.evaluate_command,
+            evaluation.calibrate_command, info.info_command, info.demo_command)
+for command in COMMANDS:
+    cli.add_command(command)
+
+
+def main():
+    cli(prog_name="spkver")

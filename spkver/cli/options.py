@@ -1,0 +1,230 @@
+"""What the commands share: the reporter (stderr), option types and groups, and their conversions."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from spkver.backend.metrics import bayes_threshold
+from spkver.errors import SpkverError, printable
+from spkver.features.config import VAD_METHODS, FeatureConfig
+from spkver.features.normalise import FEATURE_NORMS
+from spkver.run import RunOptions
+from spkver.storage.models import load_model
+from spkver.storage.speakers import SpeakerStore
+
+
+class Reporter:
+    """Where logs and progress go: stderr, unless ``--quiet``."""
+
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+
+    def log(self, message):
+        if not self.quiet:
+            click.echo(printable(message), err=True)
+
+    def warn(self, message):
+        click.echo(f"spkver: warning: {printable(message)}", err=True)
+
+    def run_options(self, workers=None, skip_bad=False, label="features") -> RunOptions:
+        """The :class:`RunOptions` of a command: bad files and warnings reported here, a progress bar."""
+        return RunOptions(workers, skip_bad, on_skip=self.warn, progress=self.progress(label), on_note=self.warn)
+
+    def progress(self, label):
+        """A ``progress(iterator, length)`` wrapper drawing a bar over files."""
+
+        def wrap(results, length):
+            if self.quiet:
+                yield from results
+                return
+            with click.progressbar(results, length=length, label=label, file=sys.stderr,
+                                   show_pos=True) as bar:
+                yield from bar
+
+        return wrap
+
+    def iteration(self):
+        start = time.perf_counter()
+        last = [start]
+
+        def report(step, average, gain):
+            now = time.perf_counter()
+            gain_text = "" if gain is None else f"  gain {gain:+.2e}"
+            self.log(f"EM iteration {step:3d}: average log-likelihood {average:.4f}{gain_text}  "
+                     f"({now - last[0]:.2f} s)")
+            last[0] = now
+
+        return report
+
+
+class Finite(click.FloatRange):
+    """A float within optional bounds that is neither NaN nor infinite."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def cap_workers(ctx, param, value):
+    """--workers: at most the cores this process may use (more only add start-up time and memory)."""
+    from spkver.run import default_workers
+
+    cores = default_workers()
+    if value is not None and value > cores:
+        reporter = ctx.find_object(Reporter) or Reporter()
+        reporter.warn(f"--workers {value}: this machine lets spkver use {cores} "
+                      f"core{'s' if cores > 1 else ''}; using {cores}")
+        return cores
+    return value
+
+
+def workers_option(help_text="Processes for feature extraction [default: all cores]."):
+    return click.option("--workers", type=click.IntRange(min=1), default=None, callback=cap_workers,
+                        help=help_text)
+
+
+def audio_inputs(func):
+    """The AUDIO... arguments and the --list, --workers and --skip-bad options."""
+    func = click.argument("audio", nargs=-1, type=click.Path(path_type=Path))(func)
+    func = click.option("--list", "list_file", type=click.Path(path_type=Path),
+                        help="File with one audio path per line, or Kaldi wav.scp lines.")(func)
+    func = workers_option()(func)
+    func = click.option("--skip-bad", is_flag=True,
+                        help="Report unreadable or silent files and go on without them.")(func)
+    return func
+
+
+def top_c_option(func):
+    return click.option("--top-c", type=click.IntRange(min=0), default=5, show_default=True,
+                        help="Score only the C best UBM components per frame; 0 for all.")(func)
+
+
+def calibration_options(func):
+    func = click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
+                        show_default=True, help="Prior of the target speaker for calibrated decisions.")(func)
+    return click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
+                        help="CAL.json from `spkver calibrate`: scores become log-likelihood ratios.")(func)
+
+
+def decision_threshold(threshold, calibration, p_target):
+    """--threshold if given; else the Bayes threshold for calibrated LLRs; else 0."""
+    if threshold is not None:
+        return threshold
+    return bayes_threshold(p_target) if calibration is not None else 0.0
+
+
+class AutoOrPositiveInt(click.ParamType):
+    """``auto`` (None) or a positive integer."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither 'auto' nor a whole number", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not at least 1", param, ctx)
+        return number
+
+
+def deprecated_alias(report, old, new, old_value, new_value, default):
+    """The value of option ``new``, taking a deprecated ``old`` spelling (with a warning) when given."""
+    if old_value is None:
+        return default if new_value is None else new_value
+    report.warn(f"{old} is deprecated and will be removed; use {new}")
+    if new_value is not None and new_value != old_value:
+        raise SpkverError(f"{old} {old_value} contradicts {new} {new_value}; give only {new}")
+    return old_value
+
+
+def feature_options(func):
+    """Feature settings (used by train-ubm and extract; stored in the model)."""
+    d = FeatureConfig()
+    options = [
+        click.option("--sample-rate", type=click.IntRange(min=1000), default=None,
+                     help="Feature sample rate in Hz [default: 8000 when most training audio is telephone-band "
+                          "(at most 8 kHz), else 16000]."),
+        click.option("--window-ms", type=Finite(min=1), default=d.window_ms, show_default=True),
+        click.option("--hop-ms", type=Finite(min=1), default=d.hop_ms, show_default=True),
+        click.option("--n-mels", type=click.IntRange(min=1), default=None,
+                     help="Mel bands [default: one per 44 mel: 64 at 16 kHz, 48 at 8 kHz]."),
+        click.option("--n-ceps", type=click.IntRange(min=1), default=None,
+                     help="Cepstra kept, c0 included [default: 40, or all bands when fewer]."),
+        click.option("--log-energy", is_flag=True, help="Replace c0 by the frame's log energy (HTK's _E)."),
+        click.option("--fmin", type=Finite(min=0), default=d.fmin, show_default=True),
+        click.option("--fmax", type=Finite(min=1), default=None, help="[default: Nyquist]"),
+        click.option("--deltas", type=click.IntRange(0, 2), default=d.deltas, show_default=True),
+        click.option("--feature-norm", type=click.Choice(FEATURE_NORMS), default=None,
+                     help=f"Per-recording feature normalisation: cepstral mean (cmn), mean and variance (cmvn), "
+                          f"feature warping over 3 s (warp) or none [default: {d.norm}]."),
+        click.option("--norm", "old_feature_norm", type=click.Choice(FEATURE_NORMS), default=None, hidden=True),
+        click.option("--vad", type=click.Choice(VAD_METHODS), default=None,
+                     help=f"Voice-activity detection: per-band excess over the noise floor (spectral), within "
+                          f"--vad-range-db of the loudest frame (energy, before 0.3), or none [default: {d.vad}]."),
+        click.option("--no-vad", is_flag=True, help="Keep every frame (same as --vad none)."),
+        click.option("--vad-threshold", type=Finite(min=0, min_open=True), default=d.vad_threshold,
+                     show_default=True, help="Spectral VAD: speech evidence that starts a speech region."),
+        click.option("--vad-range-db", type=Finite(min=1), default=d.vad_range_db, show_default=True,
+                     help="Energy VAD: keep frames within this many dB of the loudest."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_feature_config(report, sample_rate, feature_norm, old_feature_norm, vad, no_vad, **values) -> FeatureConfig:
+    """The FeatureConfig of the feature options (``sample_rate`` already decided)."""
+    values["norm"] = deprecated_alias(report, "--norm", "--feature-norm", old_feature_norm, feature_norm,
+                                      FeatureConfig.norm)
+    if no_vad and vad not in (None, "none"):
+        raise SpkverError(f"--no-vad contradicts --vad {vad}")
+    values["vad"] = "none" if no_vad else vad or FeatureConfig.vad
+    try:
+        return FeatureConfig(sample_rate=sample_rate, **values)
+    except ValueError as exc:
+        raise SpkverError(f"invalid feature settings: {exc}") from None
+
+
+def training_feature_config(report, items, feature_values) -> FeatureConfig:
+    """Feature settings for training on ``items``: the options, with the sample rate chosen from the audio."""
+    from spkver.features.config import default_feature_config
+
+    if feature_values["sample_rate"] is None:
+        default, why = default_feature_config(items)
+        report.log(why)
+        feature_values = dict(feature_values, sample_rate=default.sample_rate)
+    return make_feature_config(report, **feature_values)
+
+
+def feature_cache(report, cache_dir):
+    """The feature cache folder to use: ``--cache-dir`` must work; the default may be skipped, with a word."""
+    from spkver.features.store import default_cache_dir, usable_cache_dir
+
+    if cache_dir is not None:
+        problem = usable_cache_dir(cache_dir)
+        if problem:
+            raise SpkverError(f"cannot use as a feature cache ({problem})", cache_dir)
+        return cache_dir
+    default = default_cache_dir()
+    problem = "there is no home folder (set SPKVER_CACHE_DIR)" if default is None else usable_cache_dir(default)
+    if problem:
+        report.warn(f"features are not cached: {problem}{'' if default is None else f' ({default})'}")
+        return None
+    return default
+
+
+def load_store(ubm_path, models_dir):
+    ubm = load_model(ubm_path, kind="ubm")
+    return ubm, SpeakerStore(models_dir)

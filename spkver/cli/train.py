@@ -1,0 +1,105 @@
+"""Commands that make a UBM: ``train-ubm``, and ``extract`` (a feature store to train from)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from spkver.audio.sources import gather_inputs
+from spkver.backend.scorenorm import COHORT_SEGMENTS
+from spkver.cli.options import (
+    AutoOrPositiveInt,
+    Finite,
+    audio_inputs,
+    feature_cache,
+    feature_options,
+    training_feature_config,
+)
+from spkver.errors import SpkverError
+from spkver.fileio import locked
+from spkver.storage.models import save_model
+
+
+@click.command("train-ubm")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="UBM file to write (.npz).")
+@click.option("--components", type=AutoOrPositiveInt(), default="auto", show_default=True,
+              help="Gaussians in the UBM; auto: the power of two nearest one per 800 speech frames, 16-2048.")
+@click.option("--iterations", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--init", type=click.Choice(["kmeans", "split"]), default="kmeans", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--tol", type=Finite(min=0), default=1e-4, show_default=True,
+              help="Stop when the relative gain in average log-likelihood is below this.")
+@click.option("--allow-fewer-components", is_flag=True,
+              help="With too little speech, train fewer components instead of failing.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing OUTPUT (speakers enrolled from it must be re-enrolled).")
+@click.option("--features", "features_dir", type=click.Path(path_type=Path),
+              help="Train on a feature store made by `spkver extract` (instead of AUDIO).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep extracted features here for re-runs [default: $SPKVER_CACHE_DIR or ~/.cache/spkver].")
+@click.option("--no-cache", is_flag=True, help="Keep features in memory only.")
+@click.option("--scheduler", default=None, help="Dask scheduler address: accumulate EM statistics on a cluster.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT's checkpoint.")
+@click.option("--cohort-segments", type=click.IntRange(min=0), default=COHORT_SEGMENTS, show_default=True,
+              help="3 s segments of the training speech kept in the UBM for `spkver score`'s S-norm; 0 for none.")
+@feature_options
+@audio_inputs
+@click.pass_obj
+def train_ubm_command(report, output, components, iterations, init, seed, tol, allow_fewer_components,
+                      force, features_dir, cache_dir, no_cache, scheduler, resume, cohort_segments, audio, list_file,
+                      workers, skip_bad, **feature_values):
+    """Train a universal background model on AUDIO (files or folders).
+
+    A checkpoint (OUTPUT.checkpoint.npz) is written after every EM iteration;
+    --resume continues from it after a crash or Ctrl-C.
+    """
+    from spkver.api import train_ubm
+
+    if not output.parent.is_dir():
+        raise SpkverError("output folder does not exist", output.parent)
+    if not os.access(output.parent, os.W_OK):  # fail now, not after hours of EM
+        raise SpkverError("output folder is not writable", output.parent)
+    if output.exists() and not force:
+        raise SpkverError("already exists; pass --force to replace it (speakers enrolled from it "
+                          "will need re-enrolling)", output)
+    if features_dir is not None and (audio or list_file):
+        raise SpkverError("give either --features or AUDIO/--list, not both")
+    items = config = None
+    if features_dir is None:
+        items = gather_inputs(audio, list_file)
+        config = training_feature_config(report, items, feature_values)
+        report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
+                   f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
+    cache = None if no_cache or features_dir is not None else feature_cache(report, cache_dir)
+    model = train_ubm(items, config=config, n_components=components, iterations=iterations, init=init, seed=seed,
+                      tol=tol, allow_fewer_components=allow_fewer_components, run=report.run_options(workers, skip_bad),
+                      on_iteration=report.iteration(), cache_dir=cache,
+                      features_dir=features_dir, scheduler=scheduler,
+                      checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume, on_log=report.log,
+                      cohort_size=cohort_segments)
+    with locked(output.parent / f".{output.name}.lock"):  # another run may have finished meanwhile
+        if output.exists() and not force:
+            raise SpkverError("was written meanwhile (another train-ubm run?); pass --force to replace it", output)
+        save_model(output, model)
+    summary = model.meta["training"]
+    report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
+               f"average log-likelihood {summary['average_log_likelihood']:.4f}")
+
+
+@click.command("extract")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Feature store folder.")
+@feature_options
+@audio_inputs
+@click.pass_obj
+def extract_command(report, output, audio, list_file, workers, skip_bad, **feature_values):
+    """Extract features of AUDIO into a feature store (re-runs skip unchanged files)."""
+    from spkver.features.store import FeatureStore
+
+    items = gather_inputs(audio, list_file)
+    store = FeatureStore(output, training_feature_config(report, items, feature_values))
+    kept = store.extract(items, run=report.run_options(workers, skip_bad))
+    frames = sum(len(a) for _, a in kept)
+    report.log(f"{output}: {len(kept)} of {len(items)} files, {frames} speech frames, "
+               f"{len(store.entries)} entries in the store")

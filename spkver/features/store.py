@@ -1,0 +1,221 @@
+"""Feature store: features on disk, one ``.npy`` per recording plus ``index.json``.
+
+Entries are keyed by the recording's resolved path. An entry is fresh when
+the recording's size, modification time, change time and inode are those
+stored with it (:func:`spkver.fileio.file_signature`: a content change always
+moves the change time, which no copy tool can restore); when they differ, the
+file's content hash decides, so a copied or moved corpus is re-hashed rather
+than re-extracted, and a file replaced by other content of the same size with
+its old modification time is extracted again. The store holds one feature
+configuration (its fingerprint is in the index). Arrays are opened
+memory-mapped and checked (shape, finite values) before use: training
+streams them and never needs them all in RAM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from spkver.errors import SpkverError
+from spkver.features.config import FeatureConfig
+from spkver.features.extraction import usable_features
+from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, sha256_hex, write_atomic
+from spkver.run import RunOptions
+
+INDEX = "index.json"
+FORMAT = 1
+
+
+def default_cache_dir() -> Path | None:
+    """``$SPKVER_CACHE_DIR``, else ``$XDG_CACHE_HOME/spkver``, else ``~/.cache/spkver``; None without a home."""
+    if os.environ.get("SPKVER_CACHE_DIR"):
+        return Path(os.environ["SPKVER_CACHE_DIR"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "spkver"
+    try:
+        return Path.home() / ".cache" / "spkver"
+    except (RuntimeError, KeyError, OSError):  # no $HOME and no passwd entry for this uid
+        return None
+
+
+def usable_cache_dir(path: Path) -> str | None:
+    """Why the cache folder ``path`` cannot be used (None when it can): it must be a writable folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-")
+        probe.close()
+    except FileExistsError:
+        return "it is a file, not a folder"
+    except OSError as exc:
+        return os_problem(exc)
+    return None
+
+
+class FeatureStore:
+    """A folder of per-recording feature arrays for one :class:`FeatureConfig`.
+
+    Parameters
+    ----------
+    root : Path
+        The store's folder (created when features are first written).
+    config : FeatureConfig, optional
+        Required to create a store; must match an existing store's config.
+    """
+
+    def __init__(self, root, config: FeatureConfig | None = None):
+        self.root = Path(root)
+        self._dirty = False  # entries changed in memory and not yet in the index
+        index = self._read_index()
+        if index is None:
+            if config is None:
+                raise SpkverError("not a feature store (no index.json)", self.root)
+            self.config, self.entries = config, {}
+        else:
+            try:
+                stored = FeatureConfig.from_dict(index["feature_config"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SpkverError(f"feature store index is damaged ({exc})", self.root) from None
+            if config is not None and stored != config:
+                raise SpkverError("feature store holds features of other settings; use another folder",
+                                  self.root)
+            self.config, self.entries = stored, dict(index.get("entries", {}))
+
+    def _read_index(self):
+        path = self.root / INDEX
+        if not path.is_file():
+            return None
+        index = read_json(path, "feature store index")
+        entries = index.get("entries", {}) if isinstance(index, dict) else None
+        if (index.get("format") if isinstance(index, dict) else None) != FORMAT or not isinstance(entries, dict) \
+                or not all(isinstance(e, dict) and isinstance(e.get("source"), str) for e in entries.values()):
+            raise SpkverError("not a spkver feature store index (or a damaged one)", path)
+        return index
+
+    @staticmethod
+    def key(path: Path) -> str:
+        return sha256_hex([str(Path(path).resolve())], 24)
+
+    def file(self, key: str) -> Path:
+        """The ``.npy`` file of entry ``key``."""
+        return self.root / f"{key}.npy"
+
+    def _ordered_keys(self):
+        """Entry keys in a fixed order (by source path), so training data order is stable."""
+        return [key for key, _ in sorted(self.entries.items(), key=lambda kv: kv[1].get("source", ""))]
+
+    def open(self, key: str):
+        """The memory-mapped array of entry ``key``, or None when missing or damaged.
+
+        This is where stored features enter: the shape must be the index's, the
+        dtype float32, and every value finite (read a block at a time).
+        """
+        try:
+            array = np.load(self.file(key), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        entry = self.entries.get(key, {})
+        if array.dtype != np.float32 or array.ndim != 2 or array.shape != (entry.get("frames"), self.config.dim):
+            return None
+        for start in range(0, len(array), 1 << 16):
+            if not np.isfinite(array[start : start + (1 << 16)]).all():
+                return None
+        return array
+
+    def fresh(self, path: Path):
+        """The stored features of ``path`` if they are up to date, else None (see the module's rule)."""
+        key = self.key(path)
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        try:
+            signature = file_signature(path)
+            if entry.get("signature") != signature:
+                if entry.get("blake2b") != content_hash(path):
+                    return None
+                entry["signature"] = signature  # same bytes, copied or moved: remember the new signature
+                self._dirty = True
+        except OSError:
+            return None
+        return self.open(key)
+
+    def put(self, path: Path, frames: np.ndarray):
+        """Store the features of ``path`` (array file first, index entry after)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = self.key(path)
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(frames, dtype=np.float32), allow_pickle=False)
+        signature = file_signature(path)  # before hashing: a write meanwhile makes the entry stale, not wrong
+        write_atomic(self.file(key), buffer.getvalue(), sync=False)
+        self.entries[key] = {"source": str(Path(path).resolve()), "signature": signature,
+                             "blake2b": content_hash(path), "frames": int(len(frames))}
+
+    def save_index(self):
+        """Merge this process's entries into the index on disk, under a lock."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with locked(self.root / ".lock"):
+            on_disk = {}
+            with contextlib.suppress(SpkverError):
+                on_disk = (self._read_index() or {}).get("entries", {})
+            on_disk.update(self.entries)
+            self.entries = on_disk
+            index = {"format": FORMAT, "feature_config": self.config.to_dict(),
+                     "config_fingerprint": self.config.fingerprint(), "entries": on_disk}
+            write_atomic(self.root / INDEX, json.dumps(index, sort_keys=True).encode(), sync=False)
+
+    def arrays(self):
+        """All stored arrays, memory-mapped, in a fixed order (by source path)."""
+        out = []
+        for key in self._ordered_keys():
+            array = self.open(key)
+            if array is None:
+                raise SpkverError(f"feature store entry of {self.entries[key].get('source')} is missing or damaged; "
+                                  "run spkver extract again", self.root)
+            out.append(array)
+        if not out:
+            raise SpkverError("feature store is empty", self.root)
+        return out
+
+    def paths(self):
+        """The ``.npy`` files behind :meth:`arrays`, in the same order."""
+        return [self.file(key) for key in self._ordered_keys()]
+
+    def fingerprint(self) -> str:
+        """Identity of the stored data: config and every entry's source, size, time and length."""
+        text = json.dumps([self.config.fingerprint(), sorted(self.entries.items())], sort_keys=True)
+        return sha256_hex([text], 20)
+
+    def extract(self, items, *, run: RunOptions = RunOptions()):
+        """Bring the store up to date for ``items``; return ``[(item, memory-mapped features)]``.
+
+        Files whose entry is fresh are not read again; the others are
+        extracted in parallel and written as they arrive.
+        """
+        ready = {}
+        todo = []
+        for item in items:
+            frames = self.fresh(item.path)
+            if frames is None:
+                todo.append(item)
+            else:
+                ready[str(item.path)] = frames
+        good = usable_features(todo, self.config, run=run)
+        try:
+            for done, (item, frames) in enumerate(good, start=1):
+                self.put(item.path, frames)
+                ready[str(item.path)] = self.open(self.key(item.path))
+                if done % 1000 == 0:
+                    self.save_index()
+        finally:
+            if todo or self._dirty:
+                self.save_index()
+        kept = [(item, ready[str(item.path)]) for item in items if str(item.path) in ready]
+        if not kept:
+            raise SpkverError("no usable audio: every input was skipped")
+        return kept

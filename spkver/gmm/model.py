@@ -1,0 +1,102 @@
+"""The diagonal-covariance Gaussian mixture and its log-densities as one matrix product."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spkver.gmm.chunks import iter_chunks
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class GMM:
+    """A diagonal-covariance Gaussian mixture.
+
+    Attributes
+    ----------
+    weights : numpy.ndarray, shape (K,)
+    means : numpy.ndarray, shape (K, D)
+    variances : numpy.ndarray, shape (K, D)
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    variances: np.ndarray
+    _projections: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.weights = np.asarray(self.weights, dtype=np.float64)
+        self.means = np.asarray(self.means, dtype=np.float64)
+        self.variances = np.asarray(self.variances, dtype=np.float64)
+        if self.means.ndim != 2:
+            raise ValueError("means must be a (components, dimensions) array")
+        k, d = self.means.shape
+        if self.weights.shape != (k,) or self.variances.shape != (k, d):
+            raise ValueError("weights, means and variances disagree in shape")
+        # The one guard on mixture parameters, wherever a mixture is made (EM, MAP, files).
+        if not (np.isfinite(self.weights).all() and np.isfinite(self.means).all()
+                and np.isfinite(self.variances).all()):
+            raise ValueError("mixture parameters are not finite")
+        if (self.variances <= 0).any() or (self.weights < 0).any():
+            raise ValueError("mixture has negative weights or non-positive variances")
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def projection(self, dtype=np.float32) -> np.ndarray:
+        """The (2D+1) × K matrix ``P`` with ``[x², x, 1] @ P = log w_k + log N(x; μ_k, σ²_k)``.
+
+        Computed once per dtype (a GMM's arrays are not modified after creation).
+        """
+        key = np.dtype(dtype).str
+        if key not in self._projections:
+            self._projections[key] = self._make_projection(dtype)
+        return self._projections[key]
+
+    def _make_projection(self, dtype):
+        precision = 1.0 / self.variances
+        const = (
+            np.log(np.maximum(self.weights, 1e-300))
+            - 0.5 * (self.dim * LOG_2PI + np.log(self.variances).sum(1))
+            - 0.5 * (self.means**2 * precision).sum(1)
+        )
+        return np.vstack([-0.5 * precision.T, (self.means * precision).T, const[None, :]]).astype(dtype)
+
+    def log_weighted_densities(self, frames, dtype=np.float32) -> np.ndarray:
+        """``log w_k + log N(x_n; μ_k, σ²_k)`` for every frame and component, (N, K)."""
+        return augment(frames, dtype) @ self.projection(dtype)
+
+    def frame_log_likelihood(self, frames, dtype=np.float64) -> np.ndarray:
+        """Per-frame ``log Σ_k w_k N(x_n; μ_k, σ²_k)``, shape (N,)."""
+        out = [logsumexp_rows(self.log_weighted_densities(c, dtype)) for c in iter_chunks([frames], 4096)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def score(self, frames, dtype=np.float64) -> float:
+        """Average log-likelihood per frame."""
+        return float(self.frame_log_likelihood(frames, dtype).mean())
+
+
+def augment(frames, dtype=np.float32, out=None) -> np.ndarray:
+    """``[x², x, 1]`` for a block of frames, shape (N, 2D+1), written into ``out`` if given."""
+    frames = np.asarray(frames, dtype=dtype)  # x² in the working precision (no copy when it matches)
+    n, d = frames.shape
+    z = np.empty((n, 2 * d + 1), dtype=dtype) if out is None else out[:n]
+    np.multiply(frames, frames, out=z[:, :d])
+    z[:, d : 2 * d] = frames
+    z[:, 2 * d] = 1.0
+    return z
+
+
+def logsumexp_rows(scores: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp (float64 result)."""
+    top = scores.max(axis=1, keepdims=True)
+    return (top[:, 0].astype(np.float64)) + np.log(np.exp(scores - top).sum(axis=1, dtype=np.float64))

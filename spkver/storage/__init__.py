@@ -1,0 +1,2 @@
+"""What spkver keeps on disk: model files and EM checkpoints (:mod:`.models`), the speaker store
+(:mod:`.speakers`), trial lists and score files (:mod:`.trials`)."""

@@ -1,0 +1,319 @@
+"""Model files: ``.npz`` arrays plus one JSON metadata entry; never pickle.
+
+A model file holds ``weights``, ``means``, ``variances`` and ``meta`` (a JSON
+string) with ``format_version``, ``kind`` (``ubm`` | ``speaker``), the
+``feature_config`` and a ``training`` summary; speaker models add
+``speaker``, ``relevance``, ``adapt`` and ``ubm_fingerprint``. Files are
+written to a temporary name in the same folder, synced, then renamed, so a
+crash never leaves a partial file under the final name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spkver.errors import SpkverError
+from spkver.features.config import FeatureConfig
+from spkver.fileio import array_parts, os_problem, parse_json, sha256_hex, write_atomic
+from spkver.gmm.model import GMM
+
+FORMAT_VERSION = 1
+KINDS = ("ubm", "speaker")
+
+
+@dataclass
+class Model:
+    """A GMM with what is needed to use it: its kind, feature settings and metadata."""
+
+    gmm: GMM
+    kind: str
+    feature_config: FeatureConfig
+    meta: dict = field(default_factory=dict)
+    cohort: list | None = None  # UBMs: speech segments of the training audio, (n_i, D) float16, for S-norm
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.gmm)
+
+
+def fingerprint(gmm: GMM) -> str:
+    """SHA-256 of the mixture's arrays (float64, little-endian, in a fixed order)."""
+    return sha256_hex(array_parts((gmm.weights, gmm.means, gmm.variances), dtype="<f8"))
+
+
+def _encode(model: Model) -> bytes:
+    meta = dict(model.meta)
+    meta.update(
+        format_version=FORMAT_VERSION,
+        kind=model.kind,
+        feature_config=model.feature_config.to_dict(),
+    )
+    extra = {}
+    if model.cohort:
+        extra = {"cohort_frames": np.concatenate(model.cohort).astype(np.float16),
+                 "cohort_lengths": np.array([len(c) for c in model.cohort], dtype=np.int64)}
+    return npz_bytes(model.gmm, meta, extra)
+
+
+def npz_bytes(gmm: GMM, meta: dict, extra: dict | None = None) -> bytes:
+    """The arrays of ``gmm``, ``meta`` (as JSON) and ``extra`` arrays in ``.npz`` form, without pickle."""
+    arrays = {
+        "weights": gmm.weights,
+        "means": gmm.means,
+        "variances": gmm.variances,
+        "meta": np.array(json.dumps(meta, sort_keys=True)),
+        **(extra or {}),
+    }
+    # Like np.savez, but with fixed zip timestamps: same model, same bytes.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def save_model(path, model: Model) -> None:
+    """Save ``model`` to ``path`` atomically (its arrays checked as :func:`load_model` checks them)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise SpkverError("folder does not exist", path.parent)
+    problem = _check_arrays(model.gmm.weights, model.gmm.means, model.gmm.variances)
+    if problem:
+        raise SpkverError(f"refusing to write a model that {problem}", path)
+    write_atomic(path, _encode(model))
+
+
+# What a model file may declare before anything is inflated: a header claiming more is refused.
+MAX_COMPONENTS = 1 << 16
+MAX_DIM = 4096
+MAX_META_CHARS = 1 << 20
+MAX_COHORT_FRAMES = 1 << 20
+ARRAY_KINDS = "fiu"  # float, signed and unsigned integers: never objects (pickle) or strings (but meta)
+# What a damaged, truncated, encrypted or hand-made archive or .npy header can raise while being read.
+ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError, OverflowError, SyntaxError,
+                  KeyError, NotImplementedError, RuntimeError, struct.error)
+
+
+def _member_header(archive, info):
+    """``(shape, dtype)`` an ``.npy`` member declares, read from its first bytes only."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, _, dtype = readers[version](member, max_header_size=10_000)
+        header_bytes = member.tell()
+    return shape, dtype, header_bytes
+
+
+def read_arrays(path, limits: dict, what: str = "model file") -> dict:
+    """The arrays of an ``.npz`` file, each checked against ``limits`` before it is read.
+
+    ``limits`` maps member names to the largest element count they may have
+    (``None``: optional member). A member whose declared dtype could hold
+    objects, whose declared size exceeds its limit, or whose stored size
+    disagrees with its header is refused before any of it is decompressed, so
+    a small deflated file cannot expand into gigabytes.
+
+    Raises
+    ------
+    SpkverError
+        Missing, unreadable, not an ``.npz``, too large, or damaged.
+    """
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise SpkverError(f"no such {what}", path) from None
+    except IsADirectoryError:
+        raise SpkverError(f"is a folder, not a {what}", path) from None
+    except OSError as exc:
+        raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
+    except ARCHIVE_ERRORS:
+        raise SpkverError("not a spkver model file (not an .npz archive)", path) from None
+    arrays = {}
+    with archive:
+        infos = {info.filename: info for info in archive.infolist()}
+        for name, (limit, required) in limits.items():
+            info = infos.get(f"{name}.npy")
+            if info is None:
+                if required:
+                    raise SpkverError(f"not a spkver model file (no {name} array)", path)
+                continue
+            try:
+                shape, dtype, header_bytes = _member_header(archive, info)
+                count = int(np.prod(shape, dtype=object))
+                if dtype.hasobject:
+                    raise SpkverError("model holds pickled objects; refusing to load it", path)
+                if dtype.kind not in ARRAY_KINDS + ("U" if name == "meta" else ""):
+                    raise SpkverError(f"not a spkver model file ({name} has dtype {dtype})", path)
+                if count > limit:
+                    raise SpkverError(f"model is too large ({name} declares {count} values, at most {limit})", path)
+                if info.file_size != header_bytes + count * dtype.itemsize:
+                    raise SpkverError(f"model file is damaged ({name} is not the size its header says)", path)
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+            except SpkverError:
+                raise
+            except OSError as exc:
+                raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
+            except ARCHIVE_ERRORS as exc:
+                raise SpkverError(f"model file is damaged ({name}: {exc})", path) from None
+    return arrays
+
+
+def _model_limits(cohort: bool):
+    limits = {"weights": (MAX_COMPONENTS, True), "means": (MAX_COMPONENTS * MAX_DIM, True),
+              "variances": (MAX_COMPONENTS * MAX_DIM, True), "meta": (1, True)}
+    if cohort:
+        limits.update(cohort_frames=(MAX_COHORT_FRAMES * MAX_DIM, False), cohort_lengths=(MAX_COHORT_FRAMES, False))
+    return limits
+
+
+def _meta(arrays, path) -> dict:
+    meta_array = arrays["meta"]
+    if meta_array.shape != () or meta_array.dtype.kind != "U" or len(str(meta_array.item())) > MAX_META_CHARS:
+        raise SpkverError("model metadata is not a JSON string", path)
+    meta = parse_json(str(meta_array.item()), "model metadata", path)
+    if not isinstance(meta, dict):
+        raise SpkverError("model metadata is not a JSON object", path)
+    return meta
+
+
+def _check_arrays(weights, means, variances):
+    if means.ndim != 2 or weights.shape != means.shape[:1] or variances.shape != means.shape:
+        return "has arrays of inconsistent shapes"
+    if means.shape[0] < 1 or means.shape[1] < 1:
+        return "has no components"
+    if not all(np.isfinite(a).all() for a in (weights, means, variances)):
+        return "holds NaN or infinite values"
+    if (variances <= 0).any() or (weights < 0).any() or abs(weights.sum() - 1) > 1e-6:
+        return "has invalid weights or variances"
+    return None
+
+
+def load_model(path, kind: str | None = None) -> Model:
+    """Load and validate a model file; ``kind`` demands ``ubm`` or ``speaker``.
+
+    Raises
+    ------
+    SpkverError
+        Missing, unreadable, truncated or corrupted file, pickled content,
+        declared arrays too large, unknown or newer format, wrong kind,
+        inconsistent or non-finite arrays, or metadata of the wrong types.
+    """
+    path = Path(path)
+    arrays = read_arrays(path, _model_limits(cohort=True))
+    meta = _meta(arrays, path)
+    version = meta.get("format_version")
+    if type(version) is not int or version < 1:
+        raise SpkverError("model has no valid format version", path)
+    if version > FORMAT_VERSION:
+        raise SpkverError(
+            f"model format {version} is newer than this spkver reads ({FORMAT_VERSION}); upgrade spkver",
+            path,
+        )
+    if meta.get("kind") not in KINDS:
+        raise SpkverError("model kind is missing or unknown", path)
+    if kind is not None and meta["kind"] != kind:
+        raise SpkverError(f"is a {meta['kind']} model, expected a {kind} model", path)
+    weights, means, variances = (np.asarray(arrays[n], dtype=np.float64) for n in ("weights", "means", "variances"))
+    problem = _check_arrays(weights, means, variances)
+    if problem:
+        raise SpkverError(f"model {problem}", path)
+    if not isinstance(meta.get("feature_config"), dict):
+        raise SpkverError("model has no feature settings", path)
+    try:
+        config = FeatureConfig.from_dict(meta["feature_config"])
+    except (ValueError, TypeError) as exc:
+        raise SpkverError(f"model has invalid feature settings ({exc})", path) from None
+    if config.dim != means.shape[1]:
+        raise SpkverError(
+            f"model dimension {means.shape[1]} does not match its feature settings ({config.dim})", path
+        )
+    if meta["kind"] == "speaker":
+        if not isinstance(meta.get("ubm_fingerprint"), str):
+            raise SpkverError("speaker model has no UBM fingerprint", path)
+        if not isinstance(meta.get("speaker"), str):
+            raise SpkverError("speaker model has no speaker id", path)
+    if not isinstance(meta.get("training", {}), dict):
+        raise SpkverError("model's training summary is not an object", path)
+    cohort = None
+    if "cohort_frames" in arrays or "cohort_lengths" in arrays:
+        cohort = _cohort_segments(arrays.get("cohort_frames"), arrays.get("cohort_lengths"), means.shape[1], path)
+    return Model(GMM(weights, means, variances), meta["kind"], config, meta, cohort)
+
+
+def _cohort_segments(frames, lengths, dim, path) -> list:
+    """The stored cohort as a list of (n_i, dim) float16 segments, checked."""
+    if (frames is None or lengths is None or frames.dtype != np.float16 or frames.ndim != 2
+            or frames.shape[1] != dim or lengths.ndim != 1
+            or lengths.dtype.kind not in "iu" or (lengths < 1).any() or int(lengths.sum()) != len(frames)
+            or not np.isfinite(frames).all()):
+        raise SpkverError("model's stored cohort is damaged", path)
+    return np.split(frames, np.cumsum(lengths)[:-1])
+
+
+def save_checkpoint(path, state, identity: str) -> None:
+    """Write an EM checkpoint (:class:`spkver.gmm.em.EMState`) atomically."""
+    meta = {"kind": "checkpoint", "format_version": FORMAT_VERSION, "identity": identity,
+            "history": state.history, "step": state.step, "reseeded": state.reseeded,
+            "rng_state": state.rng_state}
+    write_atomic(path, npz_bytes(state.gmm, meta))
+
+
+def load_checkpoint(path, identity: str):
+    """The EM state saved at ``path`` for the same training ``identity``; None when there is none.
+
+    A checkpoint of another run (other data or settings) is None too; a damaged
+    one is an error, so a resumed run never starts from broken parameters.
+    """
+    from spkver.gmm.em import EMState
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    arrays = read_arrays(path, _model_limits(cohort=False), "checkpoint")
+    meta = _meta(arrays, path)
+    if meta.get("kind") != "checkpoint":
+        raise SpkverError("not an EM checkpoint", path)
+    try:
+        gmm = GMM(arrays["weights"], arrays["means"], arrays["variances"])
+        history = [float(v) for v in meta["history"]]
+        step, reseeded = meta["step"], meta["reseeded"]
+        if not (np.isfinite(history).all() and type(step) is int and type(reseeded) is int and step >= 0
+                and isinstance(meta["rng_state"], dict)):
+            raise ValueError("history, step or random state is invalid")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpkverError(f"checkpoint is damaged ({exc}); delete it, or run without --resume", path) from None
+    if meta.get("identity") != identity:
+        return None
+    return EMState(gmm, history, step, reseeded, meta["rng_state"])
+
+
+def checkpoint_writer(path, identity, on_note=None):
+    """A callback writing each EM state to ``path``; when that fails (disk full, read-only), training
+    goes on without checkpoints after one warning, since the model itself may still be writable."""
+    failed: list[SpkverError] = []
+
+    def write(state):
+        if failed:
+            return
+        try:
+            save_checkpoint(path, state, identity)
+        except SpkverError as exc:
+            failed.append(exc)
+            if on_note:
+                on_note(f"{exc}; training goes on without checkpoints (--resume will not be possible)")
+
+    return write
