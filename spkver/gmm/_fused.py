@@ -19,6 +19,7 @@ LOWEST_EXPONENT = -87.0
 
 C0, C1, C2, C3, C4, C5, C6 = (np.float32(c) for c in COEFFICIENTS)
 LOG2E_32, LOWEST_32 = np.float32(LOG2E), np.float32(LOWEST_EXPONENT)
+ZERO_32 = np.float32(0.0)
 NEGATIVE_INFINITY = np.float32(-np.inf)
 HALF, BIAS, MANTISSA_BITS = np.float32(0.5), np.int32(127), np.int32(23)
 F32 = ir.FloatType()
@@ -50,7 +51,7 @@ def maxnum(typingctx, a, b):
 
 
 @numba.njit(fastmath=True, boundscheck=False, cache=True, nogil=True)
-def fused_softmax_rows(scores):  # pragma: no cover - compiled
+def fused_softmax_rows(scores, floor):  # pragma: no cover - compiled
     n, k = scores.shape
     log_likelihood, product = 0.0, 1.0
     for i in range(n):
@@ -69,7 +70,8 @@ def fused_softmax_rows(scores):  # pragma: no cover - compiled
             s += value
         inverse = np.float32(1.0) / s  # normalise while the row is still in L1
         for j in range(k):
-            row[j] *= inverse
+            v = row[j] * inverse
+            row[j] = v if v >= floor else ZERO_32  # kernels.POSTERIOR_FLOOR says why
         # Σ log(s) as the log of a product, taken every 16 rows: one log call
         # per row costs as much as the rest of a 64-wide row (1 ≤ s ≤ k, so
         # 16 factors stay far inside float64's range for any k < 2**63).

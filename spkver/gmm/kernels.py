@@ -17,6 +17,12 @@ import functools
 
 import numpy as np
 
+# Posteriors below 2**-66 (1.4e-20) become 0. Such a posterior changes no float32 sum, but its
+# products with the features can fall below the smallest normal float32, and on Intel cores every
+# subnormal result takes a microcode assist: the statistics' product γᵀ·[x², x, 1] ran 10 to 160
+# times slower on chunks with such posteriors (Xeon, OpenBLAS), and the E-step at 5% of GEMM.
+POSTERIOR_FLOOR = 2.0**-66
+
 
 def _numpy_softmax_rows(scores):
     top = scores.max(axis=1, keepdims=True)
@@ -24,6 +30,7 @@ def _numpy_softmax_rows(scores):
     np.exp(scores, out=scores)
     total = scores.sum(axis=1, keepdims=True)
     scores /= total
+    scores[scores < POSTERIOR_FLOOR] = 0
     return float(top.sum(dtype=np.float64) + np.log(total.astype(np.float64)).sum())
 
 
@@ -53,5 +60,5 @@ def softmax_rows(scores) -> float:
     """
     kernel = compiled_softmax_rows()
     if kernel is not None and scores.dtype == np.float32 and scores.flags.c_contiguous:
-        return kernel(scores)
+        return kernel(scores, np.float32(POSTERIOR_FLOOR))
     return _numpy_softmax_rows(scores)
