@@ -22,6 +22,7 @@ The whole pipeline on a small synthetic corpus:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +89,8 @@ def training_frames(items, config, *, run: RunOptions = DEFAULT_RUN, cache_dir=N
 def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int | None = None, iterations: int = 20,
               init: str = "kmeans", seed: int = 0, tol: float = 1e-4, variance_floor_ratio: float = 1e-3,
               allow_fewer_components: bool = False, cache_dir=None, features_dir=None, scheduler: str | None = None,
-              checkpoint=None, resume: bool = False, cohort_size: int = COHORT_SEGMENTS, on_iteration=None,
-              on_log=None, run: RunOptions = DEFAULT_RUN) -> Model:
+              checkpoint=None, resume: bool = False, restart: bool = False, cohort_size: int = COHORT_SEGMENTS,
+              on_iteration=None, on_log=None, run: RunOptions = DEFAULT_RUN) -> Model:
     """Train a universal background model on the speech of ``items``.
 
     Parameters
@@ -115,7 +116,15 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     scheduler : str, optional
         Address of a Dask scheduler that computes the EM statistics.
     checkpoint : path, optional
-        A file written after every EM iteration; ``resume`` continues from it.
+        A file written after every EM iteration, removed when training ends.
+    resume : bool
+        Continue from ``checkpoint``'s EM state. The checkpoint must come from
+        a run with the same data and settings (else SpkverError naming what
+        differs, unless ``restart``); without one, training starts afresh.
+    restart : bool
+        Start over even when ``checkpoint`` holds an interrupted run's state
+        (without ``resume`` or ``restart``, an existing checkpoint is an error
+        rather than silently overwritten).
     cohort_size : int
         Segments of the training speech the UBM keeps for score normalisation
         (:func:`~spkver.backend.scorenorm.cohort_segments`); 0 keeps none.
@@ -149,6 +158,9 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     ('ubm', 8, 120, 16000)
     """
     on_note = run.on_note
+    if checkpoint is not None and Path(checkpoint).exists() and not (resume or restart):
+        raise SpkverError("holds the state of an interrupted training run: continue it with --resume, or pass "
+                          "--force to start over", checkpoint)
     if config is None and features_dir is None:
         config, why = default_feature_config(items)
         if on_log:
@@ -161,15 +173,23 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
                f"{n_frames} speech frames, {AUTO_COMPONENTS[0]}-{AUTO_COMPONENTS[1]})")
     elif k != n_components and on_note:
         on_note(f"training {k} components instead of {n_components}: only {n_frames} speech frames")
-    identity = "|".join(map(str, [data_identity(arrays), k, init, seed, tol, variance_floor_ratio]))
-    state = load_checkpoint(checkpoint, identity) if checkpoint and resume else None
-    if resume and state is None and on_note:
-        on_note("no matching checkpoint to resume from; starting from the beginning")
-    elif state is not None and state.step > iterations:
+    # What a checkpoint must match to be resumed, named as the options that set it.
+    identity = {"training data": data_identity(arrays),
+                "feature settings": sha256_hex([json.dumps(config.to_dict(), sort_keys=True)]),
+                "components": k, "init": init, "seed": seed, "tol": tol, "variance floor ratio": variance_floor_ratio}
+    state = None
+    if checkpoint and resume:
+        try:
+            state = load_checkpoint(checkpoint, identity)
+        except SpkverError:
+            if not restart:
+                raise
+    if state is not None and state.step > iterations:
         raise SpkverError(f"checkpoint holds {state.step} iterations, more than --iterations {iterations}: raise "
-                          "--iterations, or run without --resume to start over", checkpoint)
-    elif state is not None and on_note:
-        on_note(f"resuming after EM iteration {state.step}")
+                          "--iterations, or pass --force to start over", checkpoint)
+    if on_note and resume:
+        on_note(f"resuming after EM iteration {state.step}" if state is not None else
+                "no checkpoint of this run to resume from; starting from the beginning")
     save = checkpoint_writer(checkpoint, identity, on_note) if checkpoint else None
     with Engine(arrays, run.workers or default_workers(), scheduler, paths) as engine:
         result = train(arrays, k, iterations=iterations, init=init, seed=seed, tol=tol,

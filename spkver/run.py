@@ -84,14 +84,19 @@ def single_blas_thread():
 
 
 def init_worker_process():
-    """Start of every worker process: one BLAS thread for good, and death with the parent.
+    """Start of every worker process: one BLAS thread for good, death with the parent, Ctrl-C left to it.
 
     On Linux the kernel sends SIGKILL to the worker when the process that
     started it dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of spkver leaves
     no orphan holding memory.
     """
+    import signal
+
     single_blas_thread()
     die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent reports it and ends the pool, so a
+    # worker ignores it rather than printing a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def die_with_parent():

@@ -16,21 +16,17 @@ import click
 
 from spkver import __version__
 from spkver.cli import evaluation, info, speakers, train
-from spkver.cli.options import Reporter
+from spkver.cli.options import Reporter, stop_with
 from spkver.errors import SpkverError, printable
 from spkver.fileio import os_problem
-
-
-def stop(ctx, line: str, code: int):
-    """End the command with one line on stderr and exit ``code``."""
-    click.echo(line, err=True)
-    ctx.exit(code)
 
 
 class SpkverGroup(click.Group):
     """Turns user errors into one line and exit code 2, and bugs into exit code 1."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # Kept so that a command can print the line that continues it (train-ubm after Ctrl-C).
+        self.invoked_args = list(sys.argv[1:] if args is None else args)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -47,16 +43,16 @@ class SpkverGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SpkverError as exc:
-            stop(ctx, f"spkver: error: {exc}", 2)
+            stop_with(ctx, 2, f"spkver: error: {exc}")
         except KeyboardInterrupt:
-            stop(ctx, "spkver: interrupted", 130)
+            stop_with(ctx, 130, "spkver: interrupted")
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except OSError as exc:  # the system's fault (disk full, read-only, permissions) reached us unwrapped
             where = printable(exc.filename) + ": " if exc.filename else ""
-            stop(ctx, f"spkver: error: {where}{os_problem(exc)}", 2)
+            stop_with(ctx, 2, f"spkver: error: {where}{os_problem(exc)}")
         except MemoryError:
-            stop(ctx, "spkver: error: out of memory (fewer --workers, or smaller inputs)", 2)
+            stop_with(ctx, 2, "spkver: error: out of memory (fewer --workers, or smaller inputs)")
         except Exception as exc:  # noqa: BLE001 - last resort, shown without traceback
             if os.environ.get("SPKVER_DEBUG"):
                 traceback.print_exc()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -228,3 +230,42 @@ def feature_cache(report, cache_dir):
 def load_store(ubm_path, models_dir):
     ubm = load_model(ubm_path, kind="ubm")
     return ubm, SpeakerStore(models_dir)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so both end a run the same way."""
+
+    exit_code = 143
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """A ``with`` block in which SIGTERM raises :class:`Terminated` (the main thread only)."""
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def command_line(ctx, *extra: str) -> str:
+    """The command line that ran this command, plus ``extra`` options it lacks, quoted for a shell."""
+    import shlex
+
+    args = list(getattr(ctx.find_root().command, "invoked_args", None) or sys.argv[1:])
+    args += [option for option in extra if option not in args]
+    return shlex.join(["spkver", *args])
+
+
+def stop_with(ctx, code: int, line: str):
+    """End the command with one line on stderr and exit ``code``."""
+    click.echo(printable(line), err=True)
+    ctx.exit(code)
+

@@ -13,13 +13,16 @@ from spkver.cli.options import (
     AutoOrPositiveInt,
     Finite,
     audio_inputs,
+    command_line,
     feature_cache,
     feature_options,
+    stop_with,
+    terminate_as_interrupt,
     training_feature_config,
 )
 from spkver.errors import SpkverError
 from spkver.fileio import locked
-from spkver.storage.models import save_model
+from spkver.storage.models import checkpoint_step, save_model
 
 
 @click.command("train-ubm")
@@ -46,17 +49,19 @@ from spkver.storage.models import save_model
               help="3 s segments of the training speech kept in the UBM for `spkver score`'s S-norm; 0 for none.")
 @feature_options
 @audio_inputs
-@click.pass_obj
-def train_ubm_command(report, output, components, iterations, init, seed, tol, allow_fewer_components,
+@click.pass_context
+def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allow_fewer_components,
                       force, features_dir, cache_dir, no_cache, scheduler, resume, cohort_segments, audio, list_file,
                       workers, skip_bad, **feature_values):
     """Train a universal background model on AUDIO (files or folders).
 
     A checkpoint (OUTPUT.checkpoint.npz) is written after every EM iteration;
-    --resume continues from it after a crash or Ctrl-C.
+    --resume continues from it after a crash, Ctrl-C or kill. A run without
+    --resume refuses to replace an existing checkpoint (--force starts over).
     """
     from spkver.api import train_ubm
 
+    report = ctx.obj
     if not output.parent.is_dir():
         raise SpkverError("output folder does not exist", output.parent)
     if not os.access(output.parent, os.W_OK):  # fail now, not after hours of EM
@@ -73,12 +78,24 @@ def train_ubm_command(report, output, components, iterations, init, seed, tol, a
         report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
                    f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
     cache = None if no_cache or features_dir is not None else feature_cache(report, cache_dir)
-    model = train_ubm(items, config=config, n_components=components, iterations=iterations, init=init, seed=seed,
-                      tol=tol, allow_fewer_components=allow_fewer_components, run=report.run_options(workers, skip_bad),
-                      on_iteration=report.iteration(), cache_dir=cache,
-                      features_dir=features_dir, scheduler=scheduler,
-                      checkpoint=Path(f"{output}.checkpoint.npz"), resume=resume, on_log=report.log,
-                      cohort_size=cohort_segments)
+    checkpoint = Path(f"{output}.checkpoint.npz")
+    try:
+        with terminate_as_interrupt():
+            model = train_ubm(items, config=config, n_components=components, iterations=iterations, init=init,
+                              seed=seed, tol=tol, allow_fewer_components=allow_fewer_components,
+                              run=report.run_options(workers, skip_bad), on_iteration=report.iteration(),
+                              cache_dir=cache, features_dir=features_dir, scheduler=scheduler, checkpoint=checkpoint,
+                              resume=resume,
+                              restart=force, on_log=report.log, cohort_size=cohort_segments)
+    except KeyboardInterrupt as interrupt:
+        code = getattr(interrupt, "exit_code", 130)
+        step = checkpoint_step(checkpoint) if checkpoint.exists() else None
+        if step is not None:
+            stop_with(ctx, code, f"spkver: interrupted after EM iteration {step}; its state is in "
+                                 f"{checkpoint}. To continue: {command_line(ctx, '--resume')}")
+        cached = f"; the features extracted so far are cached in {cache}" if cache else ""
+        stop_with(ctx, code, f"spkver: interrupted before the first EM iteration ended: nothing to resume{cached}. "
+                             "Run the same command again.")
     with locked(output.parent / f".{output.name}.lock"):  # another run may have finished meanwhile
         if output.exists() and not force:
             raise SpkverError("was written meanwhile (another train-ubm run?); pass --force to replace it", output)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.errors import SpkverError
+from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
 from spkver.fileio import array_parts, os_problem, parse_json, sha256_hex, write_atomic
 from spkver.gmm.model import GMM
@@ -264,19 +264,24 @@ def _cohort_segments(frames, lengths, dim, path) -> list:
     return np.split(frames, np.cumsum(lengths)[:-1])
 
 
-def save_checkpoint(path, state, identity: str) -> None:
-    """Write an EM checkpoint (:class:`spkver.gmm.em.EMState`) atomically."""
+def save_checkpoint(path, state, identity: dict) -> None:
+    """Write an EM checkpoint (:class:`spkver.gmm.em.EMState`) atomically.
+
+    ``identity`` names what the run was given (its training data and settings),
+    so that a resumed run can say which of them differ.
+    """
     meta = {"kind": "checkpoint", "format_version": FORMAT_VERSION, "identity": identity,
             "history": state.history, "step": state.step, "reseeded": state.reseeded,
             "rng_state": state.rng_state}
     write_atomic(path, npz_bytes(state.gmm, meta))
 
 
-def load_checkpoint(path, identity: str):
-    """The EM state saved at ``path`` for the same training ``identity``; None when there is none.
+def load_checkpoint(path, identity: dict):
+    """The EM state saved at ``path`` by a run with the same ``identity``; None when there is no file.
 
-    A checkpoint of another run (other data or settings) is None too; a damaged
-    one is an error, so a resumed run never starts from broken parameters.
+    Raises SpkverError for a damaged checkpoint (a resumed run never starts from
+    broken parameters) and for one of a run with other data or settings, naming
+    what differs.
     """
     from spkver.gmm.em import EMState
 
@@ -295,10 +300,38 @@ def load_checkpoint(path, identity: str):
                 and isinstance(meta["rng_state"], dict)):
             raise ValueError("history, step or random state is invalid")
     except (KeyError, TypeError, ValueError) as exc:
-        raise SpkverError(f"checkpoint is damaged ({exc}); delete it, or run without --resume", path) from None
-    if meta.get("identity") != identity:
-        return None
+        raise SpkverError(f"checkpoint is damaged ({exc}); delete it, or pass --force to start over", path) from None
+    stored = meta.get("identity")
+    if stored != identity:
+        raise SpkverError(f"is the checkpoint of a run with {identity_differences(stored, identity)}: resume with "
+                          "the options it was started with, or pass --force to start over", path)
     return EMState(gmm, history, step, reseeded, meta["rng_state"])
+
+
+def checkpoint_step(path) -> int | None:
+    """The EM iteration a checkpoint holds the state after; None without a readable checkpoint."""
+    try:
+        meta = _meta(read_arrays(path, _model_limits(cohort=False), "checkpoint"), Path(path))
+    except (SpkverError, OSError):
+        return None
+    step = meta.get("step")
+    return step if meta.get("kind") == "checkpoint" and type(step) is int else None
+
+
+def identity_differences(stored, current: dict) -> str:
+    """What differs between two runs' identities, in words (``seed 0 (now 1)``)."""
+    if not isinstance(stored, dict):
+        return "settings this spkver does not record (an older version)"
+    differences = []
+    for key, value in current.items():
+        if stored.get(key) != value:
+            shown = [v for v in (stored.get(key), value) if isinstance(v, (int, float)) or
+                     (isinstance(v, str) and len(v) < 16)]  # hashes (of data, of settings) are not shown
+            if len(shown) == 2:
+                differences.append(f"{key} {printable(str(stored[key]))} (now {value})")
+            else:
+                differences.append(f"other {key}")
+    return ", ".join(differences) or "other settings"
 
 
 def checkpoint_writer(path, identity, on_note=None):
