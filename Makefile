@@ -11,7 +11,7 @@ $(BIN)/python:
 
 demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet .
-	$(BIN)/spkver demo
+	$(BIN)/spkver demo --workdir spkver-demo
 
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
