@@ -44,7 +44,7 @@ from spkver.backend.scoring import Scorer, checked_scores
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig, default_feature_config
 from spkver.features.extraction import extract_all, usable_features
-from spkver.features.store import FeatureStore
+from spkver.features.store import FeatureStore, cache_store_path
 from spkver.fileio import array_parts, file_identity, sha256_hex
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
 from spkver.gmm.engine import Engine
@@ -79,7 +79,7 @@ def training_frames(items, config, *, run: RunOptions = DEFAULT_RUN, cache_dir=N
         store = FeatureStore(features_dir)
         return store.arrays(), store.paths(), store.config
     if cache_dir is not None:
-        store = FeatureStore(Path(cache_dir) / f"features-{config.fingerprint()}", config)
+        store = FeatureStore(cache_store_path(cache_dir, config), config)
         kept = store.extract(items, run=run)
         return [a for _, a in kept], [store.file(store.key(i.path)) for i, _ in kept], config
     extracted = extract_all(items, config, run=run)

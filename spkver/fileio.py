@@ -236,3 +236,20 @@ def file_identity(path) -> str:
         return f"{path.resolve()}|" + "|".join(map(str, file_signature(path)))
     except OSError:
         return str(path)
+
+
+def folder_usage(path) -> tuple[int, int]:
+    """``(files, bytes)`` under the folder ``path`` (0, 0 when it does not exist); links are not followed."""
+    files = size = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(folder, name)).st_size
+                files += 1
+    return files, size
+
+
+def megabytes(size: int) -> str:
+    """A byte count for people: ``12.3 MB``."""
+    return f"{size / 1e6:.1f} MB"
+

@@ -37,6 +37,14 @@ from spkver.storage.speakers import SpeakerStore
 SCORE_NORMS = ("none", "z", "t", "s")
 
 
+# Raw cohort scores are cached beside the speaker models, in this folder of the model store.
+COHORT_CACHE = ".cohort-cache"
+
+
+def cohort_cache_dir(models_dir) -> Path:
+    """Where the raw cohort scores of a model store are cached."""
+    return Path(models_dir) / COHORT_CACHE
+
 def describe_normalisation(norm: str, top_n=None) -> str:
     """How scores were normalised, as recorded in score and calibration files: ``none``, ``s``, ``s top-n=200``."""
     return norm if norm == "none" or not top_n else f"{norm} top-n={top_n}"

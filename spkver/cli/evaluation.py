@@ -17,7 +17,13 @@ from spkver.backend.calibration import (
     save_calibration,
 )
 from spkver.backend.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
-from spkver.backend.scorenorm import SCORE_NORMS, Cohort, describe_normalisation, parse_normalisation
+from spkver.backend.scorenorm import (
+    SCORE_NORMS,
+    Cohort,
+    cohort_cache_dir,
+    describe_normalisation,
+    parse_normalisation,
+)
 from spkver.cli.options import Finite, deprecated_alias, load_store, top_c_option, workers_option
 from spkver.errors import SpkverError, printable
 from spkver.fileio import refuse_other_kind, write_atomic
@@ -35,7 +41,7 @@ from spkver.storage.trials import (
 
 def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
     """A Cohort from --cohort values (model stores and audio), else the UBM's stored cohort."""
-    cache_dir = Path(models_dir) / ".cohort-cache"
+    cache_dir = cohort_cache_dir(models_dir)
     if not cohort_paths:
         return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, frames=ubm.cohort, run=RunOptions(workers))
     audio, model_store = [], None

@@ -15,7 +15,7 @@ import warnings
 import click
 
 from spkver import __version__
-from spkver.cli import evaluation, info, speakers, train
+from spkver.cli import cache, evaluation, info, speakers, train
 from spkver.cli.options import Reporter, stop_with
 from spkver.errors import SpkverError, printable
 from spkver.fileio import os_problem
@@ -74,7 +74,7 @@ def cli(ctx, quiet):
 
 COMMANDS = (train.train_ubm_command, train.extract_command, speakers.enroll_command, speakers.verify_command,
             speakers.identify_command, evaluation.score_command, evaluation.evaluate_command,
-            evaluation.calibrate_command, info.info_command, info.demo_command)
+            evaluation.calibrate_command, info.info_command, info.demo_command, cache.cache_group)
 for command in COMMANDS:
     cli.add_command(command)
 

@@ -211,20 +211,25 @@ def training_feature_config(report, items, feature_values) -> FeatureConfig:
 
 
 def feature_cache(report, cache_dir):
-    """The feature cache folder to use: ``--cache-dir`` must work; the default may be skipped, with a word."""
+    """The feature cache folder to use: ``--cache-dir`` must work; the default may be skipped, with a word.
+
+    Returns ``(folder or None, created)``: ``created`` when this run made the
+    default folder, so that the command can say where it is and how big it grew.
+    """
     from spkver.features.store import default_cache_dir, usable_cache_dir
 
     if cache_dir is not None:
         problem = usable_cache_dir(cache_dir)
         if problem:
             raise SpkverError(f"cannot use as a feature cache ({problem})", cache_dir)
-        return cache_dir
+        return cache_dir, False
     default = default_cache_dir()
+    existed = default is not None and default.exists()
     problem = "there is no home folder (set SPKVER_CACHE_DIR)" if default is None else usable_cache_dir(default)
     if problem:
         report.warn(f"features are not cached: {problem}{'' if default is None else f' ({default})'}")
-        return None
-    return default
+        return None, False
+    return default, not existed
 
 
 def load_store(ubm_path, models_dir):

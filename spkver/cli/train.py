@@ -21,7 +21,7 @@ from spkver.cli.options import (
     training_feature_config,
 )
 from spkver.errors import SpkverError
-from spkver.fileio import locked
+from spkver.fileio import folder_usage, locked, megabytes
 from spkver.storage.models import checkpoint_step, save_model
 
 
@@ -77,7 +77,7 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
         config = training_feature_config(report, items, feature_values)
         report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
                    f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
-    cache = None if no_cache or features_dir is not None else feature_cache(report, cache_dir)
+    cache, cache_created = (None, False) if no_cache or features_dir is not None else feature_cache(report, cache_dir)
     checkpoint = Path(f"{output}.checkpoint.npz")
     try:
         with terminate_as_interrupt():
@@ -100,6 +100,9 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
         if output.exists() and not force:
             raise SpkverError("was written meanwhile (another train-ubm run?); pass --force to replace it", output)
         save_model(output, model)
+    if cache_created:  # the cache grows with every new recording: say so once, where and how much
+        report.log(f"features of the training audio are cached in {cache} ({megabytes(folder_usage(cache)[1])}) "
+                   "so that re-runs skip extraction; `spkver cache info` shows it, `spkver cache clear` empties it")
     summary = model.meta["training"]
     report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
                f"average log-likelihood {summary['average_log_likelihood']:.4f}")

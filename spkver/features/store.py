@@ -58,6 +58,27 @@ def usable_cache_dir(path: Path) -> str | None:
     return None
 
 
+STORE_PREFIX = "features-"
+
+
+def cache_store_path(cache_dir, config: FeatureConfig) -> Path:
+    """The feature store of ``config`` in a cache folder (one store per feature setting)."""
+    return Path(cache_dir) / f"{STORE_PREFIX}{config.fingerprint()}"
+
+
+def cached_stores(cache_dir) -> list[Path]:
+    """The feature stores in a cache folder: ``features-*`` folders holding an ``index.json``.
+
+    Nothing else in the folder counts as the cache, so clearing it can never
+    remove files spkver did not make.
+    """
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    return sorted(p for p in cache_dir.glob(f"{STORE_PREFIX}*")
+                  if p.is_dir() and not p.is_symlink() and (p / INDEX).is_file())
+
+
 class FeatureStore:
     """A folder of per-recording feature arrays for one :class:`FeatureConfig`.
 
