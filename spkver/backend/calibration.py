@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit
 
 from spkver.backend.metrics import prior_log_odds
 from spkver.backend.scorenorm import parse_normalisation
@@ -61,6 +59,8 @@ MIN_NONTARGETS_PER_PRIOR = 10
 
 def _cross_entropy(logit, label):
     """Mean cross-entropy of soft ``label`` against ``sigmoid(logit)``, and its gradient in ``logit``."""
+    from scipy.special import expit
+
     value = (label * np.logaddexp(0, -logit) + (1 - label) * np.logaddexp(0, logit)).mean()
     return value, (expit(logit) - label) / len(logit)
 
@@ -108,6 +108,8 @@ def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibrati
         raise ValueError("need target and non-target scores to calibrate")
     centre = 0.5 * (tar.mean() + non.mean())
     spread = max(np.concatenate([tar, non]).std(), 1e-12)
+    from scipy.optimize import minimize  # here, not at import: loading a calibration needs no scipy
+
     # Fit on standardised scores for conditioning, then map back.
     result = minimize(_objective, np.zeros(2), args=((tar - centre) / spread, (non - centre) / spread, p_target),
                       jac=True, method="BFGS")

@@ -62,6 +62,18 @@ def prior_log_odds(p_target) -> float:
     return float(np.log(p_target / (1 - p_target)))
 
 
+def posterior_probability(llr, p_target) -> float:
+    """P(target | evidence) for a calibrated log-likelihood ratio under the prior ``p_target``.
+
+    ``1 / (1 + exp(-(llr + logit p_target)))``, computed without overflow for any finite ``llr``.
+    """
+    log_odds = float(llr) + prior_log_odds(p_target)
+    if log_odds >= 0:
+        return 1.0 / (1.0 + float(np.exp(-log_odds)))
+    odds = float(np.exp(log_odds))
+    return odds / (1.0 + odds)
+
+
 def bayes_threshold(p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
     """Decision threshold on calibrated LLRs: ``log(C_fa (1 − P) / (C_miss P))``."""
     return float(np.log(c_fa * (1 - p_target) / (c_miss * p_target)))

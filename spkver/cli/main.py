@@ -15,14 +15,46 @@ import warnings
 import click
 
 from spkver import __version__
-from spkver.cli import cache, evaluation, info, speakers, train
-from spkver.cli.options import Reporter, stop_with
+from spkver.cli.report import Reporter, stop_with
 from spkver.errors import SpkverError, printable
 from spkver.fileio import os_problem
 
+# Every command: the module that defines it, its function, and its line in `spkver --help`. A command's
+# module is imported only when that command runs (or shows its own help), so that `spkver --help` and
+# `--version` load nothing but click, and each command loads only what it uses.
+COMMANDS = {
+    "train-ubm": ("train", "train_ubm_command", "Train a universal background model (UBM) on audio."),
+    "extract": ("train", "extract_command", "Extract features into a feature store to train from."),
+    "enroll": ("speakers", "enroll_command", "Enroll a speaker: MAP-adapt the UBM to their audio."),
+    "verify": ("speakers", "verify_command", "Is this audio spoken by the claimed speaker?"),
+    "identify": ("speakers", "identify_command", "Which enrolled speaker is it? Ranks the speakers."),
+    "score": ("evaluation", "score_command", "Score a trial list (S-norm by default) into a score file."),
+    "evaluate": ("evaluation", "evaluate_command", "EER, minDCF, Cllr of score files; DET curves."),
+    "calibrate": ("evaluation", "calibrate_command", "Fit a score-to-LLR calibration on a development set."),
+    "info": ("info", "info_command", "Describe a model file."),
+    "demo": ("info", "demo_command", "The whole recipe on synthetic voices, in seconds."),
+    "cache": ("cache", "cache_group", "Show or empty the caches spkver keeps."),
+}
+
 
 class SpkverGroup(click.Group):
-    """Turns user errors into one line and exit code 2, and bugs into exit code 1."""
+    """Turns user errors into one line and exit code 2, and bugs into exit code 1; loads commands lazily."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        import importlib
+
+        module, attribute, _ = COMMANDS[name]
+        return getattr(importlib.import_module(f"spkver.cli.{module}"), attribute)
+
+    def format_commands(self, ctx, formatter):
+        """The command list from :data:`COMMANDS` alone: listing them imports none of their modules."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, summary) for name, (_, _, summary) in COMMANDS.items()])
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # Kept so that a command can print the line that continues it (train-ubm after Ctrl-C).
@@ -70,13 +102,6 @@ def cli(ctx, quiet):
     ctx.obj = Reporter(quiet)
     # Python's own warnings (NumPy's RuntimeWarnings, say) become one line like ours, and -q silences them.
     warnings.showwarning = lambda message, *args, **kwargs: None if quiet else ctx.obj.warn(str(message))
-
-
-COMMANDS = (train.train_ubm_command, train.extract_command, speakers.enroll_command, speakers.verify_command,
-            speakers.identify_command, evaluation.score_command, evaluation.evaluate_command,
-            evaluation.calibrate_command, info.info_command, info.demo_command, cache.cache_group)
-for command in COMMANDS:
-    cli.add_command(command)
 
 
 def main():

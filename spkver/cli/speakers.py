@@ -6,12 +6,18 @@ import json
 from pathlib import Path
 
 import click
-from scipy.special import expit
 
 from spkver.audio.sources import gather_inputs
-from spkver.backend.calibration import load_calibration
-from spkver.backend.metrics import prior_log_odds
-from spkver.cli.options import Finite, audio_inputs, calibration_options, decision_threshold, load_store, top_c_option
+from spkver.backend.metrics import posterior_probability
+from spkver.cli.options import (
+    Finite,
+    audio_inputs,
+    calibration_option,
+    calibration_options,
+    decision_threshold,
+    load_store,
+    top_c_option,
+)
 from spkver.errors import SpkverError, printable
 from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.storage.models import save_model
@@ -72,7 +78,7 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
         validate_speaker_id(name)
     ubm, store = load_store(ubm_path, models_dir)
     models = [store.load(name, ubm) for name in speaker]
-    calibration = load_calibration(calibration_path) if calibration_path else None
+    calibration = calibration_option(calibration_path)
     threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)
     scores = verify_trials(ubm, models, items, threshold=threshold, top_c=top_c, calibration=calibration,
@@ -83,7 +89,7 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
             record = {"speaker": t.speaker, "path": t.test, "score": round(t.score, 6),
                       "decision": decision, "frames": t.frames}
             if calibration is not None:
-                record["posterior"] = round(float(expit(t.score + prior_log_odds(p_target))), 6)
+                record["posterior"] = round(posterior_probability(t.score, p_target), 6)
                 record["p_target"] = p_target
             click.echo(json.dumps(record, allow_nan=False))
         else:
@@ -109,7 +115,7 @@ def identify_command(report, ubm_path, models_dir, top, threshold, top_c, calibr
 
     ubm, store = load_store(ubm_path, models_dir)
     speakers = [store.load(name, ubm) for name in store.speakers()]
-    calibration = load_calibration(calibration_path) if calibration_path else None
+    calibration = calibration_option(calibration_path)
     if calibration is not None:
         threshold = decision_threshold(threshold, calibration, p_target)
     items = gather_inputs(audio, list_file)

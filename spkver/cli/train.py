@@ -13,13 +13,11 @@ from spkver.cli.options import (
     AutoOrPositiveInt,
     Finite,
     audio_inputs,
-    command_line,
     feature_cache,
     feature_options,
-    stop_with,
-    terminate_as_interrupt,
     training_feature_config,
 )
+from spkver.cli.report import command_line, stop_with, terminate_as_interrupt
 from spkver.errors import SpkverError
 from spkver.fileio import folder_usage, locked, megabytes
 from spkver.storage.models import checkpoint_step, save_model

@@ -8,10 +8,10 @@ worker process.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
-import scipy.fft
 
 from spkver.features.config import FeatureConfig
 
@@ -174,11 +174,25 @@ def spectra_blocks(blocks, config: FeatureConfig, frames_per_step=2048) -> Spect
     return Spectra(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts]) for i in range(3)))
 
 
+@functools.cache
+def dct_matrix(n_mels: int, n_ceps: int) -> np.ndarray:
+    """The first ``n_ceps`` rows of the orthonormal DCT-II of length ``n_mels``, as an (n_mels, n_ceps) matrix.
+
+    ``x @ dct_matrix(n, k)`` equals ``scipy.fft.dct(x, type=2, norm="ortho")[:, :k]`` (tested); a
+    matrix product here spares every command that extracts features the 0.15 s import of scipy.fft.
+    """
+    n = np.arange(n_mels)
+    basis = np.cos(np.pi / n_mels * (n[:, None] + 0.5) * np.arange(n_ceps)[None, :]) * np.sqrt(2.0 / n_mels)
+    basis[:, 0] /= np.sqrt(2.0)
+    basis.flags.writeable = False
+    return basis
+
+
 def cepstra(log_mel, config: FeatureConfig):
     """MFCCs (n, n_ceps) of log-mel energies: ``top_db`` floor, then DCT-II (orthonormal)."""
     if config.top_db is not None and log_mel.size:
         log_mel = np.maximum(log_mel, log_mel.max() - config.top_db)
-    return scipy.fft.dct(log_mel, type=2, norm="ortho", axis=1)[:, : config.n_ceps].astype(np.float32)
+    return (log_mel.astype(np.float64) @ dct_matrix(log_mel.shape[1], config.n_ceps)).astype(np.float32)
 
 
 def mfcc_and_energy_blocks(blocks, config: FeatureConfig, frames_per_step=2048):

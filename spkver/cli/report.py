@@ -1,0 +1,100 @@
+"""How a command talks to its user: logs, warnings and progress on stderr, interruptions, the exit line.
+
+Kept apart from the option definitions so that ``spkver --help`` and
+``--version`` load nothing but click.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+
+import click
+
+from spkver.errors import printable
+from spkver.run import RunOptions
+
+
+class Reporter:
+    """Where logs and progress go: stderr, unless ``--quiet``."""
+
+    def __init__(self, quiet=False):
+        self.quiet = quiet
+
+    def log(self, message):
+        if not self.quiet:
+            click.echo(printable(message), err=True)
+
+    def warn(self, message):
+        click.echo(f"spkver: warning: {printable(message)}", err=True)
+
+    def run_options(self, workers=None, skip_bad=False, label="features") -> RunOptions:
+        """The :class:`RunOptions` of a command: bad files and warnings reported here, a progress bar."""
+        return RunOptions(workers, skip_bad, on_skip=self.warn, progress=self.progress(label), on_note=self.warn)
+
+    def progress(self, label):
+        """A ``progress(iterator, length)`` wrapper drawing a bar over files."""
+
+        def wrap(results, length):
+            if self.quiet:
+                yield from results
+                return
+            with click.progressbar(results, length=length, label=label, file=sys.stderr,
+                                   show_pos=True) as bar:
+                yield from bar
+
+        return wrap
+
+    def iteration(self):
+        start = time.perf_counter()
+        last = [start]
+
+        def report(step, average, gain):
+            now = time.perf_counter()
+            gain_text = "" if gain is None else f"  gain {gain:+.2e}"
+            self.log(f"EM iteration {step:3d}: average log-likelihood {average:.4f}{gain_text}  "
+                     f"({now - last[0]:.2f} s)")
+            last[0] = now
+
+        return report
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so both end a run the same way."""
+
+    exit_code = 143
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """A ``with`` block in which SIGTERM raises :class:`Terminated` (the main thread only)."""
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def command_line(ctx, *extra: str) -> str:
+    """The command line that ran this command, plus ``extra`` options it lacks, quoted for a shell."""
+    import shlex
+
+    args = list(getattr(ctx.find_root().command, "invoked_args", None) or sys.argv[1:])
+    args += [option for option in extra if option not in args]
+    return shlex.join(["spkver", *args])
+
+
+def stop_with(ctx, code: int, line: str):
+    """End the command with one line on stderr and exit ``code``."""
+    click.echo(printable(line), err=True)
+    ctx.exit(code)
+
