@@ -38,6 +38,9 @@ class RunOptions:
     on_note : callable, optional
         Receives warnings (audio recorded below the feature rate, fewer
         components than asked, ...).
+    on_detail : callable, optional
+        Receives one line per recording read (its speech frames), for
+        ``--verbose``.
     """
 
     workers: int | None = None
@@ -45,6 +48,7 @@ class RunOptions:
     on_skip: Callable[[str], object] | None = None
     progress: Progress | None = None
     on_note: Callable[[str], object] | None = None
+    on_detail: Callable[[str], object] | None = None
 
     def note(self, message: str) -> None:
         """Pass a warning to ``on_note``, if any."""

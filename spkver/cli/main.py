@@ -34,7 +34,18 @@ COMMANDS = {
     "info": ("info", "info_command", "Describe a model file."),
     "demo": ("info", "demo_command", "The whole recipe on synthetic voices, in seconds."),
     "cache": ("cache", "cache_group", "Show or empty the caches spkver keeps."),
+    "help": ("main", "help_command", "Show the help of a command: spkver help COMMAND."),
 }
+# Options of the whole program that may also follow the command (`spkver verify -q ...`), as Kaldi's
+# and git's users type them.
+GLOBAL_FLAGS = {"-q", "--quiet", "-v", "--verbose"}
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """``args`` with -q/-v (and their long forms) moved before the command, up to a ``--``."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
 
 
 class SpkverGroup(click.Group):
@@ -59,6 +70,7 @@ class SpkverGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         # Kept so that a command can print the line that continues it (train-ubm after Ctrl-C).
         self.invoked_args = list(sys.argv[1:] if args is None else args)
+        args = hoist_global_flags(self.invoked_args)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -80,6 +92,9 @@ class SpkverGroup(click.Group):
             stop_with(ctx, 130, "spkver: interrupted")
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # `spkver ... | head`: the reader has all it wants; end as a killed writer does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            ctx.exit(128 + 13)  # SIGPIPE's status, what the shell reports for a writer whose pipe closed
         except OSError as exc:  # the system's fault (disk full, read-only, permissions) reached us unwrapped
             where = printable(exc.filename) + ": " if exc.filename else ""
             stop_with(ctx, 2, f"spkver: error: {where}{os_problem(exc)}")
@@ -95,14 +110,39 @@ class SpkverGroup(click.Group):
 
 @click.group(cls=SpkverGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spkver")
-@click.option("-q", "--quiet", is_flag=True, help="No logs or progress on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No logs or progress on stderr (also after the command).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Details on stderr: one line per file read (speech frames kept); also after the command.")
 @click.pass_context
-def cli(ctx, quiet):
-    """GMM-UBM speaker verification: train-ubm, enroll, verify."""
-    ctx.obj = Reporter(quiet)
+def cli(ctx, quiet, verbose):
+    """GMM-UBM speaker verification: train-ubm, enroll, verify.
+
+    \b
+    Example:
+      spkver train-ubm -o ubm.npz background/
+      spkver enroll --ubm ubm.npz --models models/ --speaker alice alice/
+      spkver verify --ubm ubm.npz --models models/ --speaker alice test.wav
+    """
+    ctx.obj = Reporter(quiet, verbose and not quiet)
     # Python's own warnings (NumPy's RuntimeWarnings, say) become one line like ours, and -q silences them.
     warnings.showwarning = lambda message, *args, **kwargs: None if quiet else ctx.obj.warn(str(message))
 
 
 def main():
     cli(prog_name="spkver")
+
+
+@click.command("help")
+@click.argument("names", nargs=-1, metavar="[COMMAND [SUBCOMMAND]]")
+@click.pass_context
+def help_command(ctx, names):
+    """Show the help of a command (spkver help verify), or of spkver."""
+    group_ctx = ctx.parent
+    command, command_ctx = group_ctx.command, group_ctx
+    for name in names:
+        sub = command.get_command(command_ctx, name) if isinstance(command, click.Group) else None
+        if sub is None:
+            raise click.UsageError(f"no such command: {' '.join(names)}")
+        command, command_ctx = sub, click.Context(sub, info_name=name, parent=command_ctx)
+    click.echo(command.get_help(command_ctx))
+

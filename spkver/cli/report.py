@@ -20,8 +20,14 @@ from spkver.run import RunOptions
 class Reporter:
     """Where logs and progress go: stderr, unless ``--quiet``."""
 
-    def __init__(self, quiet=False):
+    def __init__(self, quiet=False, verbose=False):
         self.quiet = quiet
+        self.verbose = verbose and not quiet
+
+    def detail(self, message):
+        """A per-file line, shown with --verbose only."""
+        if self.verbose:
+            click.echo(printable(message), err=True)
 
     def log(self, message):
         if not self.quiet:
@@ -32,13 +38,14 @@ class Reporter:
 
     def run_options(self, workers=None, skip_bad=False, label="features") -> RunOptions:
         """The :class:`RunOptions` of a command: bad files and warnings reported here, a progress bar."""
-        return RunOptions(workers, skip_bad, on_skip=self.warn, progress=self.progress(label), on_note=self.warn)
+        return RunOptions(workers, skip_bad, on_skip=self.warn, progress=self.progress(label), on_note=self.warn,
+                          on_detail=self.detail if self.verbose else None)
 
     def progress(self, label):
         """A ``progress(iterator, length)`` wrapper drawing a bar over files."""
 
         def wrap(results, length):
-            if self.quiet:
+            if self.quiet or self.verbose:  # --verbose prints a line per file instead of a bar
                 yield from results
                 return
             with click.progressbar(results, length=length, label=label, file=sys.stderr,

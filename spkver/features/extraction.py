@@ -93,6 +93,8 @@ def usable_features(items, config: FeatureConfig, *, run: RunOptions = RunOption
             if not warned and native_rate and native_rate < config.sample_rate:
                 run.note(low_rate_message(item.path, native_rate, config.sample_rate))
                 warned = True
+            if run.on_detail is not None:
+                run.on_detail(f"{item.key}: {len(frames)} speech frames")
             yield item, frames
         elif not run.skip_bad:
             raise SpkverError(error)

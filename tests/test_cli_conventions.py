@@ -1,0 +1,65 @@
+"""The CLI behaves like the tools speech engineers know: flags anywhere, quiet pipes, help for every command."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import make_store, run_cli
+
+from spkver.cli.main import hoist_global_flags
+
+
+@pytest.fixture(scope="module")
+def store(synthetic_corpus, tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("conventions"), synthetic_corpus)
+
+
+def recordings_of(corpus):
+    return sorted((corpus / "test").rglob("*.wav"))
+
+
+def test_global_flags_are_hoisted_before_the_command_up_to_a_double_dash():
+    assert hoist_global_flags(["verify", "-q", "--speaker", "a", "x.wav"]) == ["-q", "verify", "--speaker", "a",
+                                                                               "x.wav"]
+    assert hoist_global_flags(["enroll", "--verbose", "a", "--", "-q"]) == ["--verbose", "enroll", "a", "--", "-q"]
+
+
+def test_quiet_after_the_command_silences_logs(store, synthetic_corpus, tmp_path):
+    alice = sorted((synthetic_corpus / "enroll" / "alice").glob("*.wav"))
+    for where in ("before", "after"):
+        args = ["enroll", "--ubm", store / "ubm.npz", "--models", tmp_path / where, "--speaker", "carol", *alice]
+        result = run_cli("-q", *args) if where == "before" else run_cli(*args, "-q")
+        assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def test_verbose_prints_a_line_per_file(store, synthetic_corpus):
+    tests = recordings_of(synthetic_corpus)[:3]
+    result = run_cli("verify", "--ubm", store / "ubm.npz", "--models", store / "models", "--speaker", "alice",
+                     *tests, "-v")
+    assert result.exit_code == 0, result.stderr
+    details = [line for line in result.stderr.splitlines() if "speech frames" in line]
+    assert len(details) == 3 and all(str(t) in line for t, line in zip(tests, details))
+
+
+def test_a_closed_pipe_ends_quietly(store, synthetic_corpus):
+    """`spkver identify ... | head -1`: no error, no traceback, the status of a writer whose reader left."""
+    command = [sys.executable, "-m", "spkver", "-q", "identify", "--ubm", str(store / "ubm.npz"), "--models",
+               str(store / "models"), *map(str, recordings_of(synthetic_corpus) * 40)]
+    shell = f"{subprocess.list2cmdline(command)} | head -1; echo \"status ${{PIPESTATUS[0]}}\" >&2"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, text=True)
+    assert len(result.stdout.splitlines()) == 1
+    assert "error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] in ("status 141", "status 0")  # 0: all fitted in the pipe
+
+
+@pytest.mark.parametrize("names", [[], ["verify"], ["cache", "clear"]])
+def test_help_command_shows_each_commands_help(names):
+    result = run_cli("help", *names)
+    assert result.exit_code == 0
+    expected = run_cli(*names, "--help").stdout
+    assert result.stdout.strip() == expected.strip()
+
+
+def test_help_of_an_unknown_command_is_a_usage_error():
+    result = run_cli("help", "nope")
+    assert result.exit_code == 2 and "no such command" in result.stderr
