@@ -22,11 +22,12 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _HOMES = {
-    "train_ubm": "spkver.api", "enroll": "spkver.api", "verify": "spkver.api", "score_trials": "spkver.api",
-    "identify": "spkver.api", "Identification": "spkver.api",
+    "train_ubm": "spkver.api", "enroll": "spkver.api", "enroll_many": "spkver.api", "verify": "spkver.api",
+    "score_trials": "spkver.api", "identify": "spkver.api", "Identification": "spkver.api",
     "RunOptions": "spkver.run",
     "SpkverError": "spkver.errors",
     "AudioItem": "spkver.audio.sources", "find_audio": "spkver.audio.sources", "read_list": "spkver.audio.sources",
+    "read_data_dir": "spkver.audio.sources",
     "load_audio": "spkver.audio.decode",
     "FeatureConfig": "spkver.features.config",
     "GMM": "spkver.gmm.model",
@@ -42,15 +43,16 @@ _HOMES = {
 
 __all__ = [
     "AudioItem", "Calibration", "Cohort", "FeatureConfig", "GMM", "Identification", "Model", "RunOptions", "Score",
-    "SpeakerStore", "SpkverError", "Trial", "__version__", "bayes_threshold", "eer", "enroll", "find_audio",
-    "fit_calibration", "identify", "load_audio", "load_calibration", "load_model", "min_dcf", "read_list",
+    "SpeakerStore", "SpkverError", "Trial", "__version__", "bayes_threshold", "eer", "enroll", "enroll_many",
+    "find_audio", "fit_calibration", "identify", "load_audio", "load_calibration", "load_model", "min_dcf",
+    "read_data_dir", "read_list",
     "read_scores", "read_trials", "save_calibration", "save_model", "score_trials", "train_ubm", "verify",
 ]
 
 if TYPE_CHECKING:
-    from spkver.api import Identification, enroll, identify, score_trials, train_ubm, verify
+    from spkver.api import Identification, enroll, enroll_many, identify, score_trials, train_ubm, verify
     from spkver.audio.decode import load_audio
-    from spkver.audio.sources import AudioItem, find_audio, read_list
+    from spkver.audio.sources import AudioItem, find_audio, read_data_dir, read_list
     from spkver.backend.calibration import Calibration, fit_calibration, load_calibration, save_calibration
     from spkver.backend.metrics import bayes_threshold, eer, min_dcf
     from spkver.backend.scorenorm import Cohort

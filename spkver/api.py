@@ -23,7 +23,8 @@ The whole pipeline on a small synthetic corpus:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,9 @@ from spkver.backend.scorenorm import (
 from spkver.backend.scoring import Scorer, checked_scores
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig, default_feature_config
-from spkver.features.extraction import extract_all, usable_features
+from spkver.features.extraction import checked_features, extract_all, usable_features
 from spkver.features.store import FeatureStore, cache_store_path
-from spkver.fileio import array_parts, file_identity, sha256_hex
+from spkver.fileio import array_parts, sha256_hex
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
 from spkver.gmm.engine import Engine
 from spkver.gmm.estep import accumulate
@@ -81,7 +82,7 @@ def training_frames(items, config, *, run: RunOptions = DEFAULT_RUN, cache_dir=N
     if cache_dir is not None:
         store = FeatureStore(cache_store_path(cache_dir, config), config)
         kept = store.extract(items, run=run)
-        return [a for _, a in kept], [store.file(store.key(i.path)) for i, _ in kept], config
+        return [a for _, a in kept], [store.file(store.key(i)) for i, _ in kept], config
     extracted = extract_all(items, config, run=run)
     return [frames for _, frames in extracted], None, config
 
@@ -258,7 +259,11 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
     """
     validate_speaker_id(speaker)
     extracted = extract_all(items, ubm.feature_config, run=run)
-    arrays = [frames for _, frames in extracted]
+    return _adapted(ubm, speaker, [frames for _, frames in extracted], relevance, adapt)
+
+
+def _adapted(ubm: Model, speaker: str, arrays, relevance: float, adapt: str) -> Model:
+    """The speaker model MAP-adapted from ``ubm`` to the features ``arrays``."""
     with single_blas_thread():  # the same statistics, so the same model, on any number of cores
         stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
     floor = ubm.gmm.variances.min(axis=0) * 1e-2
@@ -276,6 +281,85 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
         },
     }
     return Model(gmm, "speaker", ubm.feature_config, meta)
+
+
+def enroll_many(ubm: Model, speakers: dict, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
+                run: RunOptions = DEFAULT_RUN) -> Iterator[Model]:
+    """Enroll many speakers at once: features of all their recordings in one pool, a model per speaker.
+
+    Features are extracted in parallel across every speaker's recordings
+    (``run.workers`` processes), and each speaker's model is yielded as soon
+    as its last recording is done, so a caller that saves models as they come
+    keeps them whatever happens later. Each model is byte-identical to what
+    :func:`enroll` makes of the same recordings.
+
+    Parameters
+    ----------
+    ubm : Model
+        The UBM.
+    speakers : dict of str to list of AudioItem
+        Speaker id to that speaker's enrollment recordings, in enrollment order.
+    relevance : float
+        MAP relevance factor (16), as for :func:`enroll`.
+    adapt : {"mw", "m", "mv", "mwv"}
+        Which parameters adapt, as for :func:`enroll`.
+    run : RunOptions
+        Workers and warnings; ``run.progress`` counts speakers. With
+        ``run.skip_bad`` a bad recording is left out (its message to
+        ``run.on_skip``), and so is a speaker left with no usable recording
+        (a message to ``run.on_skip`` too).
+
+    Yields
+    ------
+    Model
+        ``kind == "speaker"``, one per enrolled speaker, in the order of ``speakers``.
+
+    Raises
+    ------
+    SpkverError
+        An invalid speaker id or a speaker without recordings (before any work),
+        or a bad recording without ``run.skip_bad`` (after the models of the
+        speakers before it were yielded).
+
+    Examples
+    --------
+    >>> from spkver import RunOptions, enroll_many, find_audio, train_ubm
+    >>> from spkver.synth import example_corpus
+    >>> corpus, run = example_corpus(), RunOptions(workers=1)
+    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    >>> speakers = {name: find_audio([corpus / "enroll" / name]) for name in ("alice", "bob")}
+    >>> [model.meta["speaker"] for model in enroll_many(ubm, speakers, run=run)]
+    ['alice', 'bob']
+    """
+    speakers = {validate_speaker_id(name): list(items) for name, items in speakers.items()}
+    for name, items in speakers.items():
+        if not items:
+            raise SpkverError(f"speaker {name!r} has no recordings to enroll from")
+    models: Iterable[Model | None] = _enrolled_in_order(ubm, speakers, relevance, adapt, run)
+    if run.progress is not None:
+        models = run.progress(iter(models), len(speakers))
+    return (model for model in models if model is not None)
+
+
+def _enrolled_in_order(ubm: Model, speakers: dict, relevance: float, adapt: str, run: RunOptions):
+    """Models of ``speakers`` as their recordings' features arrive (None for a speaker left without audio)."""
+    owners = [name for name, items in speakers.items() for _ in items]
+    files = [item for items in speakers.values() for item in items]
+    remaining = {name: len(items) for name, items in speakers.items()}
+    arrays: dict[str, list] = {name: [] for name in speakers}
+    quiet_files = replace(run, progress=None)  # the progress of a batch counts speakers, not files
+    for owner, (_, frames) in zip(owners, checked_features(files, ubm.feature_config, run=quiet_files)):
+        if frames is not None:
+            arrays[owner].append(frames)
+        remaining[owner] -= 1
+        if remaining[owner]:
+            continue
+        if arrays[owner]:
+            yield _adapted(ubm, owner, arrays.pop(owner), relevance, adapt)
+        else:
+            if run.on_skip is not None:
+                run.on_skip(f"speaker {owner!r}: no usable audio left; not enrolled")
+            yield None
 
 
 def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 5,
@@ -302,7 +386,7 @@ def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 
     -------
     list of Score
         One per recording and speaker, recording by recording: ``test`` is the
-        recording's path, ``score`` the average log-likelihood ratio,
+        recording's path (its utterance id when it came from a data folder), ``score`` the average log-likelihood ratio,
         ``accepted`` the decision, ``frames`` its speech frames.
 
     Examples
@@ -325,7 +409,7 @@ def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 
         if calibration is not None:
             scores = calibration(scores)
         for model, score in zip(speakers, scores):
-            scores_out.append(Score(model.meta["speaker"], str(item.path), float(score),
+            scores_out.append(Score(model.meta["speaker"], item.name, float(score),
                                     accepted=bool(score >= threshold), frames=len(frames)))
     return scores_out
 
@@ -347,18 +431,25 @@ def _load_speakers(ubm, store: SpeakerStore, trials, run: RunOptions, source) ->
     return models
 
 
-def _test_features(ubm, trials, run: RunOptions):
-    """Features of each distinct test file, extracted once, in parallel."""
+def _trial_items(trials, utterances) -> list[AudioItem]:
+    """The test audio of each trial: its utterance of ``utterances``, else its file."""
+    return [utterances[t.test] if utterances and t.test in utterances
+            else AudioItem(t.test, t.path, f"trials line {t.line}") for t in trials]
+
+
+def _test_features(ubm, items, run: RunOptions):
+    """Features of each distinct test (by :attr:`AudioItem.name`), extracted once, in parallel."""
     distinct: dict[str, AudioItem] = {}
-    for trial in trials:
-        distinct.setdefault(str(trial.path), AudioItem(trial.test, trial.path, f"trials line {trial.line}"))
+    for item in items:
+        distinct.setdefault(item.name, item)
     good = usable_features(distinct.values(), ubm.feature_config, run=run)
-    return {str(item.path): frames for item, frames in good}
+    return {item.name: frames for item, frames in good}
 
 
 def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c: int = 5, norm: str = "none",
                  cohort: Cohort | None = None, top_n: int | None = None, calibration: Calibration | None = None,
-                 source: str = "trials", run: RunOptions = DEFAULT_RUN) -> list[Score]:
+                 source: str = "trials", utterances: dict[str, AudioItem] | None = None,
+                 run: RunOptions = DEFAULT_RUN) -> list[Score]:
     """Score every trial; each test file is read and scored against the UBM once.
 
     Parameters
@@ -381,6 +472,9 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
         Maps the (normalised) scores to log-likelihood ratios.
     source : str
         Names the trial list in error messages.
+    utterances : dict of str to AudioItem, optional
+        Utterance id to audio (a data folder's :attr:`~spkver.audio.sources.DataDir.items`,
+        or a ``wav.scp``): a trial whose test is one of these ids is scored on it.
     run : RunOptions
         With ``run.skip_bad``, trials of unknown speakers or unreadable files are left out.
 
@@ -413,11 +507,12 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
     if calibration is not None:
         calibration.require(describe_normalisation(norm, top_n))
     models = _load_speakers(ubm, store, trials, run, source)
-    features = _test_features(ubm, trials, run)
-    by_file: dict[str, list[int]] = {}
-    for index, trial in enumerate(trials):
-        if models[trial.speaker] is not None and features.get(str(trial.path)) is not None:
-            by_file.setdefault(str(trial.path), []).append(index)
+    items = _trial_items(trials, utterances)
+    features = _test_features(ubm, items, run)
+    by_test: dict[str, list[int]] = {}
+    for index, (trial, item) in enumerate(zip(trials, items)):
+        if models[trial.speaker] is not None and features.get(item.name) is not None:
+            by_test.setdefault(item.name, []).append(index)
     speakers = {name: model for name, model in models.items() if model is not None}
     loaded = sorted(speakers)
     column = {name: i for i, name in enumerate(loaded)}
@@ -426,16 +521,16 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
     if cohort is not None and norm in ("z", "s") and loaded:
         z_stats = cohort_statistics(cohort.z_scores([speakers[name] for name in loaded]), top_n)
     scores: dict[int, float] = {}
-    for path, indices in by_file.items():
-        frames = features[path]
+    for name, indices in by_test.items():
+        frames = features[name]
         columns = np.array([column[trials[i].speaker] for i in indices])
         # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
-        raw = checked_scores(scorer.scores(frames, columns), path)
+        raw = checked_scores(scorer.scores(frames, columns), items[indices[0]].where)
         z = t = None
         if z_stats is not None:
             z = (z_stats[0][columns], z_stats[1][columns])
         if cohort is not None and norm in ("t", "s"):
-            mean, std = cohort_statistics(cohort.t_scores(file_identity(path), frames), top_n)
+            mean, std = cohort_statistics(cohort.t_scores(items[indices[0]].identity(), frames), top_n)
             t = (mean[0], std[0])
         final = normalise_scores(raw, norm, z, t)
         if calibration is not None:
@@ -453,7 +548,7 @@ class Identification:
     Attributes
     ----------
     path : str
-        The recording.
+        The recording (its utterance id when it came from a data folder).
     decision : str
         The best-scoring speaker, or ``"unknown"`` below the threshold.
     ranking : list of (str, float)
@@ -511,5 +606,5 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
         ranking = [(speakers[i].meta["speaker"], float(scores[i])) for i in order]
         best_name, best_score = ranking[0]
         decision = best_name if threshold is None or best_score >= threshold else "unknown"
-        answers.append(Identification(str(item.path), decision, ranking))
+        answers.append(Identification(item.name, decision, ranking))
     return answers

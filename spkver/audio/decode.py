@@ -1,14 +1,22 @@
-"""Decoding: any common format as mono float32 blocks at the feature rate, checked."""
+"""Decoding: any common format as mono float32 blocks at the feature rate, checked.
+
+A recording is a file, or the standard output of a command (a piped Kaldi
+``wav.scp`` entry), spooled to memory and then to a temporary file; an
+utterance is a recording or a stretch of one (a ``segments`` line).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from spkver.audio.resample import resampled_blocks
-from spkver.audio.sources import path_exists
+from spkver.audio.sources import AudioItem, path_exists
 from spkver.errors import SpkverError
 
 # Shorter than this, no analysis window fits: refuse rather than score noise.
@@ -21,6 +29,17 @@ MAX_SAMPLE = 1e6
 
 
 BLOCK_SECONDS = 20.0
+
+# A command's output beyond this is refused: more than 6 hours of 16-bit stereo at 48 kHz, so a runaway
+# command (`yes |`, a wrong file) cannot fill the disk the output is spooled to.
+MAX_PIPED_BYTES = 4 << 30
+
+# Kept in memory up to this size, then spooled to a temporary file.
+PIPE_SPOOL_BYTES = 64 << 20
+
+# A segment may end this far beyond its recording and is cut at the end (Kaldi's extract-segments
+# tolerates the same overshoot, which rounding in segmentation tools produces); further is an error.
+SEGMENT_OVERSHOOT_S = 0.5
 
 
 def _decode_error(exc) -> str:
@@ -54,17 +73,9 @@ def check_samples(samples: np.ndarray, path) -> np.ndarray:
     return samples
 
 
-def _check_block(block: np.ndarray, path: Path) -> np.ndarray:
+def _check_block(block: np.ndarray, path) -> np.ndarray:
     check_samples(block, path)
     return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
-
-
-def _native_blocks(handle, path: Path, block_frames: int):
-    while True:
-        block = handle.read(block_frames, dtype="float32", always_2d=True)
-        if len(block) == 0:
-            return
-        yield _check_block(block, path)
 
 
 def native_sample_rate(path) -> int | None:
@@ -89,38 +100,172 @@ def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECON
     SpkverError
         Missing, empty, unreadable or too short file, or NaN/Inf samples.
     """
+    yield from iter_item_blocks(AudioItem(str(path), Path(path)), sample_rate, block_seconds=block_seconds, info=info)
+
+
+def _piped_output(item: AudioItem):
+    """The standard output of ``item.command`` (run through the shell in its list's folder), spooled.
+
+    Raises
+    ------
+    SpkverError
+        The command fails to start, exits with a non-zero status, writes
+        nothing, or writes more than :data:`MAX_PIPED_BYTES`.
+    """
+    output = tempfile.SpooledTemporaryFile(max_size=PIPE_SPOOL_BYTES)
+    errors = tempfile.TemporaryFile()
+    try:
+        process = subprocess.Popen(item.command, shell=True, cwd=item.path.parent, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=errors)
+    except OSError as exc:
+        output.close()
+        errors.close()
+        raise SpkverError(f"cannot run its command ({exc.strerror or exc})", item.where) from None
+    total = 0
+    with errors, process:
+        assert process.stdout is not None
+        while block := process.stdout.read(1 << 20):
+            total += len(block)
+            if total > MAX_PIPED_BYTES:
+                process.kill()
+                output.close()
+                raise SpkverError(f"its command wrote more than {MAX_PIPED_BYTES >> 30} GiB; refusing it "
+                                  f"(command: {item.command})", item.where)
+            output.write(block)
+        status = process.wait()
+        if status != 0 or total == 0:
+            errors.seek(0)
+            lines = errors.read()[-2000:].decode(errors="replace").strip().splitlines()
+            said = f"; it said: {lines[-1].strip()}" if lines else ""
+            output.close()
+            problem = f"exited with status {status}" if status > 0 else (
+                f"was killed by signal {-status}" if status < 0 else "wrote no audio (empty output)")
+            raise SpkverError(f"command {problem}{said} (command: {item.command})", item.where)
+    output.seek(0)
+    return output
+
+
+@contextlib.contextmanager
+def open_recording(item: AudioItem):
+    """The recording of ``item`` as an open ``soundfile.SoundFile`` (None: only librosa reads it).
+
+    A piped item's command runs here, once: every segment of the recording
+    can be read from the same handle.
+
+    Raises
+    ------
+    SpkverError
+        A missing, empty or unreadable file; a failing command, or output that is not audio.
+    """
     import soundfile as sf
 
-    path = Path(path)
-    if not path_exists(path):
-        raise SpkverError("no such file", path)
-    if path.is_dir():
-        raise SpkverError("is a folder, not an audio file", path)
-    if os.path.getsize(path) == 0:
-        raise SpkverError("empty file (0 bytes)", path)
-    try:
-        handle = sf.SoundFile(os.fsencode(path))  # bytes: file names that are not UTF-8 open too
-    except (RuntimeError, ValueError, TypeError, EOFError) as exc:
-        if path.suffix.lower() == ".mp3":
-            yield from _checked_total(_librosa_fallback(path, sample_rate), path, sample_rate)
-            return
-        raise SpkverError(f"not a readable audio file ({_decode_error(exc)})", path) from None
-    except OSError as exc:
-        raise SpkverError(f"cannot read file ({exc.strerror or exc})", path) from None
-    with handle:
-        rate = handle.samplerate
-        if info is not None:
-            info["native_rate"] = rate
-        block_frames = max(1024, int(block_seconds * rate))
-        blocks = _native_blocks(handle, path, block_frames)
+    with contextlib.ExitStack() as stack:
+        if item.command is not None:
+            source = stack.enter_context(_piped_output(item))
+        else:
+            path = item.path
+            if not path_exists(path):
+                raise SpkverError("no such file", path)
+            if path.is_dir():
+                raise SpkverError("is a folder, not an audio file", path)
+            if os.path.getsize(path) == 0:
+                raise SpkverError("empty file (0 bytes)", path)
+            source = os.fsencode(path)  # bytes: file names that are not UTF-8 open too
         try:
-            yield from _checked_total(resampled_blocks(blocks, rate, sample_rate, block_frames), path,
-                                      sample_rate)
-        except (RuntimeError, EOFError) as exc:
-            raise SpkverError(f"audio data is corrupt ({_decode_error(exc)})", path) from None
+            handle = sf.SoundFile(source)
+        except (RuntimeError, ValueError, TypeError, EOFError) as exc:
+            if item.command is None and item.path.suffix.lower() == ".mp3":
+                yield None
+                return
+            what = "its command's output is not" if item.command is not None else "not"
+            raise SpkverError(f"{what} a readable audio file ({_decode_error(exc)})", item.where) from None
+        except OSError as exc:
+            raise SpkverError(f"cannot read file ({exc.strerror or exc})", item.where) from None
+        with handle:
+            yield handle
 
 
-def _checked_total(blocks, path: Path, sample_rate: int):
+def _segment_frames(item: AudioItem, rate: int, available: int) -> tuple[int, int]:
+    """First and end sample of ``item``'s stretch of a recording of ``available`` samples at ``rate``."""
+    first = int(round(item.start * rate))
+    if item.end is None:
+        last = available
+    else:
+        last = int(round(item.end * rate))
+        if last > available + SEGMENT_OVERSHOOT_S * rate:
+            raise SpkverError(f"segment ends at {item.end:g} s, after the end of its recording "
+                              f"({available / rate:.2f} s)", item.where)
+        last = min(last, available)
+    if first >= available:
+        raise SpkverError(f"segment starts at {item.start:g} s, after the end of its recording "
+                          f"({available / rate:.2f} s)", item.where)
+    return first, last
+
+
+def _stretch_blocks(handle, item: AudioItem, block_frames: int):
+    """Native-rate mono blocks of ``item``'s stretch of the open recording ``handle``."""
+    first, last = _segment_frames(item, handle.samplerate, handle.frames) if item.segmented else (0, None)
+    handle.seek(first)
+    remaining = last - first if last is not None else None
+    while remaining is None or remaining > 0:
+        size = block_frames if remaining is None else min(block_frames, remaining)
+        block = handle.read(size, dtype="float32", always_2d=True)
+        if len(block) == 0:
+            return
+        if remaining is not None:
+            remaining -= len(block)
+        yield _check_block(block, item.where)
+
+
+def iter_item_blocks(item: AudioItem, sample_rate: int, *, recording=None, block_seconds: float = BLOCK_SECONDS,
+                     info: dict | None = None):
+    """Yield ``item``'s audio (its stretch of its recording) as mono float32 blocks at ``sample_rate``.
+
+    Parameters
+    ----------
+    item : AudioItem
+        A file, a command's output, or a segment of either.
+    sample_rate : int
+        Rate of the blocks, in Hz.
+    recording : soundfile.SoundFile, optional
+        The item's recording already opened by :func:`open_recording` (to
+        read several segments from one decoding); else it is opened here.
+    block_seconds : float
+        Length of the native-rate blocks read at a time.
+    info : dict, optional
+        Receives ``info["native_rate"]``, the recording's own rate.
+
+    Raises
+    ------
+    SpkverError
+        Unreadable or too short audio, NaN/Inf samples, a failing command, a
+        segment outside its recording.
+    """
+    if recording is None:
+        with open_recording(item) as opened:
+            yield from iter_item_blocks(item, sample_rate, recording=opened or False, block_seconds=block_seconds,
+                                        info=info)
+        return
+    if recording is False:  # soundfile cannot read it: librosa decodes the whole file, then it is cut
+        signal = np.concatenate(list(_librosa_fallback(item.path, sample_rate)))
+        if item.segmented:
+            first, last = _segment_frames(item, sample_rate, len(signal))
+            signal = signal[first:last]
+        yield from _checked_total([signal], item.where, sample_rate)
+        return
+    rate = recording.samplerate
+    if info is not None:
+        info["native_rate"] = rate
+    block_frames = max(1024, int(block_seconds * rate))
+    blocks = _stretch_blocks(recording, item, block_frames)
+    try:
+        yield from _checked_total(resampled_blocks(blocks, rate, sample_rate, block_frames), item.where,
+                                  sample_rate)
+    except (RuntimeError, EOFError) as exc:
+        raise SpkverError(f"audio data is corrupt ({_decode_error(exc)})", item.where) from None
+
+
+def _checked_total(blocks, path, sample_rate: int):
     total = 0
     for block in blocks:
         total += len(block)

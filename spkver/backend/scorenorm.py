@@ -118,7 +118,10 @@ class Cohort:
         self._models: list[GMM] | None = None
         self._t_scorer: Scorer | None = None
         identity = [ubm.fingerprint, str(top_c), str(relevance), adapt]
-        identity += sorted(file_identity(item.path) for item in self.audio_items)
+        audio_identities = [item.identity() for item in self.audio_items]
+        if None in audio_identities:  # a command's output has no identity: its scores cannot be cached safely
+            self.cache_dir = None
+        identity += sorted(i for i in audio_identities if i is not None)
         if frames is not None:
             digest = sha256_hex(np.ascontiguousarray(segment).data for segment in frames)
             identity.append(f"frames:{len(frames)}:{digest}")
@@ -188,12 +191,15 @@ class Cohort:
                 self._cache["z"][model.fingerprint] = row.tolist()
         return np.array([self._cache["z"][m.fingerprint] for m in speakers])
 
-    def t_scores(self, test_key: str, frames) -> np.ndarray:
-        """Scores of one test recording against every cohort model."""
-        if test_key not in self._cache["t"]:
+    def t_scores(self, test_key: str | None, frames) -> np.ndarray:
+        """Scores of one test recording against every cohort model (kept under ``test_key`` unless None)."""
+        if test_key is None or test_key not in self._cache["t"]:
             if self._t_scorer is None:
                 self._t_scorer = Scorer(self.ubm.gmm, self.models(), self.top_c)
-            self._cache["t"][test_key] = self._t_scorer.scores(frames).tolist()
+            scores = self._t_scorer.scores(frames).tolist()
+            if test_key is None:
+                return np.array(scores)
+            self._cache["t"][test_key] = scores
         return np.array(self._cache["t"][test_key])
 
 

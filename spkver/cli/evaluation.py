@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from spkver.audio.sources import find_audio, is_audio_file, read_list
+from spkver.audio.sources import find_audio, is_audio_file, read_data_dir, read_list
 from spkver.backend.calibration import (
     calibration_warnings,
     fit_calibration,
@@ -78,11 +78,15 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 @click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
               help="CAL.json: write calibrated log-likelihood ratios.")
 @click.option("--wav-scp", type=click.Path(path_type=Path), help="Kaldi wav.scp: tests are utterance ids.")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Kaldi data folder (wav.scp, optional segments): tests are its utterance ids.")
+@click.option("--allow-pipes", is_flag=True,
+              help="Run the commands of piped --wav-scp lines ('utt cmd |'; only for lists you trust).")
 @workers_option("Processes for feature extraction [default: all cores].")
 @click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
 @click.pass_obj
 def score_command(report, ubm_path, models_dir, trials_path, output, top_c, score_norm, old_score_norm, cohort, top_n,
-          calibration_path, wav_scp, workers, skip_bad):
+          calibration_path, wav_scp, data_dir, allow_pipes, workers, skip_bad):
     """Score a trial list: one 'speaker<TAB>test<TAB>score[<TAB>label]' line per trial."""
     from spkver.api import score_trials
 
@@ -101,12 +105,20 @@ def score_command(report, ubm_path, models_dir, trials_path, output, top_c, scor
                         "give --cohort for S-norm, or retrain the UBM")
     elif norm != "none" and not cohort and not ubm.cohort:
         raise SpkverError(f"--score-norm {norm} needs --cohort: this UBM stores no cohort", ubm_path)
-    scp = {item.key: item.path for item in read_list(wav_scp)} if wav_scp else None
-    trials = read_trials(trials_path, scp)
+    if wav_scp and data_dir:
+        raise SpkverError("give --wav-scp or --data-dir, not both")
+    if allow_pipes and not wav_scp:
+        report.warn("--allow-pipes has no effect without --wav-scp (a --data-dir's wav.scp runs its commands anyway)")
+    utterances = None
+    if wav_scp or data_dir:
+        listed = read_list(wav_scp, allow_pipes=allow_pipes) if wav_scp else read_data_dir(data_dir).items
+        utterances = {item.key: item for item in listed}
+    trials = read_trials(trials_path, None if utterances is None else {k: i.path for k, i in utterances.items()})
     normalisation = describe_normalisation(norm, top_n)
     cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" else None
     scored = score_trials(ubm, store, trials, top_c=top_c, norm=norm, cohort=cohort_obj, top_n=top_n,
-                          calibration=calibration, source=str(trials_path), run=report.run_options(workers, skip_bad))
+                          calibration=calibration, source=str(trials_path), utterances=utterances,
+                          run=report.run_options(workers, skip_bad))
     lines = score_file_header(calibration is not None, normalisation)
     lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
     write_atomic(output, ("\n".join(lines) + "\n").encode())

@@ -47,14 +47,29 @@ def workers_option(help_text="Processes for feature extraction [default: all cor
 
 
 def audio_inputs(func):
-    """The AUDIO... arguments and the --list, --workers and --skip-bad options."""
+    """The AUDIO... arguments and the --list, --data-dir, --allow-pipes, --workers and --skip-bad options."""
     func = click.argument("audio", nargs=-1, type=click.Path(path_type=Path))(func)
     func = click.option("--list", "list_file", type=click.Path(path_type=Path),
                         help="File with one audio path per line, or Kaldi wav.scp lines.")(func)
+    func = click.option("--data-dir", type=click.Path(path_type=Path),
+                        help="Kaldi data folder: wav.scp (piped commands run), optional segments, utt2spk/spk2utt; "
+                             "results name its utterance ids.")(func)
+    func = click.option("--allow-pipes", is_flag=True,
+                        help="Run the commands of piped lines ('utt cmd |') in --list files (they run any "
+                             "command: only for lists you trust).")(func)
     func = workers_option()(func)
     func = click.option("--skip-bad", is_flag=True,
                         help="Report unreadable or silent files and go on without them.")(func)
     return func
+
+
+def audio_items(report, audio, list_file, data_dir, allow_pipes):
+    """The AudioItems of the audio_inputs options; --allow-pipes without a --list only earns a warning."""
+    from spkver.audio.sources import gather_inputs
+
+    if allow_pipes and list_file is None:
+        report.warn("--allow-pipes has no effect without --list (a --data-dir's wav.scp runs its commands anyway)")
+    return gather_inputs(audio, list_file, data_dir, allow_pipes=allow_pipes)
 
 
 def top_c_option(func):

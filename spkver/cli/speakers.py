@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from spkver.audio.sources import gather_inputs
+from spkver.audio.sources import find_audio, list_lines, read_data_dir
 from spkver.backend.metrics import posterior_probability
 from spkver.cli.options import (
     Finite,
     audio_inputs,
+    audio_items,
     calibration_option,
     calibration_options,
     decision_threshold,
@@ -28,33 +30,166 @@ from spkver.storage.speakers import validate_speaker_id
 @click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
 @click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
               help="Speaker store folder (created if missing).")
-@click.option("--speaker", required=True)
+@click.option("--speaker", help="The speaker to enroll from AUDIO (else many: see --data-dir, --per-folder, "
+                                "--speaker-list).")
+@click.option("--per-folder", type=click.Path(path_type=Path),
+              help="Enroll one speaker per sub-folder of this folder, named after it, from the audio below it.")
+@click.option("--speaker-list", type=click.Path(path_type=Path),
+              help="Enroll the speakers of 'speaker path-or-utterance-id' lines (ids of --data-dir; paths "
+                   "relative to the list).")
 @click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True)
 @click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
               help="Adapt means (m), and weights (w) and/or variances (v).")
-@click.option("--force", is_flag=True, help="Replace an enrolled speaker.")
+@click.option("--force", is_flag=True, help="Replace enrolled speakers.")
 @audio_inputs
 @click.pass_obj
-def enroll_command(report, ubm_path, models_dir, speaker, relevance, adapt, force, audio, list_file,
-           workers, skip_bad):
-    """Enroll SPEAKER by MAP-adapting the UBM to AUDIO."""
+def enroll_command(report, ubm_path, models_dir, speaker, per_folder, speaker_list, relevance, adapt, force, audio,
+                   list_file, data_dir, allow_pipes, workers, skip_bad):
+    """Enroll SPEAKER by MAP-adapting the UBM to AUDIO, or many speakers at once.
+
+    Many speakers: --data-dir without --speaker (its spk2utt or utt2spk),
+    --per-folder DIR, or --speaker-list FILE. Their features are extracted in
+    one pool and each model is written as soon as it is made.
+    """
     from spkver.api import enroll as enroll_speaker
 
+    if speaker is None:
+        return enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevance, adapt, force, audio,
+                            list_file, data_dir, allow_pipes, workers, skip_bad)
+    if per_folder or speaker_list:
+        raise SpkverError("--speaker enrolls one speaker from AUDIO; --per-folder and --speaker-list enroll many "
+                          "(give them without --speaker)")
     validate_speaker_id(speaker)
     ubm, store = load_store(ubm_path, models_dir)
-    if store.exists(speaker) and not force:
-        raise SpkverError(f"speaker {speaker!r} is already enrolled; pass --force to replace it",
-                          store.path(speaker))
-    items = gather_inputs(audio, list_file)
+    refuse_enrolled(store, [speaker], force)
+    data = read_data_dir(data_dir) if data_dir is not None else None
+    if data is not None and data.speakers:  # the data folder's utterances of this speaker, not everyone's
+        if speaker not in data.speakers:
+            raise SpkverError(f"speaker {speaker!r} has no utterances in spk2utt/utt2spk (it lists "
+                              f"{', '.join(list(data.speakers)[:10])}{' ...' if len(data.speakers) > 10 else ''})",
+                              data.root)
+        items = audio_items(report, audio, list_file, None, allow_pipes) if audio or list_file else []
+        items += data.items_of(speaker)
+    else:
+        items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     model = enroll_speaker(ubm, items, speaker, relevance=relevance, adapt=adapt,
                            run=report.run_options(workers, skip_bad))
+    save_speaker(store, speaker, model, force)
+    report.log(f"enrolled {speaker}: {model.meta['training']['frames']} speech frames from "
+               f"{model.meta['training']['files']} files -> {store.path(speaker)}")
+
+
+def refuse_enrolled(store, speakers, force):
+    """Unless --force, refuse speakers already in the store (all of them named, before any work)."""
+    if force:
+        return
+    enrolled = [name for name in speakers if store.exists(name)]
+    if len(enrolled) == 1:
+        raise SpkverError(f"speaker {enrolled[0]!r} is already enrolled; pass --force to replace it",
+                          store.path(enrolled[0]))
+    if enrolled:
+        shown = ", ".join(enrolled[:10]) + (f" and {len(enrolled) - 10} more" if len(enrolled) > 10 else "")
+        raise SpkverError(f"{len(enrolled)} speakers are already enrolled ({shown}); pass --force to replace them",
+                          store.root)
+
+
+def save_speaker(store, speaker, model, force):
+    """Write one speaker's model atomically, re-checking under its lock that no other run enrolled it meanwhile."""
     with store.locked(speaker):
         if store.exists(speaker) and not force:
             raise SpkverError(f"speaker {speaker!r} was enrolled meanwhile; pass --force to replace it",
                               store.path(speaker))
         save_model(store.path(speaker), model)
-    report.log(f"enrolled {speaker}: {model.meta['training']['frames']} speech frames from "
-               f"{model.meta['training']['files']} files -> {store.path(speaker)}")
+
+
+def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevance, adapt, force, audio, list_file,
+                 data_dir, allow_pipes, workers, skip_bad):
+    """``enroll`` without --speaker: every speaker of --data-dir, --per-folder or --speaker-list."""
+    from spkver.api import enroll_many
+
+    if sum(x is not None for x in (per_folder, speaker_list)) + (data_dir is not None and speaker_list is None) != 1:
+        raise SpkverError("give --speaker with AUDIO, or one of --data-dir (with spk2utt or utt2spk), --per-folder "
+                          "or --speaker-list to enroll many speakers")
+    if audio or list_file:
+        raise SpkverError("AUDIO and --list are a single speaker's audio: give --speaker, or put the files in "
+                          "--per-folder sub-folders or a --speaker-list")
+    if allow_pipes:
+        report.warn("--allow-pipes has no effect without --list (a --data-dir's wav.scp runs its commands anyway)")
+    ubm, store = load_store(ubm_path, models_dir)
+    if per_folder is not None:
+        speakers = speakers_per_folder(report, per_folder, skip_bad)
+    elif speaker_list is not None:
+        speakers = read_speaker_list(speaker_list, data_dir)
+    else:
+        speakers = speakers_of_data_dir(data_dir)
+    refuse_enrolled(store, speakers, force)
+    written = 0
+    try:
+        for model in enroll_many(ubm, speakers, relevance=relevance, adapt=adapt,
+                                 run=report.run_options(workers, skip_bad, label="speakers")):
+            save_speaker(store, model.meta["speaker"], model, force)
+            written += 1
+    except SpkverError as exc:
+        if written:
+            kept = f"; the {written} speaker model(s) written before it are kept"
+            raise SpkverError(exc.message + kept, exc.path) from None
+        raise
+    report.log(f"enrolled {written} of {len(speakers)} speakers -> {store.root}")
+
+
+def speakers_per_folder(report, root: Path, skip_bad: bool) -> dict:
+    """Speaker id (a sub-folder's name) to the audio below that sub-folder."""
+    if not root.is_dir():
+        raise SpkverError("no such folder" if not root.exists() else "is not a folder", root)
+    speakers = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            validate_speaker_id(folder.name)
+        except SpkverError as exc:
+            raise SpkverError(f"sub-folder name is not a speaker id: {exc.message}", folder) from None
+        try:
+            speakers[folder.name] = find_audio([folder])
+        except SpkverError as exc:
+            if not skip_bad:
+                raise
+            report.warn(f"{exc}; speaker {folder.name!r} not enrolled")
+    if not speakers:
+        raise SpkverError("holds no sub-folders with audio (one per speaker, named after the speaker)", root)
+    return speakers
+
+
+def read_speaker_list(path: Path, data_dir) -> dict:
+    """Speaker id to audio from 'speaker path-or-utterance-id' lines (utterance ids of ``data_dir``)."""
+    utterances = {item.key: item for item in read_data_dir(data_dir).items} if data_dir is not None else {}
+    speakers: dict[str, list] = {}
+    seen: dict[tuple, int] = {}
+    for number, line in list_lines(path, "speaker list"):
+        fields = line.strip().split(None, 1)
+        if len(fields) < 2:
+            raise SpkverError(f"line {number}: expected 'speaker path-or-utterance-id'", path)
+        name, target = fields
+        try:
+            validate_speaker_id(name)
+            items = [utterances[target]] if target in utterances else find_audio([path.parent / target])
+        except SpkverError as exc:
+            raise SpkverError(f"line {number}: {exc}", path) from None
+        for item in items:
+            if (name, item) in seen:
+                raise SpkverError(f"line {number}: repeats the entry of line {seen[name, item]}", path)
+            seen[name, item] = number
+            speakers.setdefault(name, []).append(replace(item, origin=item.origin or f"{path} line {number}"))
+    if not speakers:
+        raise SpkverError("speaker list names no speakers", path)
+    return speakers
+
+
+def speakers_of_data_dir(data_dir: Path) -> dict:
+    """Speaker id to utterances of a data folder (its spk2utt or utt2spk)."""
+    data = read_data_dir(data_dir)
+    if not data.speakers:
+        raise SpkverError("data folder has neither spk2utt nor utt2spk: give --speaker to enroll all of it as one "
+                          "speaker", data.root)
+    return {name: data.items_of(name) for name in data.speakers}
 
 
 @click.command("verify")
@@ -70,7 +205,7 @@ def enroll_command(report, ubm_path, models_dir, speaker, relevance, adapt, forc
 @audio_inputs
 @click.pass_obj
 def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_path, p_target, as_json, audio,
-           list_file, workers, skip_bad):
+           list_file, data_dir, allow_pipes, workers, skip_bad):
     """Is AUDIO spoken by SPEAKER? Prints speaker, path, score, accept|reject."""
     from spkver.api import verify as verify_trials
 
@@ -80,7 +215,7 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
     models = [store.load(name, ubm) for name in speaker]
     calibration = calibration_option(calibration_path)
     threshold = decision_threshold(threshold, calibration, p_target)
-    items = gather_inputs(audio, list_file)
+    items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     scores = verify_trials(ubm, models, items, threshold=threshold, top_c=top_c, calibration=calibration,
                            run=report.run_options(workers, skip_bad))
     for t in scores:
@@ -109,7 +244,7 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
 @audio_inputs
 @click.pass_obj
 def identify_command(report, ubm_path, models_dir, top, threshold, top_c, calibration_path, p_target, as_json, audio,
-             list_file, workers, skip_bad):
+             list_file, data_dir, allow_pipes, workers, skip_bad):
     """Which enrolled speaker is it? Ranks all speakers for each AUDIO file."""
     from spkver.api import identify as identify_files
 
@@ -118,7 +253,7 @@ def identify_command(report, ubm_path, models_dir, top, threshold, top_c, calibr
     calibration = calibration_option(calibration_path)
     if calibration is not None:
         threshold = decision_threshold(threshold, calibration, p_target)
-    items = gather_inputs(audio, list_file)
+    items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     answers = identify_files(ubm, speakers, items, top=top, threshold=threshold, top_c=top_c,
                              calibration=calibration, run=report.run_options(workers, skip_bad))
     for answer in answers:

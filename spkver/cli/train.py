@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from spkver.audio.sources import gather_inputs
 from spkver.backend.scorenorm import COHORT_SEGMENTS
 from spkver.cli.options import (
     AutoOrPositiveInt,
     Finite,
     audio_inputs,
+    audio_items,
     feature_cache,
     feature_options,
     training_feature_config,
@@ -50,7 +50,7 @@ from spkver.storage.models import checkpoint_step, save_model
 @click.pass_context
 def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allow_fewer_components,
                       force, features_dir, cache_dir, no_cache, scheduler, resume, cohort_segments, audio, list_file,
-                      workers, skip_bad, **feature_values):
+                      data_dir, allow_pipes, workers, skip_bad, **feature_values):
     """Train a universal background model on AUDIO (files or folders).
 
     A checkpoint (OUTPUT.checkpoint.npz) is written after every EM iteration;
@@ -67,11 +67,11 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
     if output.exists() and not force:
         raise SpkverError("already exists; pass --force to replace it (speakers enrolled from it "
                           "will need re-enrolling)", output)
-    if features_dir is not None and (audio or list_file):
-        raise SpkverError("give either --features or AUDIO/--list, not both")
+    if features_dir is not None and (audio or list_file or data_dir):
+        raise SpkverError("give either --features or AUDIO/--list/--data-dir, not both")
     items = config = None
     if features_dir is None:
-        items = gather_inputs(audio, list_file)
+        items = audio_items(report, audio, list_file, data_dir, allow_pipes)
         config = training_feature_config(report, items, feature_values)
         report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
                    f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
@@ -111,11 +111,11 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
 @feature_options
 @audio_inputs
 @click.pass_obj
-def extract_command(report, output, audio, list_file, workers, skip_bad, **feature_values):
+def extract_command(report, output, audio, list_file, data_dir, allow_pipes, workers, skip_bad, **feature_values):
     """Extract features of AUDIO into a feature store (re-runs skip unchanged files)."""
     from spkver.features.store import FeatureStore
 
-    items = gather_inputs(audio, list_file)
+    items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     store = FeatureStore(output, training_feature_config(report, items, feature_values))
     kept = store.extract(items, run=report.run_options(workers, skip_bad))
     frames = sum(len(a) for _, a in kept)

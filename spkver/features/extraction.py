@@ -6,7 +6,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from spkver.audio.decode import iter_audio_blocks
+from spkver.audio.decode import iter_item_blocks, open_recording
 from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
@@ -17,32 +17,63 @@ from spkver.run import RunOptions, default_workers, init_worker_process, process
 MIN_FILES_FOR_WORKERS = 24
 
 
-def features_of(item: AudioItem, config: FeatureConfig, info: dict | None = None) -> np.ndarray:
-    """Speech-frame features of one recording (``info`` as for :func:`spkver.audio.decode.iter_audio_blocks`).
+def features_of(item: AudioItem, config: FeatureConfig, info: dict | None = None, recording=None) -> np.ndarray:
+    """Speech-frame features of one utterance (``info`` and ``recording`` as for
+    :func:`spkver.audio.decode.iter_item_blocks`).
 
     Raises
     ------
     SpkverError
         Unreadable audio, or no speech frame left after voice-activity detection.
     """
-    frames = extract_blocks(iter_audio_blocks(item.path, config.sample_rate, info=info), config)
+    frames = extract_blocks(iter_item_blocks(item, config.sample_rate, recording=recording, info=info), config)
     if len(frames) == 0:
-        raise SpkverError("no speech found (the recording is silent or too quiet)", item.path)
+        raise SpkverError("no speech found (the recording is silent or too quiet)", item.where)
     if not np.isfinite(frames).all():  # the guard on features, where they are made
-        raise SpkverError("features are not finite (the audio is damaged)", item.path)
+        raise SpkverError("features are not finite (the audio is damaged)", item.where)
     return frames
 
 
+def _error_line(item: AudioItem, exc: SpkverError) -> str:
+    return f"{exc} (named in {item.origin})" if item.origin else str(exc)
+
+
 def _features_or_error(args):
-    """``(features, error message, native sample rate)`` of one job."""
-    item, config = args
-    info = {}
+    """``[(features, error message, native sample rate)]`` of one job: the utterances of one recording.
+
+    The recording is opened (its command run) once for all of them.
+    """
+    items, config = args
+    if len(items) == 1:
+        return [_one_features_or_error(items[0], config, None)]
     try:
-        return features_of(item, config, info), None, info.get("native_rate")
+        with open_recording(items[0]) as recording:
+            return [_one_features_or_error(item, config, recording if recording is not None else False)
+                    for item in items]
     except SpkverError as exc:
-        return None, f"{exc} (named in {item.origin})" if item.origin else str(exc), info.get("native_rate")
+        return [(None, _error_line(item, exc), None) for item in items]
+
+
+def _one_features_or_error(item: AudioItem, config: FeatureConfig, recording):
+    info: dict = {}
+    try:
+        return features_of(item, config, info, recording), None, info.get("native_rate")
+    except SpkverError as exc:
+        return None, _error_line(item, exc), info.get("native_rate")
     except MemoryError:
-        return None, f"{item.path}: out of memory while reading it", info.get("native_rate")
+        return None, f"{item.where}: out of memory while reading it", info.get("native_rate")
+
+
+def recording_groups(items) -> list[list[AudioItem]]:
+    """``items`` in order, consecutive segments of one recording grouped (read with one decoding)."""
+    groups: list[list[AudioItem]] = []
+    for item in items:
+        last = groups[-1][-1] if groups else None
+        if last is not None and item.segmented and last.segmented and last.recording == item.recording:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def low_rate_message(path, native_rate: int, feature_rate: int) -> str:
@@ -59,24 +90,29 @@ def iter_features(items, config: FeatureConfig, workers: int | None = None):
     None), so the caller decides whether to stop or skip it.
     """
     workers = workers or default_workers()
-    jobs = [(item, config) for item in items]
+    jobs = [(group, config) for group in recording_groups(items)]
     if workers <= 1 or len(jobs) < MIN_FILES_FOR_WORKERS:
-        for job in jobs:
-            yield (job[0], *_features_or_error(job))
+        yield from _per_item(jobs, map(_features_or_error, jobs))
         return
 
     with ProcessPoolExecutor(workers, mp_context=process_context(), initializer=init_worker_process) as pool:
         chunk = max(1, min(64, len(jobs) // (8 * workers)))
-        for job, result in zip(jobs, pool.map(_features_or_error, jobs, chunksize=chunk)):
-            yield (job[0], *result)
+        yield from _per_item(jobs, pool.map(_features_or_error, jobs, chunksize=chunk))
 
 
-def usable_features(items, config: FeatureConfig, *, run: RunOptions = RunOptions()):
-    """Yield ``(item, features)`` of each good recording, in order.
+def _per_item(jobs, results):
+    """``(item, features, error, native rate)`` of each item of each job, in order."""
+    for (group, _), group_results in zip(jobs, results):
+        for item, result in zip(group, group_results):
+            yield (item, *result)
+
+
+def checked_features(items, config: FeatureConfig, *, run: RunOptions = RunOptions()):
+    """Yield ``(item, features or None)`` for every item, in order; None for a bad file that was skipped.
 
     A bad file raises :class:`SpkverError`, or with ``run.skip_bad`` is
-    passed to ``run.on_skip`` (its one-line message) and left out. Features
-    are (n_speech_frames, ``config.dim``) float32 arrays.
+    passed to ``run.on_skip`` (its one-line message). Features are
+    (n_speech_frames, ``config.dim``) float32 arrays.
 
     ``run.progress`` wraps the result iterator (for a progress bar);
     ``run.on_note`` receives one warning, at the first recording made at a
@@ -91,15 +127,25 @@ def usable_features(items, config: FeatureConfig, *, run: RunOptions = RunOption
     for item, frames, error, native_rate in results:
         if error is None:
             if not warned and native_rate and native_rate < config.sample_rate:
-                run.note(low_rate_message(item.path, native_rate, config.sample_rate))
+                run.note(low_rate_message(item.where, native_rate, config.sample_rate))
                 warned = True
             if run.on_detail is not None:
                 run.on_detail(f"{item.key}: {len(frames)} speech frames")
             yield item, frames
-        elif not run.skip_bad:
+            continue
+        if not run.skip_bad:
             raise SpkverError(error)
-        elif run.on_skip is not None:
+        if run.on_skip is not None:
             run.on_skip(error)
+        yield item, None
+
+
+def usable_features(items, config: FeatureConfig, *, run: RunOptions = RunOptions()):
+    """Yield ``(item, features)`` of each good recording, in order (:func:`checked_features` without the
+    skipped ones)."""
+    for item, frames in checked_features(items, config, run=run):
+        if frames is not None:
+            yield item, frames
 
 
 def extract_all(items, config: FeatureConfig, *, run: RunOptions = RunOptions()):

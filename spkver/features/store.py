@@ -1,6 +1,7 @@
 """Feature store: features on disk, one ``.npy`` per recording plus ``index.json``.
 
-Entries are keyed by the recording's resolved path. An entry is fresh when
+Entries are keyed by the recording's resolved path (and, for a segment of
+it, the segment's start and end). An entry is fresh when
 the recording's size, modification time, change time and inode are those
 stored with it (:func:`spkver.fileio.file_signature`: a content change always
 moves the change time, which no copy tool can restore); when they differ, the
@@ -10,6 +11,11 @@ its old modification time is extracted again. The store holds one feature
 configuration (its fingerprint is in the index). Arrays are opened
 memory-mapped and checked (shape, finite values) before use: training
 streams them and never needs them all in RAM.
+
+The output of a command (a piped ``wav.scp`` entry) has no identity to check
+without running the command, so its entry, keyed by the command and its
+folder, is never taken as fresh: the command runs and the features are
+extracted again every time, and the entry only keeps them for training.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.extraction import usable_features
@@ -79,6 +86,11 @@ def cached_stores(cache_dir) -> list[Path]:
                   if p.is_dir() and not p.is_symlink() and (p / INDEX).is_file())
 
 
+def as_item(source) -> AudioItem:
+    """``source`` as an :class:`AudioItem`: items as they are, a path as the whole file."""
+    return source if isinstance(source, AudioItem) else AudioItem(str(source), Path(source))
+
+
 class FeatureStore:
     """A folder of per-recording feature arrays for one :class:`FeatureConfig`.
 
@@ -120,8 +132,19 @@ class FeatureStore:
         return index
 
     @staticmethod
-    def key(path: Path) -> str:
-        return sha256_hex([str(Path(path).resolve())], 24)
+    def source(item) -> str:
+        """What an entry of ``item`` (an AudioItem or a path) holds, in words: the resolved path (and
+        segment), or the command and its folder."""
+        item = as_item(item)
+        if item.command is not None:
+            return f"command in {item.path.parent.resolve()}: {item.command}"
+        source = str(item.path.resolve())
+        return f"{source} from {item.start!r} s to {item.end!r} s" if item.segmented else source
+
+    @classmethod
+    def key(cls, item) -> str:
+        """The entry of ``item``: a whole file keeps the key of its path, as in stores of earlier versions."""
+        return sha256_hex([cls.source(item)], 24)
 
     def file(self, key: str) -> Path:
         """The ``.npy`` file of entry ``key``."""
@@ -149,12 +172,15 @@ class FeatureStore:
                 return None
         return array
 
-    def fresh(self, path: Path):
-        """The stored features of ``path`` if they are up to date, else None (see the module's rule)."""
-        key = self.key(path)
+    def fresh(self, item):
+        """The stored features of ``item`` (an AudioItem or a path) if they are up to date, else None (see the
+        module's rule)."""
+        item = as_item(item)
+        key = self.key(item)
         entry = self.entries.get(key)
-        if entry is None:
+        if entry is None or item.command is not None:
             return None
+        path = item.path
         try:
             signature = file_signature(path)
             if entry.get("signature") != signature:
@@ -166,16 +192,21 @@ class FeatureStore:
             return None
         return self.open(key)
 
-    def put(self, path: Path, frames: np.ndarray):
-        """Store the features of ``path`` (array file first, index entry after)."""
+    def put(self, item, frames: np.ndarray):
+        """Store the features of ``item`` (an AudioItem or a path; array file first, index entry after)."""
+        item = as_item(item)
         self.root.mkdir(parents=True, exist_ok=True)
-        key = self.key(path)
+        key = self.key(item)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(frames, dtype=np.float32), allow_pickle=False)
-        signature = file_signature(path)  # before hashing: a write meanwhile makes the entry stale, not wrong
+        entry: dict = {"source": self.source(item), "frames": int(len(frames))}
+        if item.command is None:
+            # the signature before hashing: a write meanwhile makes the entry stale, not wrong
+            entry.update(signature=file_signature(item.path))
         write_atomic(self.file(key), buffer.getvalue(), sync=False)
-        self.entries[key] = {"source": str(Path(path).resolve()), "signature": signature,
-                             "blake2b": content_hash(path), "frames": int(len(frames))}
+        if item.command is None:
+            entry.update(blake2b=content_hash(item.path))
+        self.entries[key] = entry
 
     def save_index(self):
         """Merge this process's entries into the index on disk, under a lock."""
@@ -221,22 +252,22 @@ class FeatureStore:
         ready = {}
         todo = []
         for item in items:
-            frames = self.fresh(item.path)
+            frames = self.fresh(item)
             if frames is None:
                 todo.append(item)
             else:
-                ready[str(item.path)] = frames
+                ready[self.key(item)] = frames
         good = usable_features(todo, self.config, run=run)
         try:
             for done, (item, frames) in enumerate(good, start=1):
-                self.put(item.path, frames)
-                ready[str(item.path)] = self.open(self.key(item.path))
+                self.put(item, frames)
+                ready[self.key(item)] = self.open(self.key(item))
                 if done % 1000 == 0:
                     self.save_index()
         finally:
             if todo or self._dirty:
                 self.save_index()
-        kept = [(item, ready[str(item.path)]) for item in items if str(item.path) in ready]
+        kept = [(item, ready[self.key(item)]) for item in items if self.key(item) in ready]
         if not kept:
             raise SpkverError("no usable audio: every input was skipped")
         return kept
