@@ -238,7 +238,15 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
     """
     validate_speaker_id(speaker)
     extracted = extract_all(items, ubm.feature_config, run=run)
-    arrays = [frames for _, frames in extracted]
+    return adapt_model(ubm, [frames for _, frames in extracted], speaker, relevance=relevance, adapt=adapt)
+
+
+def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT) -> Model:
+    """MAP-adapt ``ubm`` to feature ``arrays`` (each (n_i, D)): the model :func:`enroll` and pair trials make.
+
+    ``speaker`` is recorded in the model's metadata as it is (it is checked
+    only where a model is stored).
+    """
     with single_blas_thread():  # the same statistics, so the same model, on any number of cores
         stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
     floor = ubm.gmm.variances.min(axis=0) * 1e-2
@@ -327,11 +335,11 @@ def _load_speakers(ubm, store: SpeakerStore, trials, run: RunOptions, source) ->
     return models
 
 
-def _test_features(ubm, trials, run: RunOptions):
-    """Features of each distinct test file, extracted once, in parallel."""
+def _features_of(ubm, named, run: RunOptions) -> dict[str, np.ndarray]:
+    """Features of each distinct file of ``named`` (``(path, name, origin)`` triples), extracted once, in parallel."""
     distinct: dict[str, AudioItem] = {}
-    for trial in trials:
-        distinct.setdefault(str(trial.path), AudioItem(trial.test, trial.path, f"trials line {trial.line}"))
+    for path, name, origin in named:
+        distinct.setdefault(str(path), AudioItem(name, path, origin))
     good = usable_features(distinct.values(), ubm.feature_config, run=run)
     return {str(item.path): frames for item, frames in good}
 
@@ -388,12 +396,68 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
     >>> scores[0].score > scores[1].score  # the target trial scores higher
     True
     """
+    _check_scoring(norm, cohort, top_n, calibration)
+    models = _load_speakers(ubm, store, trials, run, source)
+    features = _features_of(ubm, ((t.path, t.test, f"trials line {t.line}") for t in trials), run)
+    return _score_models(ubm, models, features, trials, top_c=top_c, norm=norm, cohort=cohort, top_n=top_n,
+                         calibration=calibration, run=run)
+
+
+def score_pairs(ubm: Model, trials: list[Trial], *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
+                top_c: int = 5, norm: str = "none", cohort: Cohort | None = None, top_n: int | None = None,
+                calibration: Calibration | None = None, source: str = "pairs",
+                run: RunOptions = DEFAULT_RUN) -> list[Score]:
+    """Score pair trials (VoxCeleb style): each enrollment recording becomes a speaker model, once.
+
+    Every distinct file (enrollment or test) is read once, in parallel; each
+    distinct enrollment is MAP-adapted once, as :func:`enroll` would from that
+    one file, and the trials are then scored as :func:`score_trials` scores them.
+
+    Parameters
+    ----------
+    ubm : Model
+    trials : list of Trial
+        With ``enrollment`` set (:func:`~spkver.storage.trials.read_trials` with ``pairs=True``).
+    relevance, adapt
+        MAP settings, as for :func:`enroll`.
+    top_c, norm, cohort, top_n, calibration, source
+        As for :func:`score_trials`.
+    run : RunOptions
+        With ``run.skip_bad``, trials whose enrollment or test file is unusable are left out.
+
+    Returns
+    -------
+    list of Score
+        In trial order, ``speaker`` the enrollment as written, with the trials' labels.
+    """
+    if any(t.enrollment is None for t in trials):
+        raise SpkverError("pair trials need an enrollment recording each", source)
+    _check_scoring(norm, cohort, top_n, calibration)
+    named = [(t.enrollment, t.speaker, f"{source} line {t.line}") for t in trials]
+    named += [(t.path, t.test, f"{source} line {t.line}") for t in trials]
+    features = _features_of(ubm, named, run)
+    models: dict[str, Model | None] = {}
+    for trial in trials:
+        if trial.speaker not in models:
+            frames = features.get(str(trial.enrollment))
+            models[trial.speaker] = None if frames is None else \
+                adapt_model(ubm, [frames], trial.speaker, relevance=relevance, adapt=adapt)
+    return _score_models(ubm, models, features, trials, top_c=top_c, norm=norm, cohort=cohort, top_n=top_n,
+                         calibration=calibration, run=run)
+
+
+def _check_scoring(norm: str, cohort: Cohort | None, top_n: int | None, calibration: Calibration | None) -> None:
+    """A normalisation needs a cohort; a calibration holds only for scores normalised as its own were."""
     if norm != "none" and cohort is None:
-        raise SpkverError(f"--norm {norm} needs --cohort")
+        raise SpkverError(f"--score-norm {norm} needs --cohort")
     if calibration is not None:
         calibration.require(describe_normalisation(norm, top_n))
-    models = _load_speakers(ubm, store, trials, run, source)
-    features = _test_features(ubm, trials, run)
+
+
+def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[str, np.ndarray], trials, *,
+                  top_c: int, norm: str, cohort: Cohort | None, top_n: int | None,
+                  calibration: Calibration | None, run: RunOptions) -> list[Score]:
+    """Score ``trials`` against ``models`` (None: left out) on ``features`` (missing: left out)."""
     by_file: dict[str, list[int]] = {}
     for index, trial in enumerate(trials):
         if models[trial.speaker] is not None and features.get(str(trial.path)) is not None:
