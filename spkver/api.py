@@ -509,7 +509,7 @@ class Identification:
     ranking: list
 
 
-def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | None = None, top_c: int = 5,
+def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | None = 0.0, top_c: int = 5,
              calibration: Calibration | None = None, run: RunOptions = DEFAULT_RUN) -> list[Identification]:
     """Rank enrolled speakers for each recording; ``unknown`` when the best is below ``threshold``.
 
@@ -519,8 +519,11 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
         As for :func:`verify`; at least one speaker.
     top : int
         Speakers listed per recording.
-    threshold : float, optional
-        Open-set identification; None (default) always names the best speaker.
+    threshold : float or None
+        Open-set identification (the default): ``unknown`` when the best score
+        is below this, 0 as in :func:`verify` (for calibrated scores see
+        :func:`spkver.backend.metrics.bayes_threshold`); None always names the
+        best speaker (closed set).
     top_c : int
     calibration : Calibration, optional
         Fitted on raw scores: scores become log-likelihood ratios.
