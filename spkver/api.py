@@ -259,11 +259,15 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
     """
     validate_speaker_id(speaker)
     extracted = extract_all(items, ubm.feature_config, run=run)
-    return _adapted(ubm, speaker, [frames for _, frames in extracted], relevance, adapt)
+    return adapt_model(ubm, [frames for _, frames in extracted], speaker, relevance=relevance, adapt=adapt)
 
 
-def _adapted(ubm: Model, speaker: str, arrays, relevance: float, adapt: str) -> Model:
-    """The speaker model MAP-adapted from ``ubm`` to the features ``arrays``."""
+def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT) -> Model:
+    """MAP-adapt ``ubm`` to feature ``arrays`` (each (n_i, D)): the model :func:`enroll` and pair trials make.
+
+    ``speaker`` is recorded in the model's metadata as it is (it is checked
+    only where a model is stored).
+    """
     with single_blas_thread():  # the same statistics, so the same model, on any number of cores
         stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
     floor = ubm.gmm.variances.min(axis=0) * 1e-2
@@ -355,7 +359,7 @@ def _enrolled_in_order(ubm: Model, speakers: dict, relevance: float, adapt: str,
         if remaining[owner]:
             continue
         if arrays[owner]:
-            yield _adapted(ubm, owner, arrays.pop(owner), relevance, adapt)
+            yield adapt_model(ubm, arrays.pop(owner), owner, relevance=relevance, adapt=adapt)
         else:
             if run.on_skip is not None:
                 run.on_skip(f"speaker {owner!r}: no usable audio left; not enrolled")
@@ -437,8 +441,8 @@ def _trial_items(trials, utterances) -> list[AudioItem]:
             else AudioItem(t.test, t.path, f"trials line {t.line}") for t in trials]
 
 
-def _test_features(ubm, items, run: RunOptions):
-    """Features of each distinct test (by :attr:`AudioItem.name`), extracted once, in parallel."""
+def _features_of(ubm, items, run: RunOptions) -> dict[str, np.ndarray]:
+    """Features of each distinct item of ``items`` (by :attr:`AudioItem.name`), extracted once, in parallel."""
     distinct: dict[str, AudioItem] = {}
     for item in items:
         distinct.setdefault(item.name, item)
@@ -502,13 +506,70 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
     >>> scores[0].score > scores[1].score  # the target trial scores higher
     True
     """
-    if norm != "none" and cohort is None:
-        raise SpkverError(f"--norm {norm} needs --cohort")
-    if calibration is not None:
-        calibration.require(describe_normalisation(norm, top_n))
+    _check_scoring(norm, cohort, top_n, calibration)
     models = _load_speakers(ubm, store, trials, run, source)
     items = _trial_items(trials, utterances)
-    features = _test_features(ubm, items, run)
+    features = _features_of(ubm, items, run)
+    return _score_models(ubm, models, features, trials, items, top_c=top_c, norm=norm, cohort=cohort, top_n=top_n,
+                         calibration=calibration, run=run)
+
+
+def score_pairs(ubm: Model, trials: list[Trial], *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
+                top_c: int = 5, norm: str = "none", cohort: Cohort | None = None, top_n: int | None = None,
+                calibration: Calibration | None = None, source: str = "pairs",
+                run: RunOptions = DEFAULT_RUN) -> list[Score]:
+    """Score pair trials (VoxCeleb style): each enrollment recording becomes a speaker model, once.
+
+    Every distinct file (enrollment or test) is read once, in parallel; each
+    distinct enrollment is MAP-adapted once, as :func:`enroll` would from that
+    one file, and the trials are then scored as :func:`score_trials` scores them.
+
+    Parameters
+    ----------
+    ubm : Model
+    trials : list of Trial
+        With ``enrollment`` set (:func:`~spkver.storage.trials.read_trials` with ``pairs=True``).
+    relevance, adapt
+        MAP settings, as for :func:`enroll`.
+    top_c, norm, cohort, top_n, calibration, source
+        As for :func:`score_trials`.
+    run : RunOptions
+        With ``run.skip_bad``, trials whose enrollment or test file is unusable are left out.
+
+    Returns
+    -------
+    list of Score
+        In trial order, ``speaker`` the enrollment as written, with the trials' labels.
+    """
+    if any(t.enrollment is None for t in trials):
+        raise SpkverError("pair trials need an enrollment recording each", source)
+    _check_scoring(norm, cohort, top_n, calibration)
+    enrollments = [AudioItem(t.speaker, Path(str(t.enrollment)), f"{source} line {t.line}") for t in trials]
+    items = [AudioItem(t.test, t.path, f"{source} line {t.line}") for t in trials]
+    features = _features_of(ubm, enrollments + items, run)
+    models: dict[str, Model | None] = {}
+    for trial, enrollment in zip(trials, enrollments):
+        if trial.speaker not in models:
+            frames = features.get(enrollment.name)
+            models[trial.speaker] = None if frames is None else \
+                adapt_model(ubm, [frames], trial.speaker, relevance=relevance, adapt=adapt)
+    return _score_models(ubm, models, features, trials, items, top_c=top_c, norm=norm, cohort=cohort, top_n=top_n,
+                         calibration=calibration, run=run)
+
+
+def _check_scoring(norm: str, cohort: Cohort | None, top_n: int | None, calibration: Calibration | None) -> None:
+    """A normalisation needs a cohort; a calibration holds only for scores normalised as its own were."""
+    if norm != "none" and cohort is None:
+        raise SpkverError(f"--score-norm {norm} needs --cohort")
+    if calibration is not None:
+        calibration.require(describe_normalisation(norm, top_n))
+
+
+def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[str, np.ndarray], trials,
+                  items: list[AudioItem], *, top_c: int, norm: str, cohort: Cohort | None, top_n: int | None,
+                  calibration: Calibration | None, run: RunOptions) -> list[Score]:
+    """Score ``trials`` (their test audio ``items``) against ``models`` (None: left out) on ``features``
+    (by item name; missing: left out)."""
     by_test: dict[str, list[int]] = {}
     for index, (trial, item) in enumerate(zip(trials, items)):
         if models[trial.speaker] is not None and features.get(item.name) is not None:
@@ -560,7 +621,7 @@ class Identification:
     ranking: list
 
 
-def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | None = None, top_c: int = 5,
+def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | None = 0.0, top_c: int = 5,
              calibration: Calibration | None = None, run: RunOptions = DEFAULT_RUN) -> list[Identification]:
     """Rank enrolled speakers for each recording; ``unknown`` when the best is below ``threshold``.
 
@@ -570,8 +631,11 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
         As for :func:`verify`; at least one speaker.
     top : int
         Speakers listed per recording.
-    threshold : float, optional
-        Open-set identification; None (default) always names the best speaker.
+    threshold : float or None
+        Open-set identification (the default): ``unknown`` when the best score
+        is below this, 0 as in :func:`verify` (for calibrated scores see
+        :func:`spkver.backend.metrics.bayes_threshold`); None always names the
+        best speaker (closed set).
     top_c : int
     calibration : Calibration, optional
         Fitted on raw scores: scores become log-likelihood ratios.

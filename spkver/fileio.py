@@ -170,6 +170,44 @@ def numbered_lines(text: str, path):
         yield number, line
 
 
+# The first bytes of the files people give by mistake where a model is expected.
+_AUDIO_MAGIC = ((b"RIFF", "WAV audio"), (b"RF64", "WAV audio"), (b"fLaC", "FLAC audio"), (b"OggS", "Ogg audio"),
+                (b"ID3", "MP3 audio"), (b"FORM", "AIFF audio"), (b".snd", "AU audio"))
+
+
+def what_file_is(path) -> str:
+    """What a file that is not what was expected looks like, from its first bytes, for a message.
+
+    Returns e.g. ``"it is WAV audio"``, ``"it is text: a trials or score file?"``
+    or ``"it is binary data"``; ``"it is empty"``, or ``""`` when it cannot be read.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return ""
+    if not head:
+        return "it is empty"
+    for magic, kind in _AUDIO_MAGIC:
+        if head.startswith(magic):
+            return f"it is {kind}"
+    if head[:2] == b"\xff\xfb" or head[:2] == b"\xff\xf3" or head[:2] == b"\xff\xf2":
+        return "it is MP3 audio"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a single .npy array: a feature file?"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not merely a character cut at the end of the 4 KiB read
+            return "it is binary data"
+        text = head[: exc.start].decode("utf-8")
+    if "\x00" in text:
+        return "it is binary data"
+    if text.lstrip().startswith("{"):
+        return "it is JSON text: a calibration file?"
+    return "it is text: a trials, list or score file?"
+
+
 def refuse_other_kind(path, is_same_kind, what: str) -> None:
     """An output may replace an earlier file of its own kind, never anything else (a model, say)."""
     path = Path(path)

@@ -42,7 +42,7 @@ def test_the_next_commands_the_demo_prints_work_as_printed(tmp_path):
     from spkver.backend.metrics import eer
     from spkver.storage.trials import labelled_scores, read_scores
 
-    targets, nontargets = labelled_scores(read_scores(workdir / "demo-scores.tsv").scores)
+    targets, nontargets, *_ = labelled_scores(read_scores(workdir / "demo-scores.tsv").scores)
     printed_eer = float(demo.stdout.split("EER ")[1].split("%")[0])
     assert 100 * eer(targets, nontargets) == pytest.approx(printed_eer, abs=0.05)
 

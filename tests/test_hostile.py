@@ -191,7 +191,7 @@ def test_control_characters_in_file_names_cannot_forge_lines(store, tmp_path):
     assert len(rows) == 2 and all(len(r.split("\t")) == 4 for r in rows)
     assert "\\t" in rows[0] and "\\n" in rows[0]
     result = run("identify", *common, evil)
-    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 1
+    assert result.exit_code == 0 and len([r for r in result.stdout.splitlines() if not r.startswith("#")]) == 1
     trials = tmp_path / "trials"
     trials.write_text("alice\tx.wav\n")
     (tmp_path / "x.wav").write_bytes(evil.read_bytes())

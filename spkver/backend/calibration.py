@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.backend.metrics import prior_log_odds
+from spkver.backend.metrics import nontargets_needed, prior_log_odds
 from spkver.backend.scorenorm import parse_normalisation
 from spkver.errors import SpkverError
 from spkver.fileio import read_json, write_atomic
@@ -51,10 +51,9 @@ class Calibration:
                               f"these scores have '{normalisation}': calibrate scores made the same way", self.source)
 
 
-# Below these counts a development set says little about the tails: warn (NIST's rule of thumb
-# for DCF at prior P is at least 10 / P non-target trials).
+# Below this many targets (or metrics.nontargets_needed non-targets) a development set says
+# little about the tails: warn.
 MIN_TARGETS = 50
-MIN_NONTARGETS_PER_PRIOR = 10
 
 
 def _cross_entropy(logit, label):
@@ -80,9 +79,9 @@ def calibration_warnings(target_scores, nontarget_scores, p_target=0.01) -> list
     """Why a calibration fitted on these scores may not hold on new data (empty when none)."""
     tar, non = np.asarray(target_scores), np.asarray(nontarget_scores)
     warnings = []
-    if len(tar) < MIN_TARGETS or len(non) < MIN_NONTARGETS_PER_PRIOR / p_target:
+    if len(tar) < MIN_TARGETS or len(non) < nontargets_needed(p_target):
         warnings.append(f"small development set ({len(tar)} target, {len(non)} non-target trials; want at least "
-                        f"{MIN_TARGETS} and {MIN_NONTARGETS_PER_PRIOR / p_target:.0f} for P_target {p_target:g}): "
+                        f"{MIN_TARGETS} and {nontargets_needed(p_target)} for P_target {p_target:g}): "
                         "its LLRs are rough")
     if len(tar) and len(non) and non.max() < tar.min():
         warnings.append("target and non-target scores do not overlap: the fit cannot tell how fast errors grow, "

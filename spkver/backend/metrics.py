@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
+# minDCF at a prior P rests on the false alarms among the non-targets: with fewer than this many times
+# 1/P non-target trials, a handful of them decide it (the rule of thumb of NIST SRE and BOSARIS).
+MIN_NONTARGETS_PER_PRIOR = 10
 
-def det_points(target_scores, nontarget_scores):
-    """Miss and false-alarm rates at every distinct threshold.
+
+def det_curve(target_scores, nontarget_scores):
+    """Miss and false-alarm rates at every distinct threshold, and the thresholds.
 
     A trial is accepted when its score is at least the threshold. Thresholds
-    run over the distinct scores in increasing order, then above them all,
-    so tied scores move together and the curve goes from (0, 1) to (1, 0).
+    run over the distinct scores in increasing order, then just above them
+    all, so tied scores move together and the curve goes from (0, 1) to (1, 0).
 
     Returns
     -------
-    p_miss, p_fa : numpy.ndarray
-        Non-decreasing and non-increasing respectively.
+    p_miss, p_fa, thresholds : numpy.ndarray
+        Of equal length; ``p_miss`` is non-decreasing and ``p_fa``
+        non-increasing; the last threshold is the next float above the
+        highest score (everything rejected).
     """
     tar = np.sort(np.asarray(target_scores, dtype=np.float64))
     non = np.sort(np.asarray(nontarget_scores, dtype=np.float64))
@@ -26,18 +32,57 @@ def det_points(target_scores, nontarget_scores):
     thresholds = np.unique(np.concatenate([tar, non]))
     p_miss = np.searchsorted(tar, thresholds, side="left") / len(tar)
     p_fa = 1.0 - np.searchsorted(non, thresholds, side="left") / len(non)
-    return np.append(p_miss, 1.0), np.append(p_fa, 0.0)
+    above_all = np.nextafter(thresholds[-1], np.inf)
+    return np.append(p_miss, 1.0), np.append(p_fa, 0.0), np.append(thresholds, above_all)
+
+
+def det_points(target_scores, nontarget_scores):
+    """Miss and false-alarm rates at every distinct threshold (:func:`det_curve` without the thresholds)."""
+    p_miss, p_fa, _ = det_curve(target_scores, nontarget_scores)
+    return p_miss, p_fa
+
+
+def eer_point(target_scores, nontarget_scores) -> tuple[float, float]:
+    """The equal error rate and a threshold that operates at it.
+
+    The EER is where the DET curve, linearly interpolated, meets P_miss =
+    P_fa. Of the two DET points around it, the threshold is the one whose
+    larger error rate is smaller (the lower threshold on a tie).
+
+    Returns
+    -------
+    eer : float
+    threshold : float
+        Accepting scores at least this gives the error rates nearest the EER.
+    """
+    p_miss, p_fa, thresholds = det_curve(target_scores, nontarget_scores)
+    i = int(np.argmax(p_miss >= p_fa))
+    if i == 0:
+        return float(p_fa[0]), float(thresholds[0])
+    m0, f0, m1, f1 = p_miss[i - 1], p_fa[i - 1], p_miss[i], p_fa[i]
+    t = (f0 - m0) / ((f0 - m0) - (f1 - m1))
+    nearest = i - 1 if f0 <= m1 else i
+    return float(m0 + t * (m1 - m0)), float(thresholds[nearest])
 
 
 def eer(target_scores, nontarget_scores) -> float:
     """Equal error rate: where the (linearly interpolated) DET curve meets P_miss = P_fa."""
-    p_miss, p_fa = det_points(target_scores, nontarget_scores)
-    i = int(np.argmax(p_miss >= p_fa))
-    if i == 0:
-        return float(p_fa[0])
-    m0, f0, m1, f1 = p_miss[i - 1], p_fa[i - 1], p_miss[i], p_fa[i]
-    t = (f0 - m0) / ((f0 - m0) - (f1 - m1))
-    return float(m0 + t * (m1 - m0))
+    return eer_point(target_scores, nontarget_scores)[0]
+
+
+def min_dcf_point(target_scores, nontarget_scores, p_target=0.01, c_miss=1.0, c_fa=1.0) -> tuple[float, float]:
+    """The minimum normalised detection cost (see :func:`min_dcf`) and the threshold that reaches it.
+
+    Returns
+    -------
+    min_dcf : float
+    threshold : float
+        Accepting scores at least this costs ``min_dcf`` (the lowest such threshold).
+    """
+    p_miss, p_fa, thresholds = det_curve(target_scores, nontarget_scores)
+    costs = detection_cost(p_miss, p_fa, p_target, c_miss, c_fa)
+    best = int(np.argmin(costs))
+    return float(costs[best]), float(thresholds[best])
 
 
 def min_dcf(target_scores, nontarget_scores, p_target=0.01, c_miss=1.0, c_fa=1.0) -> float:
@@ -46,8 +91,12 @@ def min_dcf(target_scores, nontarget_scores, p_target=0.01, c_miss=1.0, c_fa=1.0
     ``DCF = C_miss P_target P_miss + C_fa (1 − P_target) P_fa``, divided by
     the cost of the better trivial system, ``min(C_miss P_target, C_fa (1 − P_target))``.
     """
-    p_miss, p_fa = det_points(target_scores, nontarget_scores)
-    return float(detection_cost(p_miss, p_fa, p_target, c_miss, c_fa).min())
+    return min_dcf_point(target_scores, nontarget_scores, p_target, c_miss, c_fa)[0]
+
+
+def nontargets_needed(p_target) -> int:
+    """Non-target trials below which minDCF or a calibration at ``p_target`` rests on a handful of false alarms."""
+    return int(np.ceil(MIN_NONTARGETS_PER_PRIOR / p_target - 1e-9))
 
 
 def detection_cost(p_miss, p_fa, p_target=0.01, c_miss=1.0, c_fa=1.0):

@@ -16,7 +16,7 @@ from spkver.backend.calibration import (
     load_calibration,
     save_calibration,
 )
-from spkver.backend.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
+from spkver.backend.metrics import actual_dcf, cllr, eer_point, min_cllr, min_dcf_point, nontargets_needed
 from spkver.backend.scorenorm import (
     SCORE_NORMS,
     Cohort,
@@ -27,12 +27,17 @@ from spkver.backend.scorenorm import (
 from spkver.cli.options import Finite, deprecated_alias, load_store, top_c_option, workers_option
 from spkver.errors import SpkverError, printable
 from spkver.fileio import refuse_other_kind, write_atomic
+from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.run import RunOptions
+from spkver.storage.models import load_model
 from spkver.storage.speakers import SpeakerStore
 from spkver.storage.trials import (
+    LABEL_CHOICES,
+    SPKVER_SCORES,
     format_score,
     is_score_file,
     labelled_scores,
+    read_key,
     read_scores,
     read_trials,
     score_file_header,
@@ -40,8 +45,11 @@ from spkver.storage.trials import (
 
 
 def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
-    """A Cohort from --cohort values (model stores and audio), else the UBM's stored cohort."""
-    cache_dir = cohort_cache_dir(models_dir)
+    """A Cohort from --cohort values (model stores and audio), else the UBM's stored cohort.
+
+    Raw cohort scores are cached in ``MODELS/.cohort-cache``; without a models folder (pair trials) they are not.
+    """
+    cache_dir = cohort_cache_dir(models_dir) if models_dir is not None else None
     if not cohort_paths:
         return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, frames=ubm.cohort, run=RunOptions(workers))
     audio, model_store = [], None
@@ -60,10 +68,14 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 
 
 @click.command("score")
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
-@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--trials", "trials_path", required=True, type=click.Path(path_type=Path),
-              help="Lines 'speaker test [target|nontarget]'.")
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path),
+              help="Speaker store the --trials speakers are enrolled in (required with --trials).")
+@click.option("--trials", "trials_path", type=click.Path(path_type=Path),
+              help="Trial list: lines 'speaker test [label]' (Kaldi trials) against enrolled speakers.")
+@click.option("--pairs", "pairs_path", type=click.Path(path_type=Path),
+              help="Pair trials: lines '[label] enrollment test' (VoxCeleb lists); each distinct enrollment "
+                   "recording is MAP-adapted once, as enroll would, and needs no --models.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scores file to write.")
 @top_c_option
 @click.option("--score-norm", type=click.Choice(SCORE_NORMS), default=None,
@@ -77,22 +89,42 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
               help="Adaptive normalisation: statistics of the N highest cohort scores.")
 @click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
               help="CAL.json: write calibrated log-likelihood ratios.")
-@click.option("--wav-scp", type=click.Path(path_type=Path), help="Kaldi wav.scp: tests are utterance ids.")
+@click.option("--wav-scp", type=click.Path(path_type=Path),
+              help="Kaldi wav.scp: tests (and pair enrollments) are utterance ids.")
 @click.option("--data-dir", type=click.Path(path_type=Path),
               help="Kaldi data folder (wav.scp, optional segments): tests are its utterance ids.")
 @click.option("--allow-pipes", is_flag=True,
               help="Run the commands of piped --wav-scp lines ('utt cmd |'; only for lists you trust).")
+@click.option("--audio-root", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder the list's relative paths start from, e.g. VoxCeleb's wav/ [default: the list's folder].")
+@click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True,
+              help="--pairs: MAP relevance factor of the enrollment models.")
+@click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
+              help="--pairs: adapt means (m), and weights (w) and/or variances (v).")
 @workers_option("Processes for feature extraction [default: all cores].")
 @click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
 @click.pass_obj
-def score_command(report, ubm_path, models_dir, trials_path, output, top_c, score_norm, old_score_norm, cohort, top_n,
-          calibration_path, wav_scp, data_dir, allow_pipes, workers, skip_bad):
-    """Score a trial list: one 'speaker<TAB>test<TAB>score[<TAB>label]' line per trial."""
-    from spkver.api import score_trials
+def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output, top_c, score_norm, old_score_norm,
+                  cohort, top_n, calibration_path, wav_scp, data_dir, allow_pipes, audio_root, relevance, adapt,
+                  workers, skip_bad):
+    """Score a trial list (--trials) or pair trials (--pairs): one 'speaker<TAB>test<TAB>score[<TAB>label]' line
+    per trial, ready for evaluate."""
+    from spkver.api import score_pairs, score_trials
 
+    if (trials_path is None) == (pairs_path is None):
+        raise SpkverError("give either --trials (speakers enrolled in --models) or --pairs (enrollment recordings)")
+    if trials_path is not None and models_dir is None:
+        raise SpkverError("--trials needs --models, the store its speakers are enrolled in")
+    if pairs_path is not None and models_dir is not None:
+        report.warn("--models is not used with --pairs (each enrollment recording is adapted in memory)")
+    ctx = click.get_current_context()
+    if trials_path is not None:
+        for name in ("relevance", "adapt"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                report.warn(f"--{name} applies only to --pairs; the enrolled models are used as they are")
     norm = deprecated_alias(report, "--norm", "--score-norm", old_score_norm, score_norm, None)
     refuse_other_kind(output, is_score_file, "score file")
-    ubm, store = load_store(ubm_path, models_dir)
+    ubm, store = load_store(ubm_path, models_dir) if models_dir is not None else (load_model(ubm_path, "ubm"), None)
     calibration = load_calibration(calibration_path) if calibration_path else None
     if norm is None and calibration is not None:
         # A calibration holds only for scores made as its own were: make them so.
@@ -113,57 +145,91 @@ def score_command(report, ubm_path, models_dir, trials_path, output, top_c, scor
     if wav_scp or data_dir:
         listed = read_list(wav_scp, allow_pipes=allow_pipes) if wav_scp else read_data_dir(data_dir).items
         utterances = {item.key: item for item in listed}
-    trials = read_trials(trials_path, None if utterances is None else {k: i.path for k, i in utterances.items()})
+    scp = None if utterances is None else {key: item.path for key, item in utterances.items()}
+    list_path = trials_path if trials_path is not None else pairs_path
+    trials = read_trials(list_path, scp, pairs=pairs_path is not None, audio_root=audio_root)
     normalisation = describe_normalisation(norm, top_n)
     cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" else None
-    scored = score_trials(ubm, store, trials, top_c=top_c, norm=norm, cohort=cohort_obj, top_n=top_n,
-                          calibration=calibration, source=str(trials_path), utterances=utterances,
-                          run=report.run_options(workers, skip_bad))
+    options = dict(top_c=top_c, norm=norm, cohort=cohort_obj, top_n=top_n, calibration=calibration,
+                   source=str(list_path), run=report.run_options(workers, skip_bad))
+    if pairs_path is not None:
+        if any(item.command is not None or item.segmented for item in (utterances or {}).values()):
+            raise SpkverError("--pairs reads whole files: give a wav.scp of plain paths (no pipes or segments)")
+        scored = score_pairs(ubm, trials, relevance=relevance, adapt=adapt, **options)
+    else:
+        scored = score_trials(ubm, store, trials, utterances=utterances, **options)
     lines = score_file_header(calibration is not None, normalisation)
     lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
     write_atomic(output, ("\n".join(lines) + "\n").encode())
     report.log(f"scored {len(scored)} of {len(trials)} trials -> {output}")
 
 
-def summary(path, trials_path, p_targets):
-    scores, calibrated, _ = read_scores(path)
-    trials = read_trials(trials_path) if trials_path else None
-    tar, non = labelled_scores(scores, trials, str(path))
-    result = {"scores": str(path), "targets": len(tar), "nontargets": len(non), "eer": eer(tar, non),
-              "min_dcf": {str(p): min_dcf(tar, non, p) for p in p_targets}, "min_cllr": min_cllr(tar, non),
-              "calibrated": calibrated}
-    if calibrated:
+def read_labels(key_path):
+    """The trials of ``--key`` (None without one)."""
+    return read_key(key_path)[0] if key_path is not None else None
+
+
+def summary(path, key, key_path, p_targets, report):
+    """The metrics of one score file, labels from the file or from ``key``; warns about thin priors."""
+    score_file = read_scores(path)
+    labelled = labelled_scores(score_file.scores, key, str(path), on_note=report.warn)
+    tar, non = labelled.targets, labelled.nontargets
+    eer, eer_threshold = eer_point(tar, non)
+    dcf_points = {str(p): min_dcf_point(tar, non, p) for p in p_targets}
+    result = {"scores": str(path), "format": score_file.format, "key": None if key_path is None else str(key_path),
+              "targets": len(tar), "nontargets": len(non), "eer": eer, "eer_threshold": eer_threshold,
+              "min_dcf": {p: cost for p, (cost, _) in dcf_points.items()},
+              "min_dcf_threshold": {p: threshold for p, (_, threshold) in dcf_points.items()},
+              "min_cllr": min_cllr(tar, non), "calibrated": score_file.calibrated}
+    if key is not None:
+        result.update(scores_not_in_key=labelled.not_in_key, key_trials_not_scored=labelled.not_scored)
+    if score_file.calibrated:
         result["act_dcf"] = {str(p): actual_dcf(tar, non, p) for p in p_targets}
         result["cllr"] = cllr(tar, non)
+    for p in p_targets:
+        if len(non) < nontargets_needed(p):
+            report.warn(f"{path}: minDCF({p:g}) rests on a handful of false alarms: {len(non)} non-target trials, "
+                        f"fewer than 10/P_target = {nontargets_needed(p)}")
     return result, tar, non
 
 
 @click.command("evaluate")
 @click.argument("scores_paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--trials", "trials_path", type=click.Path(path_type=Path),
-              help="Labels for scores files that have none.")
+@click.option("--key", "--trials", "key_path", type=click.Path(path_type=Path),
+              help=f"Labels for the scores: Kaldi trials 'speaker test label' or VoxCeleb pairs 'label enrollment "
+                   f"test', labels among {LABEL_CHOICES}; trials in only one of key and scores are left out "
+                   "with a warning.")
 @click.option("--p-target", "p_targets", multiple=True, type=Finite(0, 1, min_open=True, max_open=True),
-              default=(0.01,), show_default=True, help="Target prior for DCF (repeatable).")
+              default=(0.01, 0.001), show_default=True, help="Target prior for minDCF (repeatable).")
 @click.option("--det", "det_path", type=click.Path(path_type=Path), help="Draw DET curves to this PNG.")
-@click.option("--json", "as_json", is_flag=True)
-def evaluate_command(scores_paths, trials_path, p_targets, det_path, as_json):
-    """EER, minDCF, Cllr/minCllr (and actual DCF for calibrated scores) of SCORES files."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per scores file.")
+@click.pass_obj
+def evaluate_command(report, scores_paths, key_path, p_targets, det_path, as_json):
+    """EER, minDCF and their thresholds, Cllr/minCllr (and actual DCF for calibrated scores) of SCORES files.
+
+    SCORES may be spkver's score files, Kaldi score files ('speaker utterance score [label]'), or the output
+    of `spkver verify` (tab-separated or --json), detected per file; thresholds accept scores at least
+    that high, as verify --threshold does."""
+    key = read_labels(key_path)
     curves = []
     for path in scores_paths:
-        result, tar, non = summary(path, trials_path, p_targets)
+        result, tar, non = summary(path, key, key_path, p_targets, report)
         curves.append((Path(path).stem, tar, non))
         if as_json:
             click.echo(json.dumps(result, allow_nan=False))
             continue
-        click.echo(f"{printable(path)}: {result['targets']} target, {result['nontargets']} non-target trials"
-                   f"{' (calibrated LLRs)' if result['calibrated'] else ''}")
-        click.echo(f"  EER       {100 * result['eer']:.2f}%")
+        source = "" if result["format"] == SPKVER_SCORES else f"{result['format']}, "
+        click.echo(f"{printable(path)} ({source}{'calibrated LLRs, ' if result['calibrated'] else ''}"
+                   f"labels from {printable(key_path) if key_path else 'the file'}): "
+                   f"{result['targets']} target, {result['nontargets']} non-target trials")
+        click.echo(f"  EER           {100 * result['eer']:6.2f}%  at threshold {result['eer_threshold']:.6f}")
         for p in p_targets:
-            line = f"  minDCF({p:g})  {result['min_dcf'][str(p)]:.4f}"
+            line = f"  minDCF({p:g})  {result['min_dcf'][str(p)]:.4f}  at threshold " \
+                   f"{result['min_dcf_threshold'][str(p)]:.6f}"
             if result["calibrated"]:
                 line += f"   actDCF({p:g})  {result['act_dcf'][str(p)]:.4f}"
             click.echo(line)
-        click.echo(f"  minCllr   {result['min_cllr']:.4f}" +
+        click.echo(f"  minCllr       {result['min_cllr']:.4f}" +
                    (f"   Cllr  {result['cllr']:.4f}" if result["calibrated"] else ""))
     if det_path:
         from spkver.backend.plots import det_plot
@@ -173,19 +239,19 @@ def evaluate_command(scores_paths, trials_path, p_targets, det_path, as_json):
 
 @click.command("calibrate")
 @click.argument("scores_path", type=click.Path(path_type=Path))
-@click.option("--trials", "trials_path", type=click.Path(path_type=Path), help="Labels, if SCORES has none.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option("--key", "--trials", "key_path", type=click.Path(path_type=Path),
+              help="Labels, if SCORES has none (as for evaluate --key).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Calibration file to write.")
 @click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Prior the calibration is optimised for.")
 @click.pass_obj
-def calibrate_command(report, scores_path, trials_path, output, p_target):
+def calibrate_command(report, scores_path, key_path, output, p_target):
     """Fit a score → log-likelihood-ratio calibration on a development set's scores."""
     refuse_other_kind(output, is_calibration_file, "calibration file")
     scores, calibrated, normalisation = read_scores(scores_path)
     if calibrated:
         raise SpkverError("scores are already calibrated; calibrate raw scores", scores_path)
-    trials = read_trials(trials_path) if trials_path else None
-    tar, non = labelled_scores(scores, trials, str(scores_path))
+    tar, non, _, _ = labelled_scores(scores, read_labels(key_path), str(scores_path), on_note=report.warn)
     for warning in calibration_warnings(tar, non, p_target):
         report.warn(f"{scores_path}: {warning}")
     # The calibration remembers the normalisation so it is only applied to scores made the same way.

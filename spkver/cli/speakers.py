@@ -232,35 +232,45 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
 
 
 @click.command("identify")
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
-@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")
+@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
+              help="Speaker store: every enrolled speaker is a candidate.")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Speakers listed per file.")
 @click.option("--threshold", type=Finite(), default=None,
-              help="Answer 'unknown' when the best score is below this (open set) [default: closed set, "
-                   "or the Bayes threshold with --calibration].")
+              help="Answer 'unknown' when the best score is below this [default: as verify: 0, or the Bayes "
+                   "threshold for --p-target with --calibration].")
+@click.option("--closed-set", is_flag=True,
+              help="Always name the best-scoring speaker, never 'unknown' (every voice is enrolled).")
 @top_c_option
 @calibration_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, with the mode and threshold.")
 @audio_inputs
 @click.pass_obj
-def identify_command(report, ubm_path, models_dir, top, threshold, top_c, calibration_path, p_target, as_json, audio,
-             list_file, data_dir, allow_pipes, workers, skip_bad):
-    """Which enrolled speaker is it? Ranks all speakers for each AUDIO file."""
+def identify_command(report, ubm_path, models_dir, top, threshold, closed_set, top_c, calibration_path, p_target,
+                     as_json, audio, list_file, data_dir, allow_pipes, workers, skip_bad):
+    """Which enrolled speaker is it? Ranks all speakers for each AUDIO file: 'unknown' when even the best is
+    rejected at verify's threshold (open set), or the best always with --closed-set. The first line says
+    which ('# spkver identify: open set, ...'); then 'path<TAB>decision<TAB>speaker:score...' per file."""
     from spkver.api import identify as identify_files
 
+    if closed_set and threshold is not None:
+        raise SpkverError("--closed-set never answers 'unknown', so --threshold has no effect; give one of them")
     ubm, store = load_store(ubm_path, models_dir)
     speakers = [store.load(name, ubm) for name in store.speakers()]
     calibration = calibration_option(calibration_path)
-    if calibration is not None:
-        threshold = decision_threshold(threshold, calibration, p_target)
+    threshold = None if closed_set else decision_threshold(threshold, calibration, p_target)
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     answers = identify_files(ubm, speakers, items, top=top, threshold=threshold, top_c=top_c,
                              calibration=calibration, run=report.run_options(workers, skip_bad))
+    mode = "closed set" if threshold is None else "open set"
+    if not as_json:
+        click.echo(f"# spkver identify: {mode}" + ("" if threshold is None else
+                   f", 'unknown' below threshold {threshold:.6f}"))
     for answer in answers:
         if as_json:
             ranking = [{"speaker": s, "score": round(v, 6)} for s, v in answer.ranking]
-            click.echo(json.dumps({"path": answer.path, "decision": answer.decision, "ranking": ranking},
-                                  allow_nan=False))
+            click.echo(json.dumps({"path": answer.path, "decision": answer.decision, "ranking": ranking,
+                                   "mode": mode.replace(" ", "-"), "threshold": threshold}, allow_nan=False))
         else:
             ranked = "\t".join(f"{printable(s)}:{v:.4f}" for s, v in answer.ranking)
             click.echo(f"{printable(answer.path)}\t{printable(answer.decision)}\t{ranked}")

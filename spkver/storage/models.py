@@ -22,7 +22,7 @@ import numpy as np
 
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
-from spkver.fileio import array_parts, os_problem, parse_json, sha256_hex, write_atomic
+from spkver.fileio import array_parts, os_problem, parse_json, sha256_hex, what_file_is, write_atomic
 from spkver.gmm.model import GMM
 
 FORMAT_VERSION = 1
@@ -140,7 +140,7 @@ def read_arrays(path, limits: dict, what: str = "model file") -> dict:
     except OSError as exc:
         raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
     except ARCHIVE_ERRORS:
-        raise SpkverError("not a spkver model file (not an .npz archive)", path) from None
+        raise SpkverError(f"not a spkver model file ({what_file_is(path) or 'not an .npz archive'})", path) from None
     arrays = {}
     with archive:
         infos = {info.filename: info for info in archive.infolist()}

@@ -10,6 +10,7 @@ from spkver.fileio import locked, os_problem
 from spkver.storage.models import Model, load_model
 
 SPEAKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ENROLLED_SHOWN = 10  # speaker ids an error message lists before "and N more"
 
 
 def validate_speaker_id(speaker: str) -> str:
@@ -31,8 +32,9 @@ class SpeakerStore:
         if self.root.is_symlink() and not self.root.exists():
             raise SpkverError("models folder is a broken symbolic link", self.root)
         if self.root.exists() and not self.root.is_dir():
-            raise SpkverError("is a file, not a models folder (give the folder that holds <speaker>.npz files)",
-                              self.root)
+            its_folder = f": {printable(self.root.parent)}" if self.root.suffix == ".npz" else ""
+            raise SpkverError(f"is a file, not a models folder (give the folder that holds <speaker>.npz "
+                              f"files{its_folder})", self.root)
 
     def path(self, speaker: str) -> Path:
         return self.root / f"{validate_speaker_id(speaker)}.npz"
@@ -41,8 +43,8 @@ class SpeakerStore:
         return self.path(speaker).is_file()
 
     def speakers(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
+        """The enrolled speaker ids, sorted; a models folder that does not exist is an error."""
+        self._require_folder()
         try:
             return sorted(p.stem for p in self.root.glob("*.npz") if SPEAKER_ID.fullmatch(p.stem))
         except OSError as exc:
@@ -52,7 +54,9 @@ class SpeakerStore:
         """Load a speaker; with ``ubm``, refuse one adapted from a different UBM."""
         path = self.path(speaker)
         if not path.is_file():
-            raise SpkverError(f"speaker {speaker!r} is not enrolled (no {path.name})", self.root)
+            self._require_folder()
+            raise SpkverError(f"speaker {speaker!r} is not enrolled (no {path.name}; {self.enrolled_summary()})",
+                              self.root)
         model = load_model(path, kind="speaker")
         if model.meta["speaker"] != speaker:
             raise SpkverError(f"holds speaker id {printable(model.meta['speaker'])!r}, not {speaker!r} as its file "
@@ -61,6 +65,18 @@ class SpeakerStore:
                                 or model.feature_config != ubm.feature_config):
             raise SpkverError("speaker model was adapted from a different UBM; re-enroll it", path)
         return model
+
+    def _require_folder(self) -> None:
+        if not self.root.is_dir():
+            raise SpkverError("no such models folder (check the path; enroll creates it)", self.root)
+
+    def enrolled_summary(self, most: int = ENROLLED_SHOWN) -> str:
+        """Who is enrolled, for messages: up to ``most`` ids, then how many more."""
+        names = self.speakers()
+        if not names:
+            return "no speaker is enrolled in this folder"
+        more = f" and {len(names) - most} more" if len(names) > most else ""
+        return f"enrolled: {', '.join(names[:most])}{more}"
 
     def locked(self, speaker: str):
         """A ``with`` block holding an exclusive lock on one speaker while it is written."""
