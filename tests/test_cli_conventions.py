@@ -63,3 +63,66 @@ def test_help_command_shows_each_commands_help(names):
 def test_help_of_an_unknown_command_is_a_usage_error():
     result = run_cli("help", "nope")
     assert result.exit_code == 2 and "no such command" in result.stderr
+
+
+def test_repeated_lists_add_up(store, synthetic_corpus, tmp_path):
+    files = recordings_of(synthetic_corpus)[:4]
+    (tmp_path / "a.lst").write_text("\n".join(map(str, files[:2])) + "\n")
+    (tmp_path / "b.lst").write_text("\n".join(map(str, files[2:])) + "\n")
+    result = run_cli("-q", "verify", "--ubm", store / "ubm.npz", "--models", store / "models", "--speaker", "alice",
+                     "--list", tmp_path / "a.lst", "--list", tmp_path / "b.lst")
+    assert result.exit_code == 0, result.stderr
+    assert [line.split("\t")[1] for line in result.stdout.splitlines()] == list(map(str, files))
+
+
+def test_dash_output_is_standard_output(store, synthetic_corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    alice, bob = (sorted((synthetic_corpus / "test" / name).glob("*.wav"))[0] for name in ("alice", "bob"))
+    trials = tmp_path / "trials"
+    trials.write_text(f"alice {alice} target\nalice {bob} nontarget\nbob {bob} target\nbob {alice} nontarget\n")
+    scored = run_cli("-q", "score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
+                     "--score-norm", "none", "-o", "-")
+    assert scored.exit_code == 0, scored.stderr
+    lines = [line for line in scored.stdout.splitlines() if not line.startswith("#")]
+    assert len(lines) == 4 and not (tmp_path / "-").exists()
+    (tmp_path / "scores.tsv").write_text(scored.stdout)
+    calibrated = run_cli("-q", "calibrate", tmp_path / "scores.tsv", "-o", "-")
+    assert calibrated.exit_code == 0, calibrated.stderr
+    assert '"scale"' in calibrated.stdout and not (tmp_path / "-").exists()
+
+
+def test_an_option_without_effect_is_never_silent(store, synthetic_corpus, tmp_path):
+    test = recordings_of(synthetic_corpus)[0]
+    verify = run_cli("verify", "--ubm", store / "ubm.npz", "--models", store / "models", "--speaker", "alice",
+                     "--p-target", "0.1", test)
+    assert verify.exit_code == 0 and "--p-target has no effect without --calibration" in verify.stderr
+    trials = tmp_path / "trials"
+    trials.write_text(f"alice {test}\n")
+    score = run_cli("score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
+                    "--score-norm", "none", "--top-n", 5, "-o", tmp_path / "s.tsv")
+    assert score.exit_code == 0 and "--top-n has no effect with --score-norm none" in score.stderr
+
+
+def every_command():
+    import click
+
+    from spkver.cli.main import COMMANDS, cli
+
+    def walk(command, name):
+        yield name, command
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(None):
+                yield from walk(command.get_command(None, sub), f"{name} {sub}")
+
+    for name in COMMANDS:
+        yield from walk(cli.get_command(None, name), name)
+
+
+def test_every_option_has_a_help_line_and_every_command_an_example():
+    import click
+
+    for name, command in every_command():
+        bare = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.hidden and not p.help]
+        assert not bare, f"{name}: options without help: {bare}"
+        assert "Example:" in (command.help or ""), f"{name} has no example in its help"
+        assert "None" not in run_cli(*name.split(), "--help").stdout, f"{name}: a placeholder leaks into its help"

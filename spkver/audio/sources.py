@@ -381,10 +381,12 @@ def read_data_dir(root) -> DataDir:
     return DataDir(root, items, _speakers(root, [item.key for item in items]))
 
 
-def gather_inputs(paths, list_file=None, data_dir=None, *, allow_pipes: bool = False) -> list[AudioItem]:
-    """All audio named on a command line: AUDIO arguments, ``--list`` and ``--data-dir``."""
+def gather_inputs(paths, list_files=(), data_dir=None, *, allow_pipes: bool = False) -> list[AudioItem]:
+    """All audio named on a command line: AUDIO arguments, each ``--list`` (a path, or several) and ``--data-dir``."""
     items = find_audio(paths)
-    if list_file is not None:
+    if isinstance(list_files, (str, Path)):
+        list_files = [list_files]
+    for list_file in list_files or ():
         items.extend(read_list(list_file, allow_pipes=allow_pipes))
     if data_dir is not None:
         items.extend(read_data_dir(data_dir).items)

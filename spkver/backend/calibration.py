@@ -116,11 +116,16 @@ def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibrati
     return Calibration(float(scale / spread), float(offset - scale * centre / spread), p_target, len(tar), len(non))
 
 
-def save_calibration(path, calibration: Calibration) -> None:
+def calibration_json(calibration: Calibration) -> bytes:
+    """The file :func:`save_calibration` writes, as bytes."""
     fields = asdict(calibration)
     del fields["source"]
     data = {"kind": CALIBRATION_KIND, "version": 1, **fields}
-    write_atomic(Path(path), (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+    return (json.dumps(data, indent=2, allow_nan=False) + "\n").encode()
+
+
+def save_calibration(path, calibration: Calibration) -> None:
+    write_atomic(Path(path), calibration_json(calibration))
 
 
 def is_calibration_file(path) -> bool:

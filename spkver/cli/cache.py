@@ -54,6 +54,10 @@ def info_command(cache_dir, models_dirs):
     """Where the caches are, and their sizes.
 
     One line per cache (kind, folder, files, size), then the total.
+
+    \b
+    Example:
+      spkver cache info --models models/
     """
     total = 0
     click.echo(f"feature cache: {feature_cache_dir(cache_dir)}")
@@ -74,6 +78,10 @@ def clear_command(cache_dir, models_dirs):
     of that model store; models are never touched. Only folders spkver made
     are removed (feature stores with an index.json, MODELS/.cohort-cache): a
     cache folder shared with other files keeps them.
+
+    \b
+    Example:
+      spkver cache clear
     """
     freed = 0
     for kind, folder in caches(cache_dir, models_dirs):

@@ -10,11 +10,11 @@ import click
 
 from spkver.audio.sources import find_audio, is_audio_file, read_data_dir, read_list
 from spkver.backend.calibration import (
+    calibration_json,
     calibration_warnings,
     fit_calibration,
     is_calibration_file,
     load_calibration,
-    save_calibration,
 )
 from spkver.backend.metrics import actual_dcf, cllr, eer_point, min_cllr, min_dcf_point, nontargets_needed
 from spkver.backend.scorenorm import (
@@ -24,9 +24,17 @@ from spkver.backend.scorenorm import (
     describe_normalisation,
     parse_normalisation,
 )
-from spkver.cli.options import Finite, deprecated_alias, load_store, top_c_option, workers_option
+from spkver.cli.options import (
+    Finite,
+    deprecated_alias,
+    load_store,
+    refuse_to_replace,
+    top_c_option,
+    warn_ignored,
+    workers_option,
+    write_output,
+)
 from spkver.errors import SpkverError, printable
-from spkver.fileio import refuse_other_kind, write_atomic
 from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.run import RunOptions
 from spkver.storage.models import load_model
@@ -76,7 +84,8 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 @click.option("--pairs", "pairs_path", type=click.Path(path_type=Path),
               help="Pair trials: lines '[label] enrollment test' (VoxCeleb lists); each distinct enrollment "
                    "recording is MAP-adapted once, as enroll would, and needs no --models.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scores file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Scores file to write ('-': standard output).")
 @top_c_option
 @click.option("--score-norm", type=click.Choice(SCORE_NORMS), default=None,
               help="Score normalisation against --cohort, or the UBM's stored cohort: Z-, T-, S-norm or none "
@@ -108,7 +117,13 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
                   cohort, top_n, calibration_path, wav_scp, data_dir, allow_pipes, audio_root, relevance, adapt,
                   workers, skip_bad):
     """Score a trial list (--trials) or pair trials (--pairs): one 'speaker<TAB>test<TAB>score[<TAB>label]' line
-    per trial, ready for evaluate."""
+    per trial, ready for evaluate.
+
+    \b
+    Example:
+      spkver score --ubm ubm.npz --models models/ --trials trials -o scores.tsv
+      spkver score --ubm ubm.npz --pairs veri_test.txt --audio-root wav/ -o scores.tsv
+    """
     from spkver.api import score_pairs, score_trials
 
     if (trials_path is None) == (pairs_path is None):
@@ -117,13 +132,11 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
         raise SpkverError("--trials needs --models, the store its speakers are enrolled in")
     if pairs_path is not None and models_dir is not None:
         report.warn("--models is not used with --pairs (each enrollment recording is adapted in memory)")
-    ctx = click.get_current_context()
     if trials_path is not None:
-        for name in ("relevance", "adapt"):
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
-                report.warn(f"--{name} applies only to --pairs; the enrolled models are used as they are")
+        warn_ignored(report, ["relevance", "adapt"], "with --trials (it applies to --pairs; enrolled models are "
+                     "used as they are)")
     norm = deprecated_alias(report, "--norm", "--score-norm", old_score_norm, score_norm, None)
-    refuse_other_kind(output, is_score_file, "score file")
+    refuse_to_replace(output, is_score_file, "score file")
     ubm, store = load_store(ubm_path, models_dir) if models_dir is not None else (load_model(ubm_path, "ubm"), None)
     calibration = load_calibration(calibration_path) if calibration_path else None
     if norm is None and calibration is not None:
@@ -139,8 +152,10 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
         raise SpkverError(f"--score-norm {norm} needs --cohort: this UBM stores no cohort", ubm_path)
     if wav_scp and data_dir:
         raise SpkverError("give --wav-scp or --data-dir, not both")
-    if allow_pipes and not wav_scp:
-        report.warn("--allow-pipes has no effect without --wav-scp (a --data-dir's wav.scp runs its commands anyway)")
+    if not wav_scp:
+        warn_ignored(report, ["allow_pipes"], "without --wav-scp (a --data-dir's wav.scp runs its commands anyway)")
+    if norm == "none":
+        warn_ignored(report, ["cohort", "top_n"], "with --score-norm none (scores are not normalised)")
     utterances = None
     if wav_scp or data_dir:
         listed = read_list(wav_scp, allow_pipes=allow_pipes) if wav_scp else read_data_dir(data_dir).items
@@ -160,8 +175,8 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
         scored = score_trials(ubm, store, trials, utterances=utterances, **options)
     lines = score_file_header(calibration is not None, normalisation)
     lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
-    write_atomic(output, ("\n".join(lines) + "\n").encode())
-    report.log(f"scored {len(scored)} of {len(trials)} trials -> {output}")
+    where = write_output(output, ("\n".join(lines) + "\n").encode())
+    report.log(f"scored {len(scored)} of {len(trials)} trials -> {where}")
 
 
 def read_labels(key_path):
@@ -209,7 +224,13 @@ def evaluate_command(report, scores_paths, key_path, p_targets, det_path, as_jso
 
     SCORES may be spkver's score files, Kaldi score files ('speaker utterance score [label]'), or the output
     of `spkver verify` (tab-separated or --json), detected per file; thresholds accept scores at least
-    that high, as verify --threshold does."""
+    that high, as verify --threshold does.
+
+    \b
+    Example:
+      spkver evaluate scores.tsv
+      spkver evaluate kaldi_scores --key trials --det det.png
+    """
     key = read_labels(key_path)
     curves = []
     for path in scores_paths:
@@ -241,13 +262,19 @@ def evaluate_command(report, scores_paths, key_path, p_targets, det_path, as_jso
 @click.argument("scores_path", type=click.Path(path_type=Path))
 @click.option("--key", "--trials", "key_path", type=click.Path(path_type=Path),
               help="Labels, if SCORES has none (as for evaluate --key).")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Calibration file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Calibration file to write ('-': standard output).")
 @click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Prior the calibration is optimised for.")
 @click.pass_obj
 def calibrate_command(report, scores_path, key_path, output, p_target):
-    """Fit a score → log-likelihood-ratio calibration on a development set's scores."""
-    refuse_other_kind(output, is_calibration_file, "calibration file")
+    """Fit a score → log-likelihood-ratio calibration on a development set's scores.
+
+    \b
+    Example:
+      spkver calibrate dev_scores.tsv -o cal.json
+    """
+    refuse_to_replace(output, is_calibration_file, "calibration file")
     scores, calibrated, normalisation = read_scores(scores_path)
     if calibrated:
         raise SpkverError("scores are already calibrated; calibrate raw scores", scores_path)
@@ -256,11 +283,11 @@ def calibrate_command(report, scores_path, key_path, output, p_target):
         report.warn(f"{scores_path}: {warning}")
     # The calibration remembers the normalisation so it is only applied to scores made the same way.
     calibration = replace(fit_calibration(tar, non, p_target), normalisation=normalisation)
-    save_calibration(output, calibration)
+    where = write_output(output, calibration_json(calibration))
     llr_tar, llr_non = calibration(tar), calibration(non)
     report.log(f"calibration ({normalisation} scores): llr = {calibration.scale:.4f} * score "
                f"{calibration.offset:+.4f}; on these trials "
                f"Cllr {cllr(llr_tar, llr_non):.4f} (min {min_cllr(tar, non):.4f}), "
-               f"actDCF({p_target:g}) {actual_dcf(llr_tar, llr_non, p_target):.4f} -> {output}")
+               f"actDCF({p_target:g}) {actual_dcf(llr_tar, llr_non, p_target):.4f} -> {where}")
 
 

@@ -15,7 +15,12 @@ from spkver.storage.models import load_model
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info_command(model_path, as_json):
-    """Describe a model file."""
+    """Describe a model file.
+
+    \b
+    Example:
+      spkver info models/alice.npz
+    """
     model = load_model(model_path)
     meta = dict(model.meta)
     meta.pop("feature_config", None)
@@ -38,10 +43,16 @@ def info_command(model_path, as_json):
 @click.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where to write the demo's audio and models [default: a temporary folder].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the synthetic voices and of the UBM.")
 @click.pass_obj
 def demo_command(report, workdir, seed):
-    """Synthesize speakers, train a UBM, enroll, verify and report the EER."""
+    """Synthesize speakers, train a UBM, enroll, verify and report the EER.
+
+    \b
+    Example:
+      spkver demo --workdir spkver-demo
+    """
     from spkver.demo import run_demo
 
     run_demo(workdir, seed, echo=click.echo, progress=report.progress)

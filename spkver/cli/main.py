@@ -136,7 +136,12 @@ def main():
 @click.argument("names", nargs=-1, metavar="[COMMAND [SUBCOMMAND]]")
 @click.pass_context
 def help_command(ctx, names):
-    """Show the help of a command (spkver help verify), or of spkver."""
+    """Show the help of a command (spkver help verify), or of spkver.
+
+    \b
+    Example:
+      spkver help verify
+    """
     group_ctx = ctx.parent
     command, command_ctx = group_ctx.command, group_ctx
     for name in names:

@@ -21,6 +21,9 @@ class Finite(click.FloatRange):
 
     name = "number"
 
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
@@ -49,8 +52,9 @@ def workers_option(help_text="Processes for feature extraction [default: all cor
 def audio_inputs(func):
     """The AUDIO... arguments and the --list, --data-dir, --allow-pipes, --workers and --skip-bad options."""
     func = click.argument("audio", nargs=-1, type=click.Path(path_type=Path))(func)
-    func = click.option("--list", "list_file", type=click.Path(path_type=Path),
-                        help="File with one audio path per line, or Kaldi wav.scp lines.")(func)
+    func = click.option("--list", "list_file", type=click.Path(path_type=Path), multiple=True,
+                        help="File with one audio path per line, or Kaldi wav.scp lines (repeatable: the lists "
+                             "add up).")(func)
     func = click.option("--data-dir", type=click.Path(path_type=Path),
                         help="Kaldi data folder: wav.scp (piped commands run), optional segments, utt2spk/spk2utt; "
                              "results name its utterance ids.")(func)
@@ -67,8 +71,8 @@ def audio_items(report, audio, list_file, data_dir, allow_pipes):
     """The AudioItems of the audio_inputs options; --allow-pipes without a --list only earns a warning."""
     from spkver.audio.sources import gather_inputs
 
-    if allow_pipes and list_file is None:
-        report.warn("--allow-pipes has no effect without --list (a --data-dir's wav.scp runs its commands anyway)")
+    if not list_file:
+        warn_ignored(report, ["allow_pipes"], "without --list (a --data-dir's wav.scp runs its commands anyway)")
     return gather_inputs(audio, list_file, data_dir, allow_pipes=allow_pipes)
 
 
@@ -125,16 +129,20 @@ def feature_options(func):
         click.option("--sample-rate", type=click.IntRange(min=1000), default=None,
                      help="Feature sample rate in Hz [default: 8000 when most training audio is telephone-band "
                           "(at most 8 kHz), else 16000]."),
-        click.option("--window-ms", type=Finite(min=1), default=d.window_ms, show_default=True),
-        click.option("--hop-ms", type=Finite(min=1), default=d.hop_ms, show_default=True),
+        click.option("--window-ms", type=Finite(min=1), default=d.window_ms, show_default=True,
+                     help="Analysis window length in milliseconds."),
+        click.option("--hop-ms", type=Finite(min=1), default=d.hop_ms, show_default=True,
+                     help="Frame shift in milliseconds."),
         click.option("--n-mels", type=click.IntRange(min=1), default=None,
                      help="Mel bands [default: one per 44 mel: 64 at 16 kHz, 48 at 8 kHz]."),
         click.option("--n-ceps", type=click.IntRange(min=1), default=None,
                      help="Cepstra kept, c0 included [default: 40, or all bands when fewer]."),
         click.option("--log-energy", is_flag=True, help="Replace c0 by the frame's log energy (HTK's _E)."),
-        click.option("--fmin", type=Finite(min=0), default=d.fmin, show_default=True),
+        click.option("--fmin", type=Finite(min=0), default=d.fmin, show_default=True,
+                     help="Lowest frequency of the mel filterbank, Hz."),
         click.option("--fmax", type=Finite(min=1), default=None, help="[default: Nyquist]"),
-        click.option("--deltas", type=click.IntRange(0, 2), default=d.deltas, show_default=True),
+        click.option("--deltas", type=click.IntRange(0, 2), default=d.deltas, show_default=True,
+                     help="Derivatives appended to the cepstra: 0 none, 1 Δ, 2 Δ and ΔΔ."),
         click.option("--feature-norm", type=click.Choice(FEATURE_NORMS), default=None,
                      help=f"Per-recording feature normalisation: cepstral mean (cmn), mean and variance (cmvn), "
                           f"feature warping over 3 s (warp) or none [default: {d.norm}]."),
@@ -211,4 +219,43 @@ def calibration_option(path):
     from spkver.backend.calibration import load_calibration
 
     return load_calibration(path)
+
+
+def warn_ignored(report, names, reason: str) -> None:
+    """Warn about each option of ``names`` given on the command line that has no effect (``reason`` says why).
+
+    An option that changes nothing in the combination given is never silent: the
+    user believes it did something.
+    """
+    ctx = click.get_current_context()
+    for name in names:
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            report.warn(f"--{name.replace('_', '-')} has no effect {reason}")
+
+
+def is_stdout(output) -> bool:
+    """``-o -``: the output goes to standard output."""
+    return str(output) == "-"
+
+
+def refuse_to_replace(output, is_same_kind, what: str) -> None:
+    """Before any work: an output file may replace only a file of its own kind (``-`` is stdout, always fine)."""
+    from spkver.fileio import refuse_other_kind
+
+    if not is_stdout(output):
+        refuse_other_kind(output, is_same_kind, what)
+
+
+def write_output(output, data: bytes) -> str:
+    """Write a text output (scores, a calibration): ``-`` to stdout, a file atomically; returns where it went."""
+    import sys
+
+    from spkver.fileio import write_atomic
+
+    if is_stdout(output):
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return "stdout"
+    write_atomic(output, data)
+    return str(output)
 

@@ -19,6 +19,7 @@ from spkver.cli.options import (
     decision_threshold,
     load_store,
     top_c_option,
+    warn_ignored,
 )
 from spkver.errors import SpkverError, printable
 from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
@@ -27,7 +28,7 @@ from spkver.storage.speakers import validate_speaker_id
 
 
 @click.command("enroll")
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")
 @click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
               help="Speaker store folder (created if missing).")
 @click.option("--speaker", help="The speaker to enroll from AUDIO (else many: see --data-dir, --per-folder, "
@@ -37,7 +38,8 @@ from spkver.storage.speakers import validate_speaker_id
 @click.option("--speaker-list", type=click.Path(path_type=Path),
               help="Enroll the speakers of 'speaker path-or-utterance-id' lines (ids of --data-dir; paths "
                    "relative to the list).")
-@click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True)
+@click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True,
+              help="MAP relevance factor: larger keeps the model closer to the UBM (Reynolds 2000: 16).")
 @click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
               help="Adapt means (m), and weights (w) and/or variances (v).")
 @click.option("--force", is_flag=True, help="Replace enrolled speakers.")
@@ -50,6 +52,11 @@ def enroll_command(report, ubm_path, models_dir, speaker, per_folder, speaker_li
     Many speakers: --data-dir without --speaker (its spk2utt or utt2spk),
     --per-folder DIR, or --speaker-list FILE. Their features are extracted in
     one pool and each model is written as soon as it is made.
+
+    \b
+    Example:
+      spkver enroll --ubm ubm.npz --models models/ --speaker alice alice/
+      spkver enroll --ubm ubm.npz --models models/ --per-folder speakers/
     """
     from spkver.api import enroll as enroll_speaker
 
@@ -113,8 +120,7 @@ def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevan
     if audio or list_file:
         raise SpkverError("AUDIO and --list are a single speaker's audio: give --speaker, or put the files in "
                           "--per-folder sub-folders or a --speaker-list")
-    if allow_pipes:
-        report.warn("--allow-pipes has no effect without --list (a --data-dir's wav.scp runs its commands anyway)")
+    warn_ignored(report, ["allow_pipes"], "without --list (a --data-dir's wav.scp runs its commands anyway)")
     ubm, store = load_store(ubm_path, models_dir)
     if per_folder is not None:
         speakers = speakers_per_folder(report, per_folder, skip_bad)
@@ -193,8 +199,9 @@ def speakers_of_data_dir(data_dir: Path) -> dict:
 
 
 @click.command("verify")
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
-@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")
+@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
+              help="Speaker store folder: one <speaker>.npz per enrolled speaker.")
 @click.option("--speaker", required=True, multiple=True, help="Claimed speaker (repeatable).")
 @click.option("--threshold", type=Finite(), default=None,
               help="Accept when the score is at least this [default: 0, or the Bayes threshold "
@@ -206,7 +213,13 @@ def speakers_of_data_dir(data_dir: Path) -> dict:
 @click.pass_obj
 def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_path, p_target, as_json, audio,
            list_file, data_dir, allow_pipes, workers, skip_bad):
-    """Is AUDIO spoken by SPEAKER? Prints speaker, path, score, accept|reject."""
+    """Is AUDIO spoken by SPEAKER? Prints speaker, path, score, accept|reject.
+
+    \b
+    Example:
+      spkver verify --ubm ubm.npz --models models/ --speaker alice test.wav
+      spkver verify --ubm ubm.npz --models models/ --speaker alice --calibration cal.json --json test.wav
+    """
     from spkver.api import verify as verify_trials
 
     for name in speaker:
@@ -214,6 +227,8 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
     ubm, store = load_store(ubm_path, models_dir)
     models = [store.load(name, ubm) for name in speaker]
     calibration = calibration_option(calibration_path)
+    if calibration is None:
+        warn_ignored(report, ["p_target"], "without --calibration (raw scores are decided at --threshold, 0)")
     threshold = decision_threshold(threshold, calibration, p_target)
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     scores = verify_trials(ubm, models, items, threshold=threshold, top_c=top_c, calibration=calibration,
@@ -250,7 +265,12 @@ def identify_command(report, ubm_path, models_dir, top, threshold, closed_set, t
                      as_json, audio, list_file, data_dir, allow_pipes, workers, skip_bad):
     """Which enrolled speaker is it? Ranks all speakers for each AUDIO file: 'unknown' when even the best is
     rejected at verify's threshold (open set), or the best always with --closed-set. The first line says
-    which ('# spkver identify: open set, ...'); then 'path<TAB>decision<TAB>speaker:score...' per file."""
+    which ('# spkver identify: open set, ...'); then 'path<TAB>decision<TAB>speaker:score...' per file.
+
+    \b
+    Example:
+      spkver identify --ubm ubm.npz --models models/ --top 3 unknown.wav
+    """
     from spkver.api import identify as identify_files
 
     if closed_set and threshold is not None:
@@ -258,6 +278,8 @@ def identify_command(report, ubm_path, models_dir, top, threshold, closed_set, t
     ubm, store = load_store(ubm_path, models_dir)
     speakers = [store.load(name, ubm) for name in store.speakers()]
     calibration = calibration_option(calibration_path)
+    if calibration is None:
+        warn_ignored(report, ["p_target"], "without --calibration (raw scores are decided at --threshold, 0)")
     threshold = None if closed_set else decision_threshold(threshold, calibration, p_target)
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     answers = identify_files(ubm, speakers, items, top=top, threshold=threshold, top_c=top_c,

@@ -27,9 +27,12 @@ from spkver.storage.models import checkpoint_step, save_model
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="UBM file to write (.npz).")
 @click.option("--components", type=AutoOrPositiveInt(), default="auto", show_default=True,
               help="Gaussians in the UBM; auto: the power of two nearest one per 800 speech frames, 16-2048.")
-@click.option("--iterations", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("--init", type=click.Choice(["kmeans", "split"]), default="kmeans", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=0), default=20, show_default=True,
+              help="EM iterations at most (training stops earlier when the gain is below --tol).")
+@click.option("--init", type=click.Choice(["kmeans", "split"]), default="kmeans", show_default=True,
+              help="Start EM from k-means, or grow the mixture by binary splitting (1, 2, 4, ...).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed of the initialisation: the same data and seed give the same bytes.")
 @click.option("--tol", type=Finite(min=0), default=1e-4, show_default=True,
               help="Stop when the relative gain in average log-likelihood is below this.")
 @click.option("--allow-fewer-components", is_flag=True,
@@ -56,6 +59,11 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
     A checkpoint (OUTPUT.checkpoint.npz) is written after every EM iteration;
     --resume continues from it after a crash, Ctrl-C or kill. A run without
     --resume refuses to replace an existing checkpoint (--force starts over).
+
+    \b
+    Example:
+      spkver train-ubm -o ubm.npz background/
+      spkver train-ubm -o ubm.npz --data-dir data/train --workers 8
     """
     from spkver.api import train_ubm
 
@@ -112,7 +120,13 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
 @audio_inputs
 @click.pass_obj
 def extract_command(report, output, audio, list_file, data_dir, allow_pipes, workers, skip_bad, **feature_values):
-    """Extract features of AUDIO into a feature store (re-runs skip unchanged files)."""
+    """Extract features of AUDIO into a feature store (re-runs skip unchanged files).
+
+    \b
+    Example:
+      spkver extract -o feats/ --list train.scp
+      spkver train-ubm -o ubm.npz --features feats/
+    """
     from spkver.features.store import FeatureStore
 
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
