@@ -8,18 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from spkver.audio.resample import resampled_blocks
-from spkver.audio.sources import path_exists
 from spkver.errors import SpkverError
+from spkver.fileio import check_file, read_error
 
-# Shorter than this, no analysis window fits: refuse rather than score noise.
-MIN_DURATION_S = 0.025
-
-
-# Float files may exceed full scale a little; a million times over (120 dB) is damage, and its
-# square would overflow the float32 power spectrum into NaN features.
-MAX_SAMPLE = 1e6
-
-
+# Decoding and resampling hold a few blocks at a time, whatever the recording's length.
 BLOCK_SECONDS = 20.0
 
 
@@ -41,6 +33,11 @@ def _librosa_fallback(path: Path, sample_rate: int):
     except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
         raise SpkverError(f"not a readable audio file ({_decode_error(exc)})", path) from None
     yield check_samples(data, path)
+
+
+# Float files may exceed full scale a little; a million times over (120 dB) is damage, and its
+# square would overflow the float32 power spectrum into NaN features.
+MAX_SAMPLE = 1e6
 
 
 def check_samples(samples: np.ndarray, path) -> np.ndarray:
@@ -92,11 +89,7 @@ def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECON
     import soundfile as sf
 
     path = Path(path)
-    if not path_exists(path):
-        raise SpkverError("no such file", path)
-    if path.is_dir():
-        raise SpkverError("is a folder, not an audio file", path)
-    if os.path.getsize(path) == 0:
+    if check_file(path, "file") == 0:
         raise SpkverError("empty file (0 bytes)", path)
     try:
         handle = sf.SoundFile(os.fsencode(path))  # bytes: file names that are not UTF-8 open too
@@ -106,7 +99,7 @@ def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECON
             return
         raise SpkverError(f"not a readable audio file ({_decode_error(exc)})", path) from None
     except OSError as exc:
-        raise SpkverError(f"cannot read file ({exc.strerror or exc})", path) from None
+        raise read_error(exc, path, "file") from None
     with handle:
         rate = handle.samplerate
         if info is not None:
@@ -118,6 +111,10 @@ def iter_audio_blocks(path, sample_rate: int, block_seconds: float = BLOCK_SECON
                                       sample_rate)
         except (RuntimeError, EOFError) as exc:
             raise SpkverError(f"audio data is corrupt ({_decode_error(exc)})", path) from None
+
+
+# Shorter than this, no analysis window fits: refuse rather than score noise.
+MIN_DURATION_S = 0.025
 
 
 def _checked_total(blocks, path: Path, sample_rate: int):

@@ -26,7 +26,7 @@ from scipy.special import expit
 from spkver.backend.metrics import prior_log_odds
 from spkver.backend.scorenorm import parse_normalisation
 from spkver.errors import SpkverError
-from spkver.fileio import read_json, write_atomic
+from spkver.fileio import read_json, reads_as, write_atomic
 
 CALIBRATION_KIND = "spkver-calibration"
 
@@ -124,11 +124,7 @@ def save_calibration(path, calibration: Calibration) -> None:
 
 def is_calibration_file(path) -> bool:
     """Whether ``path`` holds a calibration written by ``spkver calibrate``."""
-    try:
-        load_calibration(path)
-    except SpkverError:
-        return False
-    return True
+    return reads_as(load_calibration, path)
 
 
 def load_calibration(path) -> Calibration:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from spkver.audio.sources import path_exists
 from spkver.errors import SpkverError, printable
-from spkver.fileio import numbered_lines, read_text
+from spkver.fileio import numbered_lines, read_text, reads_as
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False}
 CALIBRATED_MARK = "# spkver: calibrated log-likelihood ratios"
@@ -173,11 +173,7 @@ def read_scores(path) -> ScoreFile:
 
 def is_score_file(path) -> bool:
     """Whether ``path`` holds scores as ``spkver score`` writes them."""
-    try:
-        read_scores(path)
-    except SpkverError:
-        return False
-    return True
+    return reads_as(read_scores, path)
 
 
 def labelled_scores(scores, trials=None, source=""):
