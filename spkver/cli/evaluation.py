@@ -18,7 +18,7 @@ from spkver.backend.calibration import (
 )
 from spkver.backend.metrics import actual_dcf, cllr, eer, min_cllr, min_dcf
 from spkver.backend.scorenorm import SCORE_NORMS, Cohort, describe_normalisation, parse_normalisation
-from spkver.cli.options import Finite, deprecated_alias, load_store, top_c_option, workers_option
+from spkver.cli.options import Finite, deprecated_alias, load_store, store_options, top_c_option, workers_option
 from spkver.errors import SpkverError, printable
 from spkver.fileio import refuse_other_kind, write_atomic
 from spkver.run import RunOptions
@@ -54,8 +54,7 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 
 
 @click.command("score")
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))
-@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))
+@store_options
 @click.option("--trials", "trials_path", required=True, type=click.Path(path_type=Path),
               help="Lines 'speaker test [target|nontarget]'.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Scores file to write.")

@@ -225,6 +225,12 @@ def feature_cache(report, cache_dir):
     return default
 
 
+def store_options(func):
+    """``--ubm`` and ``--models``, the two paths :func:`load_store` opens."""
+    func = click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path))(func)
+    return click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path))(func)
+
+
 def load_store(ubm_path, models_dir):
     ubm = load_model(ubm_path, kind="ubm")
     return ubm, SpeakerStore(models_dir)
