@@ -28,6 +28,13 @@ def test_the_command_line_starts_without_librosa_or_numba():
     assert not imported_by("import spkver.cli") & {"librosa", "numba"}
 
 
+def test_spkver_version_does_not_import_scipy_optimize():
+    stderr = subprocess.run([sys.executable, "-X", "importtime", "-m", "spkver", "--version"],
+                            capture_output=True, text=True, check=True).stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    assert "spkver.cli.main" in imported and "scipy.optimize" not in imported
+
+
 def test_every_public_name_resolves_to_its_home():
     assert sorted(spkver.__all__) == sorted(["__version__", *spkver._HOMES])
     for name in spkver.__all__:

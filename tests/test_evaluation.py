@@ -237,6 +237,45 @@ def test_cllr_and_pav_hand_cases():
     np.testing.assert_allclose(pav([1, 0, 0]), [1 / 3] * 3)
 
 
+def pav_reference(values, weights):
+    """spkver's own pool-adjacent-violators loop, before SciPy's isotonic regression replaced it."""
+    sums, counts, sizes = [], [], []
+    for value, weight in zip(values, weights):
+        sums.append(value * weight)
+        counts.append(weight)
+        sizes.append(1)
+        while len(sums) > 1 and sums[-2] / counts[-2] >= sums[-1] / counts[-1]:
+            s, c, n = sums.pop(), counts.pop(), sizes.pop()
+            sums[-1] += s
+            counts[-1] += c
+            sizes[-1] += n
+    return np.repeat(np.array(sums) / np.array(counts), sizes)
+
+
+def min_cllr_reference(tar, non):
+    """``min_cllr`` as it was computed with :func:`pav_reference`."""
+    scores, labels = np.concatenate([tar, non]), np.concatenate([np.ones(len(tar)), np.zeros(len(non))])
+    _, group = np.unique(scores, return_inverse=True)
+    count = np.bincount(group).astype(np.float64)
+    posterior = pav_reference(np.bincount(group, labels) / count, count)[group]
+    with np.errstate(divide="ignore"):
+        llr = np.log(posterior) - np.log1p(-posterior) - np.log(len(tar) / len(non))
+    return cllr(llr[: len(tar)], llr[len(tar) :])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pav_and_min_cllr_equal_the_former_implementation(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    values = rng.random(n) if seed % 2 else rng.integers(0, 2, n).astype(np.float64)
+    weights = rng.uniform(0.1, 10, n) if seed % 3 else np.ones(n)
+    np.testing.assert_allclose(pav(values, weights), pav_reference(values, weights), rtol=0, atol=1e-12)
+    # Rounded scores make ties, which min_cllr pools before PAV.
+    tar = np.round(rng.normal(1.5, 1, int(rng.integers(1, 300))), seed % 3)
+    non = np.round(rng.normal(0, 1, int(rng.integers(1, 300))), seed % 3)
+    assert abs(min_cllr(tar, non) - min_cllr_reference(tar, non)) <= 1e-12
+
+
 def test_identify_ranks_speakers_and_answers_unknown(enrolled):
     work, ubm, models, trials, corpus = enrolled
     tests = sorted((corpus / "test").rglob("*.wav"))

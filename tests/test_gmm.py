@@ -11,7 +11,7 @@ from spkver.gmm.chunks import default_chunk_size, iter_chunks
 from spkver.gmm.em import em_iterations, m_step, train
 from spkver.gmm.estep import accumulate
 from spkver.gmm.initialise import kmeans
-from spkver.gmm.model import GMM, augment
+from spkver.gmm.model import GMM, augment, logsumexp_rows
 
 
 def three_blobs(rng, n=400, d=4):
@@ -211,3 +211,12 @@ def test_fused_softmax_kernel_matches_numpy_and_scipy():
     far_below = np.full((1, 5), -1e30, np.float32)  # a row far below everything still gives finite results
     assert np.isfinite(softmax_rows(far_below))
     np.testing.assert_allclose(far_below, 0.2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(300, 64), (300, 5, 21)])
+def test_logsumexp_rows_equals_scipy(shape):
+    """The hand-written log-sum-exp kept for speed (scripts/bench_logsumexp.py) does SciPy's job."""
+    from scipy.special import logsumexp
+
+    scores = np.random.default_rng(0).normal(-80, 10, size=shape)
+    np.testing.assert_allclose(logsumexp_rows(scores), logsumexp(scores, axis=1), rtol=1e-12)

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import expit
 
 from spkver.backend.metrics import prior_log_odds
@@ -100,6 +99,8 @@ def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibrati
     p_target : float
         The prior the LLRs are optimised for, 0.01 by default (NIST SRE).
     """
+    from scipy.optimize import minimize  # here: scipy.optimize costs the CLI's start-up
+
     if not 0 < p_target < 1:
         raise ValueError("p_target must be between 0 and 1")
     tar = np.asarray(target_scores, dtype=np.float64)
