@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import make_store, python_output
+from helpers import make_store, python_output
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +39,7 @@ def speech(rate=16000, seed=0, seconds=None):
 
 @pytest.fixture(scope="module")
 def store(synthetic_corpus, tmp_path_factory):
-    """A small UBM and enrolled speakers (conftest.make_store)."""
+    """A small UBM and enrolled speakers (helpers.make_store)."""
     return make_store(tmp_path_factory.mktemp("store"), synthetic_corpus)
 
 
