@@ -108,11 +108,21 @@ def top_c_option(func):
                         help="Score only the C best UBM components per frame; 0 for all.")(func)
 
 
-def calibration_options(func):
-    func = click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
-                        show_default=True, help="Prior of the target speaker for calibrated decisions.")(func)
-    return click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
-                        help="CAL.json from `spkver calibrate`: scores become log-likelihood ratios.")(func)
+def decision_options(threshold_help: str):
+    """``--threshold`` (``threshold_help`` says its default), ``--top-c``, ``--calibration`` and ``--p-target``.
+
+    How ``verify`` and ``identify`` score and decide; :func:`decision_threshold`
+    turns the three decision options into the threshold.
+    """
+    def decorate(func):
+        func = click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
+                            show_default=True, help="Prior of the target speaker for calibrated decisions.")(func)
+        func = click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
+                            help="CAL.json from `spkver calibrate`: scores become log-likelihood ratios.")(func)
+        func = top_c_option(func)
+        return click.option("--threshold", type=Finite(), default=None, help=threshold_help)(func)
+
+    return decorate
 
 
 def decision_threshold(threshold, calibration, p_target):

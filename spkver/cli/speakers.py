@@ -11,15 +11,7 @@ from scipy.special import expit
 from spkver.audio.sources import gather_inputs
 from spkver.backend.calibration import load_calibration
 from spkver.backend.metrics import prior_log_odds
-from spkver.cli.options import (
-    Finite,
-    audio_inputs,
-    calibration_options,
-    decision_threshold,
-    load_store,
-    store_options,
-    top_c_option,
-)
+from spkver.cli.options import Finite, audio_inputs, decision_options, decision_threshold, load_store, store_options
 from spkver.errors import SpkverError, printable
 from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.storage.models import save_model
@@ -62,11 +54,8 @@ def enroll_command(report, ubm_path, models_dir, speaker, relevance, adapt, forc
 @click.command("verify")
 @store_options
 @click.option("--speaker", required=True, multiple=True, help="Claimed speaker (repeatable).")
-@click.option("--threshold", type=Finite(), default=None,
-              help="Accept when the score is at least this [default: 0, or the Bayes threshold "
-                   "for --p-target with --calibration].")
-@top_c_option
-@calibration_options
+@decision_options("Accept when the score is at least this [default: 0, or the Bayes threshold for --p-target "
+                  "with --calibration].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @audio_inputs
 @click.pass_obj
@@ -100,11 +89,8 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
 @click.command("identify")
 @store_options
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Speakers listed per file.")
-@click.option("--threshold", type=Finite(), default=None,
-              help="Answer 'unknown' when the best score is below this (open set) [default: closed set, "
-                   "or the Bayes threshold with --calibration].")
-@top_c_option
-@calibration_options
+@decision_options("Answer 'unknown' when the best score is below this (open set) [default: closed set, or the "
+                  "Bayes threshold with --calibration].")
 @click.option("--json", "as_json", is_flag=True)
 @audio_inputs
 @click.pass_obj
