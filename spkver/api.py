@@ -153,8 +153,8 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     --------
     >>> from spkver import RunOptions, find_audio, train_ubm
     >>> from spkver.synth import example_corpus
-    >>> items = find_audio([example_corpus() / "background"])
-    >>> ubm = train_ubm(items, n_components=8, iterations=3, run=RunOptions(workers=1))
+    >>> corpus, run = example_corpus(), RunOptions(workers=1)
+    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
     >>> ubm.kind, ubm.gmm.n_components, ubm.gmm.dim, ubm.feature_config.sample_rate
     ('ubm', 8, 120, 16000)
     """
@@ -249,10 +249,9 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
 
     Examples
     --------
-    >>> from spkver import RunOptions, enroll, find_audio, train_ubm
-    >>> from spkver.synth import example_corpus
-    >>> corpus, run = example_corpus(), RunOptions(workers=1)
-    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    Alice's model, from the ``corpus``, ``run`` and ``ubm`` of :func:`train_ubm`'s example:
+
+    >>> from spkver import enroll
     >>> alice = enroll(ubm, find_audio([corpus / "enroll" / "alice"]), "alice", run=run)
     >>> alice.kind, alice.meta["speaker"], alice.gmm.means.shape
     ('speaker', 'alice', (8, 120))
@@ -395,10 +394,10 @@ def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 
 
     Examples
     --------
-    >>> from spkver import RunOptions, enroll, find_audio, train_ubm, verify
-    >>> from spkver.synth import example_corpus
-    >>> corpus, run = example_corpus(), RunOptions(workers=1)
-    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    Bob's claims on his own test recordings, with the ``corpus``, ``run`` and ``ubm`` of
+    :func:`train_ubm`'s example:
+
+    >>> from spkver import enroll, verify
     >>> bob = enroll(ubm, find_audio([corpus / "enroll" / "bob"]), "bob", run=run)
     >>> [s.accepted for s in verify(ubm, [bob], find_audio([corpus / "test" / "bob"]), run=run)]
     [True, True]
@@ -489,12 +488,11 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
 
     Examples
     --------
-    >>> from spkver import Cohort, RunOptions, SpeakerStore, Trial, enroll, find_audio, save_model, score_trials
-    >>> from spkver import train_ubm
-    >>> from spkver.synth import example_corpus
+    A target and a non-target trial, S-normalised against the UBM's own segments, with the
+    ``corpus``, ``run`` and ``ubm`` of :func:`train_ubm`'s example:
+
+    >>> from spkver import Cohort, SpeakerStore, Trial, enroll, save_model, score_trials
     >>> import tempfile
-    >>> corpus, run = example_corpus(), RunOptions(workers=1)
-    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
     >>> store = SpeakerStore(tempfile.mkdtemp())
     >>> for name in ("alice", "bob"):
     ...     save_model(store.path(name), enroll(ubm, find_audio([corpus / "enroll" / name]), name, run=run))
@@ -648,10 +646,10 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
 
     Examples
     --------
-    >>> from spkver import RunOptions, enroll, find_audio, identify, train_ubm
-    >>> from spkver.synth import example_corpus
-    >>> corpus, run = example_corpus(), RunOptions(workers=1)
-    >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
+    Who speaks in each test recording, with the ``corpus``, ``run`` and ``ubm`` of
+    :func:`train_ubm`'s example:
+
+    >>> from spkver import enroll, identify
     >>> speakers = [enroll(ubm, find_audio([corpus / "enroll" / n]), n, run=run) for n in ("alice", "bob")]
     >>> [answer.decision for answer in identify(ubm, speakers, find_audio([corpus / "test"]), run=run)]
     ['alice', 'alice', 'bob', 'bob']

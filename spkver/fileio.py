@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -92,16 +93,58 @@ def parse_json(text: str | bytes, what: str, path=None):
         raise SpkverError(f"{what} is not valid JSON ({exc})", path) from None
 
 
+def read_error(exc: OSError, path, what: str) -> SpkverError:
+    """The one-line error for ``exc``, met while reading ``path``, a ``what`` (``"list file"``).
+
+    A missing file is ``no such WHAT``, a folder ``is a folder, not a WHAT``,
+    anything else ``cannot read WHAT (the OS's words)``.
+    """
+    if isinstance(exc, FileNotFoundError):
+        return SpkverError(f"no such {what}", path)
+    if isinstance(exc, IsADirectoryError):
+        article = "an" if what[:1] in "aeiou" else "a"
+        return SpkverError(f"is a folder, not {article} {what}", path)
+    return SpkverError(f"cannot read {what} ({os_problem(exc)})", path)
+
+
+@contextlib.contextmanager
+def reading(path, what: str):
+    """Turn an ``OSError`` raised in the ``with`` block into :func:`read_error`'s error."""
+    try:
+        yield
+    except OSError as exc:
+        raise read_error(exc, path, what) from None
+
+
+def check_file(path, what: str) -> int:
+    """The size of the file ``path``, checked for a reader that names no OS error of its own (libsndfile).
+
+    Raises :func:`read_error`'s error for a missing file or a folder; a name
+    the OS refuses (too long, a NUL byte) names no file, as for ``Path.exists``.
+    """
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        raise read_error(FileNotFoundError(), path, what) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise read_error(IsADirectoryError(), path, what)
+    return info.st_size
+
+
+def reads_as(read, path) -> bool:
+    """Whether ``read(path)`` accepts the file (raises no :class:`SpkverError`): is it of that kind?"""
+    try:
+        read(path)
+    except SpkverError:
+        return False
+    return True
+
+
 def read_json(path, what: str):
     """Read and parse a JSON file (see :func:`parse_json`)."""
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read(MAX_JSON_BYTES + 1)
-    except FileNotFoundError:
-        raise SpkverError(f"no such {what}", path) from None
-    except OSError as exc:
-        raise SpkverError(f"cannot read {what} ({os_problem(exc)})", path) from None
+    with reading(path, what), open(path, "rb") as handle:
+        text = handle.read(MAX_JSON_BYTES + 1)
     return parse_json(text, what, path)
 
 
@@ -153,13 +196,10 @@ def read_text(path, what: str, not_text: str | None = None) -> str:
     message for bytes that are not UTF-8 (binary data given as a list, say).
     """
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpkverError(f"no such {what}", path) from None
+        with reading(path, what):
+            return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SpkverError(not_text or f"{what} is not UTF-8 text", path) from None
-    except OSError as exc:
-        raise SpkverError(f"cannot read {what} ({os_problem(exc)})", path) from None
 
 
 def numbered_lines(text: str, path):

@@ -105,3 +105,13 @@ def test_commands_import_the_library_never_each_other():
 def test_the_layering_test_sees_imports():
     assert "spkver.gmm.estep" in GRAPH["spkver.gmm.em"]
     assert "spkver.gmm._fused" in GRAPH["spkver.gmm.kernels"]  # a lazy import, inside a function
+
+
+def test_test_modules_take_shared_helpers_from_helpers_never_conftest():
+    tests = sorted(Path(__file__).resolve().parent.glob("*.py"))
+    assert Path(__file__).resolve() in tests
+    for path in tests:
+        tree = ast.parse(path.read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert "conftest" not in imported, f"{path.name}: import shared helpers from helpers.py, not conftest"

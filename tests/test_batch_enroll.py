@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_store, run_cli, write_voice_files
+from helpers import make_store, run_cli, write_voice_files
 
 from spkver.synth import WORDS, Voice
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_cli, train_and_enroll
+from helpers import run_cli, train_and_enroll
 
 from spkver import __version__
 
@@ -126,7 +126,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def test_train_ubm_chooses_the_feature_rate_and_components_from_the_audio(tmp_path):
-    from conftest import write_voice_files
+    from helpers import write_voice_files
 
     from spkver.gmm.em import auto_components
     from spkver.storage.models import load_model

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_store, run_cli
+from helpers import make_store, run_cli
 
 from spkver.cli.main import hoist_global_flags
 

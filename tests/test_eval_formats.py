@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_store, run_cli
+from helpers import make_store, run_cli
 
 from spkver.backend.metrics import det_curve, eer_point, min_dcf_point
 from spkver.storage.trials import KALDI_SCORES, VERIFY_JSON, VERIFY_OUTPUT, read_key, read_scores

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import make_store
+from helpers import make_store
 
 from spkver.cli.main import cli
 from spkver.storage.models import load_model
@@ -37,7 +37,7 @@ def clean_exit_2(result, *needles):
 
 @pytest.fixture(scope="module")
 def store(synthetic_corpus, tmp_path_factory):
-    """A small UBM and enrolled speakers (conftest.make_store)."""
+    """A small UBM and enrolled speakers (helpers.make_store)."""
     return make_store(tmp_path_factory.mktemp("faults"), synthetic_corpus, speakers=("alice",), iterations=2)
 
 

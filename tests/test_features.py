@@ -1,11 +1,23 @@
+"""Features (spkver.features): MFCCs against librosa, normalisation, settings, extraction and the feature store."""
+
+import os
+import time
+
 import librosa
 import numpy as np
 import pytest
+import soundfile as sf
+from click.testing import CliRunner
 
+from spkver.audio.sources import find_audio
+from spkver.cli.main import cli
+from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig, feature_rate_for
 from spkver.features.frontend import extract
 from spkver.features.mfcc import deltas, mel_filterbank, mfcc_and_energy, preemphasize
 from spkver.features.normalise import normalise, warp
+from spkver.features.store import FeatureStore
+from spkver.run import RunOptions
 from spkver.synth import Voice, synthesize
 
 
@@ -110,3 +122,47 @@ def test_invalid_config_is_rejected():
     config = FeatureConfig(sample_rate=8000)
     assert FeatureConfig.from_dict(config.to_dict()) == config
     assert config.fingerprint() != FeatureConfig().fingerprint()
+
+
+def test_feature_store_skips_unchanged_files_and_redoes_changed_ones(synthetic_corpus, tmp_path):
+    items = find_audio([synthetic_corpus / "enroll" / "alice"])
+    store = FeatureStore(tmp_path / "feats", FeatureConfig())
+    first = store.extract(items, run=RunOptions(workers=1))
+    npy = sorted((tmp_path / "feats").glob("*.npy"))
+    stamps = [p.stat().st_mtime_ns for p in npy]
+    time.sleep(0.01)
+    again = FeatureStore(tmp_path / "feats").extract(items, run=RunOptions(workers=1))
+    assert [p.stat().st_mtime_ns for p in npy] == stamps
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(first, again))
+    index = [p.stem for p in npy].index(store.key(items[0].path))
+    os.utime(items[0].path)  # touched, same bytes: the hash vouches for the entry, nothing is extracted
+    FeatureStore(tmp_path / "feats").extract(items, run=RunOptions(workers=1))
+    assert npy[index].stat().st_mtime_ns == stamps[index]
+    # Other content of the same size, old modification time restored (as cp -p, rsync -t and tar x do).
+    before = items[0].path.stat()
+    audio, rate = sf.read(items[0].path, dtype="float32")
+    sf.write(items[0].path, np.roll(audio, 4000), rate, subtype=sf.info(str(items[0].path)).subtype)
+    os.utime(items[0].path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert items[0].path.stat().st_size == before.st_size
+    assert items[0].path.stat().st_mtime_ns == before.st_mtime_ns
+    redone = FeatureStore(tmp_path / "feats").extract(items, run=RunOptions(workers=1))
+    redone = {str(i.path): a for i, a in redone}
+    assert npy[index].stat().st_mtime_ns != stamps[index]
+    np.testing.assert_array_equal(redone[str(items[0].path)], extract(np.roll(audio, 4000)))
+    with pytest.raises(SpkverError, match="other settings"):
+        FeatureStore(tmp_path / "feats", FeatureConfig(n_ceps=13))
+
+
+def test_train_on_feature_store_equals_train_on_audio(synthetic_corpus, tmp_path):
+    runner = CliRunner()
+    background = str(synthetic_corpus / "background")
+    assert runner.invoke(cli, ["-q", "extract", "-o", str(tmp_path / "feats"), background]).exit_code == 0
+    common = ["--components", "8", "--iterations", "4", "--seed", "3"]
+    r1 = runner.invoke(cli, ["-q", "train-ubm", "-o", str(tmp_path / "a.npz"), *common, "--features",
+                             str(tmp_path / "feats")])
+    r2 = runner.invoke(cli, ["-q", "train-ubm", "-o", str(tmp_path / "b.npz"), *common, "--no-cache", background])
+    r3 = runner.invoke(cli, ["-q", "train-ubm", "-o", str(tmp_path / "c.npz"), *common, "--cache-dir",
+                             str(tmp_path / "cache"), background])
+    assert r1.exit_code == r2.exit_code == r3.exit_code == 0, r1.stderr + r2.stderr + r3.stderr
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes() == (tmp_path / "c.npz").read_bytes()
+    assert any((tmp_path / "cache").rglob("index.json"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import PRINT_PEAK_KIB, make_store, python_output
+from helpers import PRINT_PEAK_KIB, make_store, python_output
 
 from spkver.cli.main import cli
 from spkver.storage.models import load_model, save_model
@@ -36,7 +36,7 @@ def speech(seed=0, rate=16000):
 
 @pytest.fixture(scope="module")
 def store(synthetic_corpus, tmp_path_factory):
-    """A small UBM and enrolled speakers (conftest.make_store)."""
+    """A small UBM and enrolled speakers (helpers.make_store)."""
     return make_store(tmp_path_factory.mktemp("hostile"), synthetic_corpus)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_shared_data
+from helpers import require_shared_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import make_store, run_cli
+from helpers import make_store, run_cli
 
 from spkver.audio.sources import AudioItem, read_data_dir, read_list
 from spkver.errors import SpkverError

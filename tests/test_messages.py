@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import make_store, run_cli
+from helpers import make_store, run_cli
 
 from spkver.backend.calibration import fit_calibration, save_calibration
 from spkver.backend.metrics import bayes_threshold

@@ -1,6 +1,7 @@
 """Hostile inputs, crashes and concurrency: clear errors, no lost or partial models."""
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -11,18 +12,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import make_store, python_output
+from helpers import make_store, python_output
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spkver.audio.decode import iter_audio_blocks
+from spkver.audio.decode import iter_audio_blocks, load_audio
 from spkver.audio.resample import resample, resampled_blocks
 from spkver.audio.sources import read_list
+from spkver.backend.calibration import load_calibration
 from spkver.cli.main import cli
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.frontend import extract, extract_blocks
 from spkver.storage.models import load_model
+from spkver.storage.trials import read_trials
 from spkver.synth import Voice, synthesize
 
 SPKVER = [sys.executable, "-m", "spkver", "-q"]
@@ -36,7 +39,7 @@ def speech(rate=16000, seed=0, seconds=None):
 
 @pytest.fixture(scope="module")
 def store(synthetic_corpus, tmp_path_factory):
-    """A small UBM and enrolled speakers (conftest.make_store)."""
+    """A small UBM and enrolled speakers (helpers.make_store)."""
     return make_store(tmp_path_factory.mktemp("store"), synthetic_corpus)
 
 
@@ -67,6 +70,26 @@ BAD_AUDIO = {
     "inf.wav": (lambda p: write(p, np.where(np.arange(16000) == 5, np.inf, speech(seconds=1)), subtype="FLOAT"),
                 "NaN or infinite"),
 }
+
+
+# Every reader of a file, and what it calls that file in its messages (fileio.read_error's words).
+READERS = {
+    "audio": (lambda path: load_audio(path, 16000), "file"),
+    "list": (read_list, "list file"),
+    "trials": (read_trials, "trials file"),
+    "model": (load_model, "model file"),
+    "calibration": (load_calibration, "calibration file"),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_every_reader_names_a_missing_file_and_a_folder_alike(tmp_path, reader):
+    read, what = READERS[reader]
+    with pytest.raises(SpkverError, match=f"^{re.escape(str(tmp_path / 'missing'))}: no such {what}$"):
+        read(tmp_path / "missing")
+    article = "an" if what[0] in "aeiou" else "a"
+    with pytest.raises(SpkverError, match=f"^{re.escape(str(tmp_path))}: is a folder, not {article} {what}$"):
+        read(tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_AUDIO))

@@ -4,7 +4,7 @@ import os
 import stat
 
 import pytest
-from conftest import make_store, run_cli
+from helpers import make_store, run_cli
 
 
 @pytest.fixture(scope="module")

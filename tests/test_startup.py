@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_store
+from helpers import make_store
 
 HEAVY = ("numpy", "scipy", "librosa", "numba", "soundfile", "sklearn")
 

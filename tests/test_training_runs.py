@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 import spkver.storage.models as models
 from spkver.storage.models import load_model, save_checkpoint

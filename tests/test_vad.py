@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import require_shared_data
+from helpers import require_shared_data
 
 from spkver.features.config import FeatureConfig
 from spkver.features.frontend import extract

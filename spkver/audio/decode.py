@@ -16,18 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from spkver.audio.resample import resampled_blocks
-from spkver.audio.sources import AudioItem, path_exists
+from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError
+from spkver.fileio import check_file, read_error
 
-# Shorter than this, no analysis window fits: refuse rather than score noise.
-MIN_DURATION_S = 0.025
-
-
-# Float files may exceed full scale a little; a million times over (120 dB) is damage, and its
-# square would overflow the float32 power spectrum into NaN features.
-MAX_SAMPLE = 1e6
-
-
+# Decoding and resampling hold a few blocks at a time, whatever the recording's length.
 BLOCK_SECONDS = 20.0
 
 # A command's output beyond this is refused: more than 6 hours of 16-bit stereo at 48 kHz, so a runaway
@@ -60,6 +53,11 @@ def _librosa_fallback(path: Path, sample_rate: int):
     except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
         raise SpkverError(f"not a readable audio file ({_decode_error(exc)})", path) from None
     yield check_samples(data, path)
+
+
+# Float files may exceed full scale a little; a million times over (120 dB) is damage, and its
+# square would overflow the float32 power spectrum into NaN features.
+MAX_SAMPLE = 1e6
 
 
 def check_samples(samples: np.ndarray, path) -> np.ndarray:
@@ -164,11 +162,7 @@ def open_recording(item: AudioItem):
             source = stack.enter_context(_piped_output(item))
         else:
             path = item.path
-            if not path_exists(path):
-                raise SpkverError("no such file", path)
-            if path.is_dir():
-                raise SpkverError("is a folder, not an audio file", path)
-            if os.path.getsize(path) == 0:
+            if check_file(path, "file") == 0:
                 raise SpkverError("empty file (0 bytes)", path)
             source = os.fsencode(path)  # bytes: file names that are not UTF-8 open too
         try:
@@ -180,7 +174,7 @@ def open_recording(item: AudioItem):
             what = "its command's output is not" if item.command is not None else "not"
             raise SpkverError(f"{what} a readable audio file ({_decode_error(exc)})", item.where) from None
         except OSError as exc:
-            raise SpkverError(f"cannot read file ({exc.strerror or exc})", item.where) from None
+            raise read_error(exc, item.path, "file") from None
         with handle:
             yield handle
 
@@ -263,6 +257,10 @@ def iter_item_blocks(item: AudioItem, sample_rate: int, *, recording=None, block
                                   sample_rate)
     except (RuntimeError, EOFError) as exc:
         raise SpkverError(f"audio data is corrupt ({_decode_error(exc)})", item.where) from None
+
+
+# Shorter than this, no analysis window fits: refuse rather than score noise.
+MIN_DURATION_S = 0.025
 
 
 def _checked_total(blocks, path, sample_rate: int):

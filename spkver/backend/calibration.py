@@ -24,7 +24,7 @@ import numpy as np
 from spkver.backend.metrics import nontargets_needed, prior_log_odds
 from spkver.backend.scorenorm import parse_normalisation
 from spkver.errors import SpkverError
-from spkver.fileio import read_json, write_atomic
+from spkver.fileio import read_json, reads_as, write_atomic
 
 CALIBRATION_KIND = "spkver-calibration"
 
@@ -99,6 +99,8 @@ def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibrati
     p_target : float
         The prior the LLRs are optimised for, 0.01 by default (NIST SRE).
     """
+    from scipy.optimize import minimize  # here: scipy.optimize costs the CLI's start-up
+
     if not 0 < p_target < 1:
         raise ValueError("p_target must be between 0 and 1")
     tar = np.asarray(target_scores, dtype=np.float64)
@@ -107,7 +109,6 @@ def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibrati
         raise ValueError("need target and non-target scores to calibrate")
     centre = 0.5 * (tar.mean() + non.mean())
     spread = max(np.concatenate([tar, non]).std(), 1e-12)
-    from scipy.optimize import minimize  # here, not at import: loading a calibration needs no scipy
 
     # Fit on standardised scores for conditioning, then map back.
     result = minimize(_objective, np.zeros(2), args=((tar - centre) / spread, (non - centre) / spread, p_target),
@@ -130,11 +131,7 @@ def save_calibration(path, calibration: Calibration) -> None:
 
 def is_calibration_file(path) -> bool:
     """Whether ``path`` holds a calibration written by ``spkver calibrate``."""
-    try:
-        load_calibration(path)
-    except SpkverError:
-        return False
-    return True
+    return reads_as(load_calibration, path)
 
 
 def load_calibration(path) -> Calibration:

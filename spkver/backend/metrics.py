@@ -149,19 +149,9 @@ def pav(values, weights=None) -> np.ndarray:
     With 0/1 labels in score order this is the monotone estimate of
     P(target | score).
     """
-    values = np.asarray(values, dtype=np.float64)
-    weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
-    sums, counts, sizes = [], [], []
-    for value, weight in zip(values, weights):
-        sums.append(value * weight)
-        counts.append(weight)
-        sizes.append(1)
-        while len(sums) > 1 and sums[-2] / counts[-2] >= sums[-1] / counts[-1]:
-            s, c, n = sums.pop(), counts.pop(), sizes.pop()
-            sums[-1] += s
-            counts[-1] += c
-            sizes[-1] += n
-    return np.repeat(np.array(sums) / np.array(counts), sizes)
+    from scipy.optimize import isotonic_regression  # here: scipy.optimize costs the CLI's start-up
+
+    return isotonic_regression(np.asarray(values, dtype=np.float64), weights=weights).x
 
 
 def min_cllr(target_scores, nontarget_scores) -> float:

@@ -81,11 +81,21 @@ def top_c_option(func):
                         help="Score only the C best UBM components per frame; 0 for all.")(func)
 
 
-def calibration_options(func):
-    func = click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
-                        show_default=True, help="Prior of the target speaker for calibrated decisions.")(func)
-    return click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
-                        help="CAL.json from `spkver calibrate`: scores become log-likelihood ratios.")(func)
+def decision_options(threshold_help: str):
+    """``--threshold`` (``threshold_help`` says its default), ``--top-c``, ``--calibration`` and ``--p-target``.
+
+    How ``verify`` and ``identify`` score and decide; :func:`decision_threshold`
+    turns the three decision options into the threshold.
+    """
+    def decorate(func):
+        func = click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
+                            show_default=True, help="Prior of the target speaker for calibrated decisions.")(func)
+        func = click.option("--calibration", "calibration_path", type=click.Path(path_type=Path),
+                            help="CAL.json from `spkver calibrate`: scores become log-likelihood ratios.")(func)
+        func = top_c_option(func)
+        return click.option("--threshold", type=Finite(), default=None, help=threshold_help)(func)
+
+    return decorate
 
 
 def decision_threshold(threshold, calibration, p_target):
@@ -205,6 +215,13 @@ def feature_cache(report, cache_dir):
         report.warn(f"features are not cached: {problem}{'' if default is None else f' ({default})'}")
         return None, False
     return default, not existed
+
+
+def store_options(func):
+    """``--ubm`` and ``--models``, the two paths :func:`load_store` opens."""
+    func = click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
+                        help="Speaker store folder: one <speaker>.npz per enrolled speaker.")(func)
+    return click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")(func)
 
 
 def load_store(ubm_path, models_dir):

@@ -15,10 +15,10 @@ from spkver.cli.options import (
     audio_inputs,
     audio_items,
     calibration_option,
-    calibration_options,
+    decision_options,
     decision_threshold,
     load_store,
-    top_c_option,
+    store_options,
     warn_ignored,
 )
 from spkver.errors import SpkverError, printable
@@ -199,15 +199,10 @@ def speakers_of_data_dir(data_dir: Path) -> dict:
 
 
 @click.command("verify")
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")
-@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
-              help="Speaker store folder: one <speaker>.npz per enrolled speaker.")
+@store_options
 @click.option("--speaker", required=True, multiple=True, help="Claimed speaker (repeatable).")
-@click.option("--threshold", type=Finite(), default=None,
-              help="Accept when the score is at least this [default: 0, or the Bayes threshold "
-                   "for --p-target with --calibration].")
-@top_c_option
-@calibration_options
+@decision_options("Accept when the score is at least this [default: 0, or the Bayes threshold for --p-target "
+                  "with --calibration].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @audio_inputs
 @click.pass_obj
@@ -247,17 +242,12 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
 
 
 @click.command("identify")
-@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")
-@click.option("--models", "models_dir", required=True, type=click.Path(path_type=Path),
-              help="Speaker store: every enrolled speaker is a candidate.")
+@store_options
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Speakers listed per file.")
-@click.option("--threshold", type=Finite(), default=None,
-              help="Answer 'unknown' when the best score is below this [default: as verify: 0, or the Bayes "
-                   "threshold for --p-target with --calibration].")
+@decision_options("Answer 'unknown' when the best score is below this [default: as verify: 0, or the Bayes "
+                  "threshold for --p-target with --calibration].")
 @click.option("--closed-set", is_flag=True,
               help="Always name the best-scoring speaker, never 'unknown' (every voice is enrolled).")
-@top_c_option
-@calibration_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, with the mode and threshold.")
 @audio_inputs
 @click.pass_obj

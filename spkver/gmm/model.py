@@ -97,6 +97,11 @@ def augment(frames, dtype=np.float32, out=None) -> np.ndarray:
 
 
 def logsumexp_rows(scores: np.ndarray) -> np.ndarray:
-    """Row-wise log-sum-exp (float64 result)."""
+    """Log-sum-exp over axis 1 (float64 result): per frame, the log of its summed component densities.
+
+    ``scipy.special.logsumexp(scores, axis=1)`` gives the same values (within
+    2e-14) but took 2.5 to 4.7 times as long on scoring's arrays
+    (``scripts/bench_logsumexp.py``), and scoring calls this on every chunk.
+    """
     top = scores.max(axis=1, keepdims=True)
     return (top[:, 0].astype(np.float64)) + np.log(np.exp(scores - top).sum(axis=1, dtype=np.float64))

@@ -22,7 +22,7 @@ import numpy as np
 
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
-from spkver.fileio import array_parts, os_problem, parse_json, sha256_hex, what_file_is, write_atomic
+from spkver.fileio import array_parts, parse_json, read_error, reading, sha256_hex, what_file_is, write_atomic
 from spkver.gmm.model import GMM
 
 FORMAT_VERSION = 1
@@ -132,13 +132,8 @@ def read_arrays(path, limits: dict, what: str = "model file") -> dict:
     """
     path = Path(path)
     try:
-        archive = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise SpkverError(f"no such {what}", path) from None
-    except IsADirectoryError:
-        raise SpkverError(f"is a folder, not a {what}", path) from None
-    except OSError as exc:
-        raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
+        with reading(path, what):
+            archive = zipfile.ZipFile(path)
     except ARCHIVE_ERRORS:
         raise SpkverError(f"not a spkver model file ({what_file_is(path) or 'not an .npz archive'})", path) from None
     arrays = {}
@@ -166,7 +161,7 @@ def read_arrays(path, limits: dict, what: str = "model file") -> dict:
             except SpkverError:
                 raise
             except OSError as exc:
-                raise SpkverError(f"cannot read ({os_problem(exc)})", path) from None
+                raise read_error(exc, path, what) from None
             except ARCHIVE_ERRORS as exc:
                 raise SpkverError(f"model file is damaged ({name}: {exc})", path) from None
     return arrays

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from spkver.audio.sources import path_exists
 from spkver.errors import SpkverError, printable
-from spkver.fileio import numbered_lines, parse_json, read_text
+from spkver.fileio import numbered_lines, parse_json, read_text, reads_as
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False,
           "1": True, "0": False, "true": True, "false": False}
@@ -355,11 +355,7 @@ def read_scores(path) -> ScoreFile:
 
 def is_score_file(path) -> bool:
     """Whether ``path`` holds scores in a format :func:`read_scores` reads."""
-    try:
-        read_scores(path)
-    except SpkverError:
-        return False
-    return True
+    return reads_as(read_scores, path)
 
 
 class LabelledScores(NamedTuple):

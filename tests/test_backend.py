@@ -1,17 +1,21 @@
-"""Trial lists, batch scoring, normalisation, calibration and identification."""
+"""The back end (spkver.backend): LLR scoring, metrics, score normalisation, calibration and identification,
+through the library and the score, evaluate, calibrate and identify commands."""
 
 import json
 
 import numpy as np
 import pytest
-from conftest import run_cli, train_and_enroll
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from helpers import run_cli, train_and_enroll
+from sklearn.metrics import roc_curve
 
 from spkver.backend.calibration import calibration_warnings, fit_calibration, load_calibration
-from spkver.backend.metrics import actual_dcf, bayes_threshold, cllr, min_cllr, pav
+from spkver.backend.metrics import actual_dcf, bayes_threshold, cllr, det_points, eer, min_cllr, min_dcf, pav
 from spkver.backend.scorenorm import cohort_statistics, normalise_scores
+from spkver.backend.scoring import llr_scores
 from spkver.errors import SpkverError
+from spkver.gmm.estep import accumulate
+from spkver.gmm.map import map_adapt
+from spkver.gmm.model import GMM
 from spkver.run import RunOptions
 from spkver.storage.trials import read_scores, read_trials
 
@@ -237,6 +241,45 @@ def test_cllr_and_pav_hand_cases():
     np.testing.assert_allclose(pav([1, 0, 0]), [1 / 3] * 3)
 
 
+def pav_reference(values, weights):
+    """spkver's own pool-adjacent-violators loop, before SciPy's isotonic regression replaced it."""
+    sums, counts, sizes = [], [], []
+    for value, weight in zip(values, weights):
+        sums.append(value * weight)
+        counts.append(weight)
+        sizes.append(1)
+        while len(sums) > 1 and sums[-2] / counts[-2] >= sums[-1] / counts[-1]:
+            s, c, n = sums.pop(), counts.pop(), sizes.pop()
+            sums[-1] += s
+            counts[-1] += c
+            sizes[-1] += n
+    return np.repeat(np.array(sums) / np.array(counts), sizes)
+
+
+def min_cllr_reference(tar, non):
+    """``min_cllr`` as it was computed with :func:`pav_reference`."""
+    scores, labels = np.concatenate([tar, non]), np.concatenate([np.ones(len(tar)), np.zeros(len(non))])
+    _, group = np.unique(scores, return_inverse=True)
+    count = np.bincount(group).astype(np.float64)
+    posterior = pav_reference(np.bincount(group, labels) / count, count)[group]
+    with np.errstate(divide="ignore"):
+        llr = np.log(posterior) - np.log1p(-posterior) - np.log(len(tar) / len(non))
+    return cllr(llr[: len(tar)], llr[len(tar) :])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pav_and_min_cllr_equal_the_former_implementation(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    values = rng.random(n) if seed % 2 else rng.integers(0, 2, n).astype(np.float64)
+    weights = rng.uniform(0.1, 10, n) if seed % 3 else np.ones(n)
+    np.testing.assert_allclose(pav(values, weights), pav_reference(values, weights), rtol=0, atol=1e-12)
+    # Rounded scores make ties, which min_cllr pools before PAV.
+    tar = np.round(rng.normal(1.5, 1, int(rng.integers(1, 300))), seed % 3)
+    non = np.round(rng.normal(0, 1, int(rng.integers(1, 300))), seed % 3)
+    assert abs(min_cllr(tar, non) - min_cllr_reference(tar, non)) <= 1e-12
+
+
 def test_identify_ranks_speakers_and_answers_unknown(enrolled):
     work, ubm, models, trials, corpus = enrolled
     tests = sorted((corpus / "test").rglob("*.wav"))
@@ -247,31 +290,6 @@ def test_identify_ranks_speakers_and_answers_unknown(enrolled):
     assert correct >= 0.6
     result = run("-q", "identify", "--ubm", ubm, "--models", models, "--threshold", "1e9", "--json", tests[0])
     assert json.loads(result.stdout)["decision"] == "unknown"
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(max_size=300))
-def test_fuzz_trials_and_scores_parsers(tmp_path, text):
-    path = tmp_path / "t"
-    path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    for parse in (read_trials, read_scores):
-        try:
-            parse(path)
-        except SpkverError:
-            pass
-
-
-def test_trials_errors_have_line_numbers(tmp_path):
-    path = tmp_path / "trials"
-    path.write_text("a x.wav target\r\nonlyone\r\n")
-    with pytest.raises(SpkverError, match="line 2"):
-        read_trials(path)
-    path.write_text("a x.wav\na x.wav\n")
-    with pytest.raises(SpkverError, match="line 2: repeats"):
-        read_trials(path)
-    path.write_text("# empty\n")
-    with pytest.raises(SpkverError, match="no trials"):
-        read_trials(path)
 
 
 def test_det_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
@@ -307,3 +325,77 @@ def test_calibrate_warns_about_a_small_separable_set(tmp_path):
     assert "small development set" in result.stderr and "do not overlap" in result.stderr
     cal = load_calibration(tmp_path / "cal.json")
     assert abs(cal(25.0)) <= 20 and abs(cal(-25.0)) <= 20
+
+
+def test_full_score_is_the_mean_log_likelihood_ratio():
+    rng = np.random.default_rng(0)
+    ubm = GMM(np.array([0.4, 0.6]), rng.normal(size=(2, 3)), rng.uniform(0.5, 2, (2, 3)))
+    x = rng.normal(size=(40, 3))
+    spk = map_adapt(ubm, accumulate(ubm, [x[:20]], np.float64), relevance=2)
+    expected = np.mean(spk.frame_log_likelihood(x) - ubm.frame_log_likelihood(x))
+    assert llr_scores(ubm, [spk], x, top_c=0)[0] == pytest.approx(expected, rel=1e-10)
+    # top-C with C = K is the full sum
+    assert llr_scores(ubm, [spk], x, top_c=2)[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_top_c_is_close_to_full_for_well_separated_components():
+    rng = np.random.default_rng(1)
+    means = rng.normal(scale=6, size=(32, 4))
+    ubm = GMM(np.full(32, 1 / 32), means, np.ones((32, 4)))
+    x = means[rng.integers(0, 32, 500)] + rng.normal(size=(500, 4))
+    spk = map_adapt(ubm, accumulate(ubm, [x[:250]], np.float64), relevance=8)
+    full, fast = llr_scores(ubm, [spk], x[250:], 0)[0], llr_scores(ubm, [spk], x[250:], 5)[0]
+    assert fast == pytest.approx(full, abs=0.01)
+
+
+def test_empty_frames_give_nan():
+    ubm = GMM(np.ones(1), np.zeros((1, 2)), np.ones((1, 2)))
+    assert np.isnan(llr_scores(ubm, [ubm], np.zeros((0, 2)))).all()
+
+
+def test_eer_hand_checked_cases():
+    assert eer([2, 3, 4], [0, 1]) == 0.0
+    assert eer([0, 1], [2, 3]) == 1.0
+    # one target below one non-target out of 4 each: the DET steps cross at 0.25
+    assert eer([1, 5, 6, 7], [0, 2, 3, 4]) == pytest.approx(0.25)
+    # all scores tied: the only threshold gives (0, 1) then (1, 0): EER 0.5
+    assert eer([1, 1, 1], [1, 1]) == pytest.approx(0.5)
+
+
+def test_ties_move_together():
+    p_miss, p_fa = det_points([1, 2, 2], [2, 3])
+    assert p_miss.tolist() == pytest.approx([0, 1 / 3, 1, 1])
+    assert p_fa.tolist() == pytest.approx([1, 1, 0.5, 0])
+
+
+def test_eer_and_min_dcf_agree_with_independent_computation():
+    rng = np.random.default_rng(2)
+    tar, non = rng.normal(2, 1, 500), rng.normal(0, 1, 5000)
+    labels = np.r_[np.ones(500), np.zeros(5000)]
+    fpr, tpr, _ = roc_curve(labels, np.r_[tar, non])
+    fnr = 1 - tpr
+    i = np.argmin(np.abs(fnr - fpr))
+    assert eer(tar, non) == pytest.approx((fnr[i] + fpr[i]) / 2, abs=2e-3)
+    brute = min(0.01 * np.mean(tar < t) + 0.99 * np.mean(non >= t) for t in np.r_[tar, non, np.inf])
+    assert min_dcf(tar, non, 0.01) == pytest.approx(brute / 0.01, rel=1e-9)
+    assert min_dcf(tar, non, 0.01) <= 1.0
+
+
+def test_metrics_reject_empty_or_nonfinite():
+    with pytest.raises(ValueError):
+        eer([], [1.0])
+    with pytest.raises(ValueError):
+        eer([np.nan], [1.0])
+
+
+@pytest.mark.parametrize("top_c", [0, 3])
+def test_scoring_a_subset_of_models_equals_picking_from_all(top_c):
+    from spkver.backend.scoring import Scorer
+
+    rng = np.random.default_rng(3)
+    ubm = GMM(np.full(8, 1 / 8), rng.normal(scale=3, size=(8, 2)), np.ones((8, 2)))
+    x = rng.normal(scale=3, size=(200, 2))
+    speakers = [map_adapt(ubm, accumulate(ubm, [x[i::5]], np.float64), relevance=4) for i in range(5)]
+    scorer = Scorer(ubm, speakers, top_c)
+    everything = scorer.scores(x[:50])
+    np.testing.assert_allclose(scorer.scores(x[:50], [3, 1]), everything[[3, 1]], rtol=1e-12)

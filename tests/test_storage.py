@@ -1,15 +1,20 @@
+"""Storage (spkver.storage): model files and their safe reader, the speaker store, trial and score files."""
+
 import io
 import json
 import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.gmm.model import GMM
 from spkver.storage.models import Model, fingerprint, load_model, save_model
 from spkver.storage.speakers import SpeakerStore, validate_speaker_id
+from spkver.storage.trials import read_scores, read_trials
 
 
 def small_model(kind="ubm", dim=FeatureConfig().dim, **meta):
@@ -94,3 +99,28 @@ def test_speaker_store_refuses_a_model_of_another_ubm(tmp_path):
     with pytest.raises(SpkverError, match="not enrolled"):
         store.load("bob", ubm)
     assert validate_speaker_id("A.b_c-1") == "A.b_c-1"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_fuzz_trials_and_scores_parsers(tmp_path, text):
+    path = tmp_path / "t"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    for parse in (read_trials, read_scores):
+        try:
+            parse(path)
+        except SpkverError:
+            pass
+
+
+def test_trials_errors_have_line_numbers(tmp_path):
+    path = tmp_path / "trials"
+    path.write_text("a x.wav target\r\nonlyone\r\n")
+    with pytest.raises(SpkverError, match="line 2"):
+        read_trials(path)
+    path.write_text("a x.wav\na x.wav\n")
+    with pytest.raises(SpkverError, match="line 2: repeats"):
+        read_trials(path)
+    path.write_text("# empty\n")
+    with pytest.raises(SpkverError, match="no trials"):
+        read_trials(path)
