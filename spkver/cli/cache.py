@@ -16,6 +16,13 @@ CACHE_DIR_HELP = "Feature cache folder [default: $SPKVER_CACHE_DIR, else $XDG_CA
 MODELS_HELP = "Also the cohort-score cache of this model store (MODELS/.cohort-cache); repeatable."
 
 
+def which_caches(func):
+    """``--cache-dir`` and ``--models``: the caches ``info`` and ``clear`` look at."""
+    func = click.option("--models", "models_dirs", type=click.Path(path_type=Path), multiple=True,
+                        help=MODELS_HELP)(func)
+    return click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help=CACHE_DIR_HELP)(func)
+
+
 def feature_cache_dir(cache_dir: Path | None) -> Path:
     folder = cache_dir or default_cache_dir()
     if folder is None:
@@ -48,8 +55,7 @@ def cache_group():
 
 
 @cache_group.command("info")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help=CACHE_DIR_HELP)
-@click.option("--models", "models_dirs", type=click.Path(path_type=Path), multiple=True, help=MODELS_HELP)
+@which_caches
 def info_command(cache_dir, models_dirs):
     """Where the caches are, and their sizes.
 
@@ -69,8 +75,7 @@ def info_command(cache_dir, models_dirs):
 
 
 @cache_group.command("clear")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help=CACHE_DIR_HELP)
-@click.option("--models", "models_dirs", type=click.Path(path_type=Path), multiple=True, help=MODELS_HELP)
+@which_caches
 def clear_command(cache_dir, models_dirs):
     """Remove cached features and cohort scores.
 

@@ -28,6 +28,7 @@ from spkver.cli.options import (
     Finite,
     deprecated_alias,
     load_store,
+    map_options,
     refuse_to_replace,
     top_c_option,
     warn_ignored,
@@ -35,7 +36,6 @@ from spkver.cli.options import (
     write_output,
 )
 from spkver.errors import SpkverError, printable
-from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.run import RunOptions
 from spkver.storage.models import load_model
 from spkver.storage.speakers import SpeakerStore
@@ -106,10 +106,7 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
               help="Run the commands of piped --wav-scp lines ('utt cmd |'; only for lists you trust).")
 @click.option("--audio-root", type=click.Path(path_type=Path, file_okay=False),
               help="Folder the list's relative paths start from, e.g. VoxCeleb's wav/ [default: the list's folder].")
-@click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True,
-              help="--pairs: MAP relevance factor of the enrollment models.")
-@click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
-              help="--pairs: adapt means (m), and weights (w) and/or variances (v).")
+@map_options("--pairs: ")
 @workers_option("Processes for feature extraction [default: all cores].")
 @click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
 @click.pass_obj

@@ -11,18 +11,17 @@ import click
 from spkver.audio.sources import find_audio, list_lines, read_data_dir
 from spkver.backend.metrics import posterior_probability
 from spkver.cli.options import (
-    Finite,
     audio_inputs,
     audio_items,
     calibration_option,
     decision_options,
     decision_threshold,
     load_store,
+    map_options,
     store_options,
     warn_ignored,
 )
 from spkver.errors import SpkverError, printable
-from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
 from spkver.storage.models import save_model
 from spkver.storage.speakers import validate_speaker_id
 
@@ -38,10 +37,7 @@ from spkver.storage.speakers import validate_speaker_id
 @click.option("--speaker-list", type=click.Path(path_type=Path),
               help="Enroll the speakers of 'speaker path-or-utterance-id' lines (ids of --data-dir; paths "
                    "relative to the list).")
-@click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True,
-              help="MAP relevance factor: larger keeps the model closer to the UBM (Reynolds 2000: 16).")
-@click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
-              help="Adapt means (m), and weights (w) and/or variances (v).")
+@map_options()
 @click.option("--force", is_flag=True, help="Replace enrolled speakers.")
 @audio_inputs
 @click.pass_obj
