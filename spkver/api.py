@@ -408,7 +408,7 @@ def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     scores_out = []
     for item, frames in extracted:
-        scores = checked_scores(scorer.scores(frames), item.path)
+        scores = checked_scores(scorer.scores(frames), item.where)
         if calibration is not None:
             scores = calibration(scores)
         for model, score in zip(speakers, scores):
@@ -440,13 +440,13 @@ def _trial_items(trials, utterances) -> list[AudioItem]:
             else AudioItem(t.test, t.path, f"trials line {t.line}") for t in trials]
 
 
-def _features_of(ubm, items, run: RunOptions) -> dict[str, np.ndarray]:
-    """Features of each distinct item of ``items`` (by :attr:`AudioItem.name`), extracted once, in parallel."""
-    distinct: dict[str, AudioItem] = {}
+def _features_of(ubm, items, run: RunOptions) -> dict[tuple, np.ndarray]:
+    """Features of each distinct audio of ``items`` (by :attr:`AudioItem.audio`), extracted once, in parallel."""
+    distinct: dict[tuple, AudioItem] = {}
     for item in items:
-        distinct.setdefault(item.name, item)
+        distinct.setdefault(item.audio, item)
     good = usable_features(distinct.values(), ubm.feature_config, run=run)
-    return {item.name: frames for item, frames in good}
+    return {item.audio: frames for item, frames in good}
 
 
 def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c: int = 5, norm: str = "none",
@@ -548,7 +548,7 @@ def score_pairs(ubm: Model, trials: list[Trial], *, relevance: float = 16.0, ada
     models: dict[str, Model | None] = {}
     for trial, enrollment in zip(trials, enrollments):
         if trial.speaker not in models:
-            frames = features.get(enrollment.name)
+            frames = features.get(enrollment.audio)
             models[trial.speaker] = None if frames is None else \
                 adapt_model(ubm, [frames], trial.speaker, relevance=relevance, adapt=adapt)
     return _score_models(ubm, models, features, trials, items, top_c=top_c, norm=norm, cohort=cohort, top_n=top_n,
@@ -563,15 +563,15 @@ def _check_scoring(norm: str, cohort: Cohort | None, top_n: int | None, calibrat
         calibration.require(describe_normalisation(norm, top_n))
 
 
-def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[str, np.ndarray], trials,
+def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[tuple, np.ndarray], trials,
                   items: list[AudioItem], *, top_c: int, norm: str, cohort: Cohort | None, top_n: int | None,
                   calibration: Calibration | None, run: RunOptions) -> list[Score]:
     """Score ``trials`` (their test audio ``items``) against ``models`` (None: left out) on ``features``
     (by item name; missing: left out)."""
-    by_test: dict[str, list[int]] = {}
+    by_test: dict[tuple, list[int]] = {}
     for index, (trial, item) in enumerate(zip(trials, items)):
-        if models[trial.speaker] is not None and features.get(item.name) is not None:
-            by_test.setdefault(item.name, []).append(index)
+        if models[trial.speaker] is not None and features.get(item.audio) is not None:
+            by_test.setdefault(item.audio, []).append(index)
     speakers = {name: model for name, model in models.items() if model is not None}
     loaded = sorted(speakers)
     column = {name: i for i, name in enumerate(loaded)}
@@ -580,8 +580,8 @@ def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[st
     if cohort is not None and norm in ("z", "s") and loaded:
         z_stats = cohort_statistics(cohort.z_scores([speakers[name] for name in loaded]), top_n)
     scores: dict[int, float] = {}
-    for name, indices in by_test.items():
-        frames = features[name]
+    for audio, indices in by_test.items():
+        frames = features[audio]
         columns = np.array([column[trials[i].speaker] for i in indices])
         # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
         raw = checked_scores(scorer.scores(frames, columns), items[indices[0]].where)
@@ -661,7 +661,7 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
     scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     answers = []
     for item, frames in usable_features(items, ubm.feature_config, run=run):
-        scores = checked_scores(scorer.scores(frames), item.path)
+        scores = checked_scores(scorer.scores(frames), item.where)
         if calibration is not None:
             scores = calibration(scores)
         order = np.argsort(-scores, kind="stable")[: max(1, top)]

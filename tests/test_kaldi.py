@@ -203,3 +203,28 @@ def test_identify_and_train_ubm_read_data_folders(store, synthetic_corpus, tmp_p
     result = run_cli("train-ubm", "-o", out, "--components", 8, "--iterations", 2, "--workers", 1, "--no-cache",
                      "--data-dir", folder)
     assert result.exit_code == 0, result.stderr
+
+
+def test_piped_list_lines_run_in_the_lists_folder_and_stay_apart(store, synthetic_corpus, tmp_path):
+    """Two piped lines with relative paths: each runs beside the list, and each is scored on its own audio."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for name in ("alice", "bob"):
+        (lists / f"{name}.wav").write_bytes((synthetic_corpus / "test" / name / f"{name}_0.wav").read_bytes())
+    listing = lists / "test.scp"
+    listing.write_text("u-alice cat alice.wav |\nu-bob cat bob.wav |\n")
+    result = verify(store, "--list", listing, "--allow-pipes")
+    assert result.exit_code == 0, result.stderr
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [r[1] for r in rows] == ["u-alice", "u-bob"]  # named by utterance id, not by the folder
+    direct = verify(store, lists / "alice.wav", lists / "bob.wav")
+    assert [r[2] for r in rows] == [line.split("\t")[2] for line in direct.stdout.splitlines()]
+    assert rows[0][2] != rows[1][2]
+    trials = lists / "trials"
+    trials.write_text("alice u-alice\nalice u-bob\n")
+    scored = run_cli("-q", "score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
+                     "--wav-scp", listing, "--allow-pipes", "--score-norm", "none", "-o", "-")
+    assert scored.exit_code == 0, scored.stderr
+    lines = [line.split("\t") for line in scored.stdout.splitlines() if not line.startswith("#")]
+    assert [float(r[2]) for r in lines] == pytest.approx([float(r[2]) for r in rows], abs=1e-5)
+

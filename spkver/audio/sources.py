@@ -51,8 +51,14 @@ class AudioItem:
 
     @property
     def name(self) -> str:
-        """How outputs name the item: its utterance id when it has one, else its path."""
-        return self.key if self.utterance else str(self.path)
+        """How outputs name the item: its utterance id (data folders, piped lines), else its path."""
+        return self.key if self.utterance or self.command is not None else str(self.path)
+
+    @property
+    def audio(self) -> tuple:
+        """What audio the item is (a command's output, or a file; and the stretch of it): items with the
+        same ``audio`` need their features extracted once."""
+        return self.command, str(self.path), self.start, self.end
 
     @property
     def where(self) -> str:
@@ -134,7 +140,7 @@ PIPES_REFUSED = ("runs a command (a piped wav.scp entry); pass --allow-pipes to 
                  "or give its folder as --data-dir")
 
 
-def parse_list_line(line: str, base: Path, allow_pipes: bool = False) -> AudioItem | None:
+def parse_list_line(line: str, list_path: Path, allow_pipes: bool = False) -> AudioItem | None:
     """Parse one line of a path list or ``wav.scp``; None for blanks and comments.
 
     A line is a path, ``utt-id path``, or ``utt-id command |`` (refused unless
@@ -149,13 +155,14 @@ def parse_list_line(line: str, base: Path, allow_pipes: bool = False) -> AudioIt
     text = line.strip()
     if not text or text.startswith("#"):
         return None
+    base = list_path.parent
     if text.endswith("|"):
         fields = text[:-1].split(None, 1)
         if len(fields) < 2:
             raise ValueError("a piped command needs an utterance id first: 'utt-id command |'")
         if not allow_pipes:
             raise ValueError(PIPES_REFUSED)
-        return AudioItem(fields[0], base, command=fields[1].strip())
+        return AudioItem(fields[0], list_path, command=fields[1].strip())  # runs in the list's folder
     whole = base / text
     if path_exists(whole):
         return AudioItem(text, whole)
@@ -199,11 +206,10 @@ def read_list(list_path, *, allow_pipes: bool = False) -> list[AudioItem]:
         line without ``allow_pipes``, or no entry; messages name the line.
     """
     list_path = Path(list_path)
-    base = list_path.parent
     items, seen_keys, seen_paths = [], {}, {}
     for number, line in list_lines(list_path, "list file"):
         try:
-            item = parse_list_line(line, base, allow_pipes)
+            item = parse_list_line(line, list_path, allow_pipes)
         except ValueError as exc:
             raise SpkverError(f"line {number}: {exc}", list_path) from None
         if item is None:
