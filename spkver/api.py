@@ -22,7 +22,6 @@ The whole pipeline on a small synthetic corpus:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,9 +48,8 @@ from spkver.features.store import FeatureStore, cache_store_path
 from spkver.fileio import array_parts, sha256_hex
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
 from spkver.gmm.engine import Engine
-from spkver.gmm.estep import accumulate
-from spkver.gmm.map import DEFAULT_ADAPT, check_adapted, map_adapt
-from spkver.run import RunOptions, default_workers, single_blas_thread
+from spkver.gmm.map import DEFAULT_ADAPT, adapt_to
+from spkver.run import RunOptions, default_workers
 from spkver.storage.models import Model, checkpoint_writer, load_checkpoint
 from spkver.storage.speakers import SpeakerStore, validate_speaker_id
 from spkver.storage.trials import Score, Trial
@@ -159,6 +157,14 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     ('ubm', 8, 120, 16000)
     """
     on_note = run.on_note
+    if scheduler is not None:  # before any extraction: a cluster run cannot start without these
+        if cache_dir is None and features_dir is None:
+            raise SpkverError("a Dask --scheduler reads features from a store on shared storage: give --features "
+                              "or a --cache-dir every worker can read (not --no-cache)")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise SpkverError("--scheduler needs Dask: pip install 'spkver[distributed]'") from None
     if checkpoint is not None and Path(checkpoint).exists() and not (resume or restart):
         raise SpkverError("holds the state of an interrupted training run: continue it with --resume, or pass "
                           "--force to start over", checkpoint)
@@ -175,11 +181,11 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     elif k != n_components and on_note:
         on_note(f"training {k} components instead of {n_components}: only {n_frames} speech frames")
     # What a checkpoint must match to be resumed, named as the options that set it.
-    identity = {"training data": data_identity(arrays),
-                "feature settings": sha256_hex([json.dumps(config.to_dict(), sort_keys=True)]),
-                "components": k, "init": init, "seed": seed, "tol": tol, "variance floor ratio": variance_floor_ratio}
+    identity = None if checkpoint is None else {  # hashing every frame is only worth it for a checkpoint
+        "training data": data_identity(arrays), "feature settings": config.fingerprint(),
+        "components": k, "init": init, "seed": seed, "tol": tol, "variance floor ratio": variance_floor_ratio}
     state = None
-    if checkpoint and resume:
+    if identity is not None and resume:
         try:
             state = load_checkpoint(checkpoint, identity)
         except SpkverError:
@@ -191,7 +197,7 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     if on_note and resume:
         on_note(f"resuming after EM iteration {state.step}" if state is not None else
                 "no checkpoint of this run to resume from; starting from the beginning")
-    save = checkpoint_writer(checkpoint, identity, on_note) if checkpoint else None
+    save = checkpoint_writer(checkpoint, identity, on_note) if identity is not None else None
     with Engine(arrays, run.workers or default_workers(), scheduler, paths) as engine:
         result = train(arrays, k, iterations=iterations, init=init, seed=seed, tol=tol,
                        variance_floor_ratio=variance_floor_ratio, on_iteration=on_iteration, engine=engine,
@@ -267,10 +273,7 @@ def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, ad
     ``speaker`` is recorded in the model's metadata as it is (it is checked
     only where a model is stored).
     """
-    with single_blas_thread():  # the same statistics, so the same model, on any number of cores
-        stats = accumulate(ubm.gmm, arrays, dtype=np.float64)
-    floor = ubm.gmm.variances.min(axis=0) * 1e-2
-    gmm = check_adapted(ubm.gmm, map_adapt(ubm.gmm, stats, relevance, adapt, variance_floor=floor), stats)
+    gmm, stats = adapt_to(ubm.gmm, arrays, relevance, adapt)
     meta = {
         "speaker": speaker,
         "relevance": relevance,

@@ -126,3 +126,13 @@ def test_every_option_has_a_help_line_and_every_command_an_example():
         assert not bare, f"{name}: options without help: {bare}"
         assert "Example:" in (command.help or ""), f"{name} has no example in its help"
         assert "None" not in run_cli(*name.split(), "--help").stdout, f"{name}: a placeholder leaks into its help"
+
+
+def test_a_det_plot_in_an_unknown_format_is_a_clean_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    scores = tmp_path / "s.tsv"
+    scores.write_text("a x 1.0 target\na y -1.0 nontarget\nb y 0.5 target\nb x -0.2 nontarget\n")
+    result = run_cli("evaluate", scores, "--det", tmp_path / "det.nope")
+    assert result.exit_code == 2 and "format" in result.stderr and not (tmp_path / "det.nope").exists()
+    drawn = run_cli("evaluate", scores, "--det", tmp_path / "det.png")
+    assert drawn.exit_code == 0 and (tmp_path / "det.png").read_bytes()[:4] == b"\x89PNG"

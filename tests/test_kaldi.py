@@ -228,3 +228,15 @@ def test_piped_list_lines_run_in_the_lists_folder_and_stay_apart(store, syntheti
     lines = [line.split("\t") for line in scored.stdout.splitlines() if not line.startswith("#")]
     assert [float(r[2]) for r in lines] == pytest.approx([float(r[2]) for r in rows], abs=1e-5)
 
+
+
+def test_a_recording_is_hashed_once_for_all_its_segments(recording, tmp_path, monkeypatch):
+    import spkver.features.store as store_module
+
+    path, _ = recording
+    hashed = []
+    real = store_module.content_hash
+    monkeypatch.setattr(store_module, "content_hash", lambda p: hashed.append(p) or real(p))
+    segments = [AudioItem(f"s{i}", path, start=0.5 * i, end=0.5 * i + 1.0) for i in range(5)]
+    FeatureStore(tmp_path / "cache", FeatureConfig()).extract(segments)
+    assert len(hashed) == 1

@@ -115,3 +115,18 @@ def test_sigterm_during_em_stops_like_ctrl_c(synthetic_corpus, tmp_path):
     assert process.returncode == 143
     last = stderr.strip().splitlines()[-1]
     assert "interrupted after EM iteration" in last and "--resume" in last and "Traceback" not in stderr
+
+
+def test_a_scheduler_without_a_shared_store_is_refused_before_any_work(synthetic_corpus, tmp_path):
+    result = run_cli(*common(synthetic_corpus, tmp_path / "u.npz"), "--scheduler", "tcp://127.0.0.1:9")
+    assert result.exit_code == 2 and "--scheduler" in one_line(result) and "--no-cache" in one_line(result)
+
+
+def test_options_training_from_a_feature_store_cannot_use_say_so(synthetic_corpus, tmp_path):
+    files = background(synthetic_corpus, 6)
+    assert run_cli("-q", "extract", "-o", tmp_path / "feats", "--workers", 1, *files).exit_code == 0
+    result = run_cli("train-ubm", "-o", tmp_path / "u.npz", "--components", 4, "--iterations", 2, "--workers", 1,
+                     "--features", tmp_path / "feats", "--n-mels", 40, "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 0, result.stderr
+    assert "--n-mels has no effect with --features" in result.stderr
+    assert "--cache-dir has no effect with --features" in result.stderr

@@ -9,6 +9,7 @@ and the working folder of commands, are the list's own folder.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -244,10 +245,13 @@ class DataDir:
     items: list
     speakers: dict
 
+    @functools.cached_property
+    def _by_key(self) -> dict[str, AudioItem]:
+        return {item.key: item for item in self.items}
+
     def items_of(self, speaker: str) -> list[AudioItem]:
         """The utterances of one speaker."""
-        by_key = {item.key: item for item in self.items}
-        return [by_key[key] for key in self.speakers[speaker]]
+        return [self._by_key[key] for key in self.speakers[speaker]]
 
 
 def _id_fields(path: Path, count: int | None, usage: str):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,7 @@ from spkver.backend.scoring import Scorer
 from spkver.errors import SpkverError
 from spkver.features.extraction import extract_all
 from spkver.fileio import file_identity, read_json, sha256_hex, write_atomic
-from spkver.gmm.estep import accumulate
-from spkver.gmm.map import DEFAULT_ADAPT, map_adapt
+from spkver.gmm.map import DEFAULT_ADAPT, adapt_to
 from spkver.gmm.model import GMM
 from spkver.run import RunOptions
 from spkver.storage.models import Model
@@ -164,7 +164,7 @@ class Cohort:
             if not self.audio_items:
                 raise SpkverError("Z- and S-norm need cohort recordings: give --cohort with audio files, or a UBM "
                                   "that stores a cohort")
-            run = RunOptions(self.run.workers, skip_bad=True, progress=self.run.progress)
+            run = replace(self.run, skip_bad=True)  # a bad cohort file is left out, and said so
             extracted = extract_all(self.audio_items, self.ubm.feature_config, run=run)
             self._features = [frames for _, frames in extracted]
         return self._features
@@ -175,8 +175,7 @@ class Cohort:
             if self.model_store is not None and self.model_store.speakers():
                 self._models = [self.model_store.load(s, self.ubm).gmm for s in self.model_store.speakers()]
             else:
-                self._models = [map_adapt(self.ubm.gmm, accumulate(self.ubm.gmm, [f], np.float64), self.relevance,
-                                          self.adapt) for f in self.features()]
+                self._models = [adapt_to(self.ubm.gmm, [f], self.relevance, self.adapt)[0] for f in self.features()]
             if len(self._models) < 2:
                 raise SpkverError("a cohort needs at least two models or recordings")
         return self._models

@@ -36,7 +36,6 @@ from spkver.cli.options import (
     write_output,
 )
 from spkver.errors import SpkverError, printable
-from spkver.run import RunOptions
 from spkver.storage.models import load_model
 from spkver.storage.speakers import SpeakerStore
 from spkver.storage.trials import (
@@ -59,7 +58,8 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
     """
     cache_dir = cohort_cache_dir(models_dir) if models_dir is not None else None
     if not cohort_paths:
-        return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, frames=ubm.cohort, run=RunOptions(workers))
+        return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, frames=ubm.cohort,
+                      run=report.run_options(workers, label="cohort"))
     audio, model_store = [], None
     for raw in cohort_paths:
         path = Path(raw)
@@ -72,7 +72,7 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
         else:
             audio.extend(find_audio([path]))
     return Cohort(ubm, audio, model_store, top_c=top_c, cache_dir=cache_dir,
-                  run=RunOptions(workers, progress=report.progress("cohort")))
+                  run=report.run_options(workers, label="cohort"))
 
 
 @click.command("score")

@@ -16,6 +16,7 @@ from spkver.cli.options import (
     feature_cache,
     feature_options,
     training_feature_config,
+    warn_ignored,
 )
 from spkver.cli.report import command_line, stop_with, terminate_as_interrupt
 from spkver.errors import SpkverError
@@ -77,6 +78,11 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
                           "will need re-enrolling)", output)
     if features_dir is not None and (audio or list_file or data_dir):
         raise SpkverError("give either --features or AUDIO/--list/--data-dir, not both")
+    if features_dir is not None:
+        warn_ignored(report, ["cache_dir", "no_cache", "skip_bad", "allow_pipes", *feature_values],
+                     "with --features (the store's features and their settings are used)")
+    elif no_cache:
+        warn_ignored(report, ["cache_dir"], "with --no-cache")
     items = config = None
     if features_dir is None:
         items = audio_items(report, audio, list_file, data_dir, allow_pipes)

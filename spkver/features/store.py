@@ -105,6 +105,7 @@ class FeatureStore:
     def __init__(self, root, config: FeatureConfig | None = None):
         self.root = Path(root)
         self._dirty = False  # entries changed in memory and not yet in the index
+        self._hashes: dict[tuple, str] = {}  # content hashes made in this run, by (file, signature)
         index = self._read_index()
         if index is None:
             if config is None:
@@ -184,7 +185,7 @@ class FeatureStore:
         try:
             signature = file_signature(path)
             if entry.get("signature") != signature:
-                if entry.get("blake2b") != content_hash(path):
+                if entry.get("blake2b") != self._content_hash(path, signature):
                     return None
                 entry["signature"] = signature  # same bytes, copied or moved: remember the new signature
                 self._dirty = True
@@ -205,8 +206,16 @@ class FeatureStore:
             entry.update(signature=file_signature(item.path))
         write_atomic(self.file(key), buffer.getvalue(), sync=False)
         if item.command is None:
-            entry.update(blake2b=content_hash(item.path))
+            entry.update(blake2b=self._content_hash(item.path, entry["signature"]))
         self.entries[key] = entry
+
+    def _content_hash(self, path, signature) -> str:
+        """:func:`~spkver.fileio.content_hash` of ``path``, once per file and signature in this run: the
+        many segments of one recording share it."""
+        memo = (str(Path(path).resolve()), tuple(signature))
+        if memo not in self._hashes:
+            self._hashes[memo] = content_hash(path)
+        return self._hashes[memo]
 
     def save_index(self):
         """Merge this process's entries into the index on disk, under a lock."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spkver.errors import SpkverError
-from spkver.gmm.estep import Statistics
+from spkver.gmm.estep import Statistics, accumulate
 from spkver.gmm.model import GMM
 
 ADAPT_MODES = ("m", "mw", "mv", "mwv")
@@ -74,3 +74,19 @@ def check_adapted(ubm: GMM, adapted: GMM, stats) -> GMM:
                           f"{float(stats.zeroth.sum()):.3g} assigned to components): nothing to tell this speaker "
                           "from anyone else")
     return adapted
+
+
+def adapt_to(ubm: GMM, arrays, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT) -> tuple[GMM, Statistics]:
+    """The speaker mixture MAP-adapted from ``ubm`` to feature ``arrays`` (each (n_i, D)), and its statistics.
+
+    Statistics in float64 and one BLAS thread (the same model on any number of
+    cores), variances floored at 1% of the UBM's smallest, and the guard of
+    :func:`check_adapted`: what ``enroll``, pair trials and T-norm cohorts all make.
+    """
+    from spkver.run import single_blas_thread
+
+    with single_blas_thread():
+        stats = accumulate(ubm, arrays, dtype=np.float64)
+    floor = ubm.variances.min(axis=0) * 1e-2
+    return check_adapted(ubm, map_adapt(ubm, stats, relevance, adapt, variance_floor=floor), stats), stats
+

@@ -38,10 +38,14 @@ class Model:
     feature_config: FeatureConfig
     meta: dict = field(default_factory=dict)
     cohort: list | None = None  # UBMs: speech segments of the training audio, (n_i, D) float16, for S-norm
+    # (mixture, its fingerprint): a UBM's is asked once per speaker loaded, and hashing it costs ~10 ms.
+    _fingerprint: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.gmm)
+        if self._fingerprint is None or self._fingerprint[0] is not self.gmm:
+            self._fingerprint = (self.gmm, fingerprint(self.gmm))
+        return self._fingerprint[1]
 
 
 def fingerprint(gmm: GMM) -> str:
