@@ -210,6 +210,19 @@ def numbered_lines(text: str, path):
         yield number, line
 
 
+def content_lines(path, what: str, *, not_text: str | None = None, text: str | None = None):
+    """``(number, line)`` of a list file's lines that hold something: stripped, blank and ``#`` lines skipped.
+
+    ``text`` is the file's text when it was already read; else it is read
+    here (:func:`read_text`, with ``what`` and ``not_text``).
+    """
+    text = read_text(path, what, not_text) if text is None else text
+    for number, raw in numbered_lines(text, path):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
 # The first bytes of the files people give by mistake where a model is expected.
 _AUDIO_MAGIC = ((b"RIFF", "WAV audio"), (b"RF64", "WAV audio"), (b"fLaC", "FLAC audio"), (b"OggS", "Ogg audio"),
                 (b"ID3", "MP3 audio"), (b"FORM", "AIFF audio"), (b".snd", "AU audio"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spkver.errors import SpkverError
-from spkver.fileio import file_identity, numbered_lines, os_problem, read_text
+from spkver.fileio import content_lines, file_identity, os_problem
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au")
 
@@ -175,12 +175,9 @@ def parse_list_line(line: str, list_path: Path, allow_pipes: bool = False) -> Au
 
 
 def list_lines(list_path: Path, what: str):
-    """``(number, line)`` of the non-blank, non-comment lines of a list file."""
-    text = read_text(list_path, what,
-                     f"is not a text {what} (not UTF-8 text: an audio file given as a list?)")
-    for number, line in numbered_lines(text, list_path):
-        if line.strip() and not line.lstrip().startswith("#"):
-            yield number, line
+    """``(number, line)`` of the lines of a list file that hold something (:func:`~spkver.fileio.content_lines`)."""
+    return content_lines(list_path, what,
+                         not_text=f"is not a text {what} (not UTF-8 text: an audio file given as a list?)")
 
 
 def read_list(list_path, *, allow_pipes: bool = False) -> list[AudioItem]:

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from spkver.audio.sources import path_exists
 from spkver.errors import SpkverError, printable
-from spkver.fileio import numbered_lines, parse_json, read_text, reads_as
+from spkver.fileio import content_lines, parse_json, read_text, reads_as
 
 LABELS = {"target": True, "nontarget": False, "tgt": True, "non": False, "nontgt": False, "imp": False,
           "1": True, "0": False, "true": True, "false": False}
@@ -105,15 +105,6 @@ class Score:
     line: int = 0
 
 
-def _read_lines(path: Path, what: str, text: str | None = None):
-    """Numbered non-blank, non-comment lines of ``path`` (or of ``text`` already read from it)."""
-    text = read_text(path, f"{what} file") if text is None else text
-    for number, raw in numbered_lines(text, path):
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            yield number, line
-
-
 def _fields(line: str) -> list[str]:
     """A line's fields: split at tabs when it has any (names may hold spaces), else at spaces."""
     fields = line.split("\t") if "\t" in line else line.split()
@@ -180,7 +171,7 @@ def read_trials(path, wav_scp: dict | None = None, *, pairs: bool = False, audio
     layout = PAIRS_LAYOUT if pairs else TRIALS_LAYOUT
     trials: list[Trial] = []
     seen: dict[tuple[str, str], int] = {}
-    for number, line in _read_lines(path, "trials"):
+    for number, line in content_lines(path, "trials file"):
         try:
             speaker, test, label = _split_trial(line, layout)
         except ValueError as exc:
@@ -224,7 +215,7 @@ def read_key(path) -> tuple[list[Trial], str]:
     layout = None
     trials: list[Trial] = []
     seen: dict[tuple[str, str], int] = {}
-    for number, line in _read_lines(path, "key"):
+    for number, line in content_lines(path, "key file"):
         layout = layout or key_layout(_fields(line))
         try:
             fields = _fields(line)
@@ -340,7 +331,7 @@ def read_scores(path) -> ScoreFile:
     form = None
     scores = []
     seen: dict[tuple[str, str], int] = {}
-    for number, line in _read_lines(path, "scores", text):
+    for number, line in content_lines(path, "scores file", text=text):
         form = form or score_format(line)
         score = _verify_json_score(line, number, path) if form == VERIFY_JSON else \
             _delimited_score(line, number, path, form)
