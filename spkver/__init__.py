@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 _HOMES = {
     "train_ubm": "spkver.api", "enroll": "spkver.api", "enroll_many": "spkver.api", "verify": "spkver.api",
     "score_trials": "spkver.api", "identify": "spkver.api", "Identification": "spkver.api",
+    "train_ivector": "spkver.api", "IvectorBackend": "spkver.ivector.backend",
+    "load_backend": "spkver.storage.ivectors", "save_backend": "spkver.storage.ivectors",
     "RunOptions": "spkver.run",
     "SpkverError": "spkver.errors",
     "AudioItem": "spkver.audio.sources", "find_audio": "spkver.audio.sources", "read_list": "spkver.audio.sources",
@@ -42,15 +44,16 @@ _HOMES = {
 }
 
 __all__ = [
-    "AudioItem", "Calibration", "Cohort", "FeatureConfig", "GMM", "Identification", "Model", "RunOptions", "Score",
+    "AudioItem", "Calibration", "Cohort", "FeatureConfig", "GMM", "Identification", "IvectorBackend", "Model",
+    "RunOptions", "Score",
     "SpeakerStore", "SpkverError", "Trial", "__version__", "bayes_threshold", "eer", "enroll", "enroll_many",
-    "find_audio", "fit_calibration", "identify", "load_audio", "load_calibration", "load_model", "min_dcf",
-    "read_data_dir", "read_list",
-    "read_scores", "read_trials", "save_calibration", "save_model", "score_trials", "train_ubm", "verify",
+    "find_audio", "fit_calibration", "identify", "load_audio", "load_backend", "load_calibration", "load_model",
+    "min_dcf", "read_data_dir", "read_list", "read_scores", "read_trials", "save_backend", "save_calibration",
+    "save_model", "score_trials", "train_ivector", "train_ubm", "verify",
 ]
 
 if TYPE_CHECKING:
-    from spkver.api import Identification, enroll, enroll_many, identify, score_trials, train_ubm, verify
+    from spkver.api import Identification, enroll, enroll_many, identify, score_trials, train_ivector, train_ubm, verify
     from spkver.audio.decode import load_audio
     from spkver.audio.sources import AudioItem, find_audio, read_data_dir, read_list
     from spkver.backend.calibration import Calibration, fit_calibration, load_calibration, save_calibration
@@ -59,7 +62,9 @@ if TYPE_CHECKING:
     from spkver.errors import SpkverError
     from spkver.features.config import FeatureConfig
     from spkver.gmm.model import GMM
+    from spkver.ivector.backend import IvectorBackend
     from spkver.run import RunOptions
+    from spkver.storage.ivectors import load_backend, save_backend
     from spkver.storage.models import Model, load_model, save_model
     from spkver.storage.speakers import SpeakerStore
     from spkver.storage.trials import Score, Trial, read_scores, read_trials

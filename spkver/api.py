@@ -49,6 +49,8 @@ from spkver.fileio import array_parts, sha256_hex
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
 from spkver.gmm.engine import Engine
 from spkver.gmm.map import DEFAULT_ADAPT, adapt_to
+from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS
+from spkver.ivector.backend import IvectorBackend
 from spkver.run import RunOptions, default_workers
 from spkver.storage.models import Model, checkpoint_writer, load_checkpoint
 from spkver.storage.speakers import SpeakerStore, validate_speaker_id
@@ -74,15 +76,20 @@ def training_frames(items, config, *, run: RunOptions = DEFAULT_RUN, cache_dir=N
     config : FeatureConfig
         The store's settings when ``features_dir`` is given, else ``config``.
     """
+    return _training_frames(items, config, run, cache_dir, features_dir)[:3]
+
+
+def _training_frames(items, config, run, cache_dir, features_dir):
+    """:func:`training_frames`, and the items kept (None from a feature store)."""
     if features_dir is not None:
         store = FeatureStore(features_dir)
-        return store.arrays(), store.paths(), store.config
+        return store.arrays(), store.paths(), store.config, None
     if cache_dir is not None:
         store = FeatureStore(cache_store_path(cache_dir, config), config)
         kept = store.extract(items, run=run)
-        return [a for _, a in kept], [store.file(store.key(i)) for i, _ in kept], config
+        return [a for _, a in kept], [store.file(store.key(i)) for i, _ in kept], config, [i for i, _ in kept]
     extracted = extract_all(items, config, run=run)
-    return [frames for _, frames in extracted], None, config
+    return [frames for _, frames in extracted], None, config, [i for i, _ in extracted]
 
 
 def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int | None = None, iterations: int = 20,
@@ -157,17 +164,7 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     ('ubm', 8, 120, 16000)
     """
     on_note = run.on_note
-    if scheduler is not None:  # before any extraction: a cluster run cannot start without these
-        if cache_dir is None and features_dir is None:
-            raise SpkverError("a Dask --scheduler reads features from a store on shared storage: give --features "
-                              "or a --cache-dir every worker can read (not --no-cache)")
-        try:
-            import distributed  # noqa: F401
-        except ImportError:
-            raise SpkverError("--scheduler needs Dask: pip install 'spkver[distributed]'") from None
-    if checkpoint is not None and Path(checkpoint).exists() and not (resume or restart):
-        raise SpkverError("holds the state of an interrupted training run: continue it with --resume, or pass "
-                          "--force to start over", checkpoint)
+    _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart)
     if config is None and features_dir is None:
         config, why = default_feature_config(items)
         if on_log:
@@ -227,8 +224,142 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     return Model(result.gmm, "ubm", config, meta, cohort_segments(arrays, cohort_size, segment_frames))
 
 
+def _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart) -> None:
+    """Before any extraction: a cluster run cannot start without a shared store, a checkpoint is never overwritten."""
+    if scheduler is not None:
+        if cache_dir is None and features_dir is None:
+            raise SpkverError("a Dask --scheduler reads features from a store on shared storage: give --features "
+                              "or a --cache-dir every worker can read (not --no-cache)")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise SpkverError("--scheduler needs Dask: pip install 'spkver[distributed]'") from None
+    if checkpoint is not None and Path(checkpoint).exists() and not (resume or restart):
+        raise SpkverError("holds the state of an interrupted training run: continue it with --resume, or pass "
+                          "--force to start over", checkpoint)
+
+
+def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, iterations: int = 10, seed: int = 0,
+                  segment_seconds: float | None = DEFAULT_SEGMENT_SECONDS, lda_dim: int | None = None,
+                  wccn: bool = False, scoring: str | None = None, cache_dir=None, scheduler: str | None = None,
+                  checkpoint=None, resume: bool = False, restart: bool = False, on_iteration=None, on_log=None,
+                  run: RunOptions = DEFAULT_RUN) -> IvectorBackend:
+    """Train an i-vector back-end on ``ubm``: the total-variability matrix, then LDA/WCCN and PLDA or cosine.
+
+    Parameters
+    ----------
+    ubm : Model
+        The UBM whose posteriors align the frames.
+    items : list of AudioItem
+        Training recordings (the UBM's own audio is a good choice).
+    labels : list of str, optional
+        The speaker of each item; without labels (or with fewer than two
+        speakers) the back-end scores by cosine similarity.
+    rank : int
+        Dimension R of the i-vectors.
+    iterations : int
+        EM iterations of the total-variability matrix.
+    seed : int
+        Seed of its random start; the same data and seed give the same back-end whatever ``run.workers``.
+    segment_seconds : float or None
+        Recordings with more than twice this much speech are cut into pieces of
+        about this length, each an utterance of its speaker (long recordings
+        give the matrix and PLDA sessions the length of typical tests); None keeps them whole.
+    lda_dim : int, optional
+        LDA to this many dimensions (at most speakers − 1) before PLDA; None: no LDA.
+    wccn : bool
+        Within-class covariance normalisation after LDA.
+    scoring : {"plda", "cosine"}, optional
+        None: PLDA when the labels allow it, else cosine.
+    cache_dir, scheduler, checkpoint, resume, restart, on_iteration, on_log, run
+        As for :func:`train_ubm`; ``on_iteration(step, log_likelihood_per_utterance, gain)``.
+
+    Returns
+    -------
+    IvectorBackend
+        ``backend.training`` summarises the run.
+
+    Examples
+    --------
+    With the ``corpus``, ``run`` and ``ubm`` of :func:`train_ubm`'s example, labelled by folder:
+
+    >>> from spkver import train_ivector
+    >>> background = find_audio([corpus / "background"])
+    >>> backend = train_ivector(ubm, background, labels=[i.path.parent.name for i in background], rank=4,
+    ...                         iterations=2, run=run)
+    >>> backend.tv.rank, backend.scoring
+    (4, 'plda')
+    """
+    import tempfile
+
+    from spkver.ivector.backend import fit_backend
+    from spkver.ivector.extractor import TotalVariability, extract_ivectors
+    from spkver.ivector.training import segments_of, train_extractor, write_statistics
+    from spkver.storage.ivectors import load_tv_checkpoint, save_tv_checkpoint
+
+    _check_training_run(scheduler, cache_dir, None, checkpoint, resume, restart)
+    items = list(items)
+    if labels is not None and len(labels) != len(items):
+        raise ValueError("labels must name the speaker of every item")
+    speaker_of = {item.audio: label for item, label in zip(items, labels)} if labels is not None else None
+    arrays, paths, _, kept = _training_frames(items, ubm.feature_config, run, cache_dir, None)
+    segment_frames = None if not segment_seconds else max(1, round(segment_seconds * 1000 / ubm.feature_config.hop_ms))
+    pieces = segments_of([len(a) for a in arrays], segment_frames)
+    piece_labels = None if speaker_of is None else [speaker_of[kept[i].audio] for i, _, _ in pieces]
+    if on_log:
+        on_log(f"i-vector training: {len(pieces)} utterances from {len(arrays)} recordings"
+               + (f" (cut into about {segment_seconds:g} s of speech)" if len(pieces) > len(arrays) else "")
+               + (f", {len(set(piece_labels))} speakers" if piece_labels is not None else ", no speaker labels"))
+    identity = None if checkpoint is None else {
+        "training data": data_identity(arrays), "ubm": ubm.fingerprint, "rank": rank, "seed": seed,
+        "segment seconds": segment_seconds}
+    state = None
+    if identity is not None and resume:
+        try:
+            state = load_tv_checkpoint(checkpoint, identity)
+        except SpkverError:
+            if not restart:
+                raise
+    if state is not None and state.step > iterations:
+        raise SpkverError(f"checkpoint holds {state.step} iterations, more than --iterations {iterations}: raise "
+                          "--iterations, or pass --force to start over", checkpoint)
+    if run.on_note and resume:
+        run.on_note(f"resuming after iteration {state.step}" if state is not None else
+                    "no checkpoint of this run to resume from; starting from the beginning")
+    save = checkpoint_writer(checkpoint, identity, run.on_note, save_tv_checkpoint) if identity is not None else None
+    workers = run.workers or default_workers()
+    folder = Path(cache_dir) if cache_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="spkver-ivector-", dir=folder) as scratch:
+        stats_path = Path(scratch) / "statistics.npy"
+        rows = write_statistics(ubm.gmm, arrays, pieces, stats_path, workers=workers, scheduler=scheduler,
+                                paths=paths)
+        k, d = ubm.gmm.n_components, ubm.gmm.dim
+        result = train_extractor(rows, stats_path, k, d, rank=rank, iterations=iterations, seed=seed,
+                                 workers=workers, scheduler=scheduler, state=state, on_iteration=on_iteration,
+                                 on_checkpoint=save)
+        # The stored matrix is float32: the back-end is fitted on what enrollment will use.
+        tv = TotalVariability(result.tv.matrix.astype(np.float32), k, d)
+        ivectors = extract_ivectors(tv, rows)
+        del rows
+    backend = fit_backend(tv, ivectors, piece_labels if piece_labels is not None else range(len(pieces)),
+                          lda_dim=lda_dim, use_wccn=wccn, scoring=scoring if piece_labels is not None else "cosine",
+                          on_note=run.on_note)
+    if checkpoint:
+        Path(checkpoint).unlink(missing_ok=True)
+    backend.training = {
+        "recordings": len(arrays), "utterances": len(pieces), "frames": int(sum(len(a) for a in arrays)),
+        "speakers": None if piece_labels is None else len(set(piece_labels)), "rank": rank,
+        "iterations": len(result.history) - 1, "log_likelihood_history": result.history, "seed": seed,
+        "segment_seconds": segment_seconds, "lda_dim": None if backend.projection is None or not lda_dim
+        else int(backend.projection.shape[1]), "wccn": wccn, "scoring": backend.scoring,
+        "spkver_version": __version__}
+    return backend
+
+
 def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
-           run: RunOptions = DEFAULT_RUN) -> Model:
+           backend: IvectorBackend | None = None, run: RunOptions = DEFAULT_RUN) -> Model:
     """MAP-adapt ``ubm`` to the speech of ``items``: a speaker model.
 
     Parameters
@@ -243,6 +374,9 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
         MAP relevance factor r (16): larger stays closer to the UBM.
     adapt : {"mw", "m", "mv", "mwv"}
         Which parameters adapt: means, and weights and/or variances.
+    backend : IvectorBackend, optional
+        Also keep an i-vector per recording (``model.ivectors``), for scoring
+        with this back-end (:func:`train_ivector`).
     run : RunOptions
         Workers, bad files, progress; ``run.on_note`` receives a warning when
         audio was recorded below the UBM's feature rate.
@@ -264,14 +398,17 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
     """
     validate_speaker_id(speaker)
     extracted = extract_all(items, ubm.feature_config, run=run)
-    return adapt_model(ubm, [frames for _, frames in extracted], speaker, relevance=relevance, adapt=adapt)
+    return adapt_model(ubm, [frames for _, frames in extracted], speaker, relevance=relevance, adapt=adapt,
+                       backend=backend)
 
 
-def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT) -> Model:
+def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
+                backend: IvectorBackend | None = None) -> Model:
     """MAP-adapt ``ubm`` to feature ``arrays`` (each (n_i, D)): the model :func:`enroll` and pair trials make.
 
     ``speaker`` is recorded in the model's metadata as it is (it is checked
-    only where a model is stored).
+    only where a model is stored). With ``backend``, the model also keeps
+    one i-vector per array.
     """
     gmm, stats = adapt_to(ubm.gmm, arrays, relevance, adapt)
     meta = {
@@ -286,11 +423,18 @@ def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, ad
             "spkver_version": __version__,
         },
     }
-    return Model(gmm, "speaker", ubm.feature_config, meta)
+    ivectors = None
+    if backend is not None:
+        from spkver.ivector.extractor import extract_ivectors
+        from spkver.ivector.statistics import statistics_rows
+
+        ivectors = extract_ivectors(backend.tv, statistics_rows(ubm.gmm, arrays))
+        meta["ivector_extractor"] = backend.extractor_fingerprint
+    return Model(gmm, "speaker", ubm.feature_config, meta, ivectors=ivectors)
 
 
 def enroll_many(ubm: Model, speakers: dict, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
-                run: RunOptions = DEFAULT_RUN) -> Iterator[Model]:
+                backend: IvectorBackend | None = None, run: RunOptions = DEFAULT_RUN) -> Iterator[Model]:
     """Enroll many speakers at once: features of all their recordings in one pool, a model per speaker.
 
     Features are extracted in parallel across every speaker's recordings
@@ -309,6 +453,8 @@ def enroll_many(ubm: Model, speakers: dict, *, relevance: float = 16.0, adapt: s
         MAP relevance factor (16), as for :func:`enroll`.
     adapt : {"mw", "m", "mv", "mwv"}
         Which parameters adapt, as for :func:`enroll`.
+    backend : IvectorBackend, optional
+        Keep i-vectors too, as for :func:`enroll`.
     run : RunOptions
         Workers and warnings; ``run.progress`` counts speakers. With
         ``run.skip_bad`` a bad recording is left out (its message to
@@ -341,13 +487,13 @@ def enroll_many(ubm: Model, speakers: dict, *, relevance: float = 16.0, adapt: s
     for name, items in speakers.items():
         if not items:
             raise SpkverError(f"speaker {name!r} has no recordings to enroll from")
-    models: Iterable[Model | None] = _enrolled_in_order(ubm, speakers, relevance, adapt, run)
+    models: Iterable[Model | None] = _enrolled_in_order(ubm, speakers, relevance, adapt, backend, run)
     if run.progress is not None:
         models = run.progress(iter(models), len(speakers))
     return (model for model in models if model is not None)
 
 
-def _enrolled_in_order(ubm: Model, speakers: dict, relevance: float, adapt: str, run: RunOptions):
+def _enrolled_in_order(ubm: Model, speakers: dict, relevance: float, adapt: str, backend, run: RunOptions):
     """Models of ``speakers`` as their recordings' features arrive (None for a speaker left without audio)."""
     owners = [name for name, items in speakers.items() for _ in items]
     files = [item for items in speakers.values() for item in items]
@@ -361,15 +507,33 @@ def _enrolled_in_order(ubm: Model, speakers: dict, relevance: float, adapt: str,
         if remaining[owner]:
             continue
         if arrays[owner]:
-            yield adapt_model(ubm, arrays.pop(owner), owner, relevance=relevance, adapt=adapt)
+            yield adapt_model(ubm, arrays.pop(owner), owner, relevance=relevance, adapt=adapt, backend=backend)
         else:
             if run.on_skip is not None:
                 run.on_skip(f"speaker {owner!r}: no usable audio left; not enrolled")
             yield None
 
 
+def _scorer(ubm: Model, speakers: list, top_c: int, backend: IvectorBackend | None):
+    """The scorer of ``speakers``: their MAP models against the UBM, or their i-vectors with ``backend``.
+
+    Raises SpkverError for a speaker enrolled without this back-end's extractor.
+    """
+    if backend is None:
+        return Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
+    from spkver.ivector.backend import IvectorScorer
+
+    for model in speakers:
+        if model.ivectors is None or model.meta.get("ivector_extractor") != backend.extractor_fingerprint:
+            have = "without an i-vector back-end" if model.ivectors is None else "with another i-vector back-end"
+            raise SpkverError(f"speaker {model.meta['speaker']!r} was enrolled {have}; re-enroll it with --ivector "
+                              "(the back-end given here)")
+    return IvectorScorer(ubm.gmm, backend, [s.ivectors for s in speakers])
+
+
 def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 5,
-           calibration: Calibration | None = None, run: RunOptions = DEFAULT_RUN) -> list[Score]:
+           calibration: Calibration | None = None, backend: IvectorBackend | None = None,
+           run: RunOptions = DEFAULT_RUN) -> list[Score]:
     """Score each recording against each speaker model; accept when the score is at least ``threshold``.
 
     Parameters
@@ -386,6 +550,9 @@ def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 
         UBM components evaluated per frame (5); 0 evaluates all.
     calibration : Calibration, optional
         Fitted on raw scores: the scores become log-likelihood ratios.
+    backend : IvectorBackend, optional
+        Score with this i-vector back-end (PLDA LLRs or cosine similarities)
+        instead of the MAP models; the speakers must be enrolled with it.
     run : RunOptions
 
     Returns
@@ -407,8 +574,8 @@ def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 
     """
     if calibration is not None:
         calibration.require("none")
+    scorer = _scorer(ubm, speakers, top_c, backend)
     extracted = extract_all(items, ubm.feature_config, run=run)
-    scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
     scores_out = []
     for item, frames in extracted:
         scores = checked_scores(scorer.scores(frames), item.where)
@@ -455,7 +622,7 @@ def _features_of(ubm, items, run: RunOptions) -> dict[tuple, np.ndarray]:
 def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c: int = 5, norm: str = "none",
                  cohort: Cohort | None = None, top_n: int | None = None, calibration: Calibration | None = None,
                  source: str = "trials", utterances: dict[str, AudioItem] | None = None,
-                 run: RunOptions = DEFAULT_RUN) -> list[Score]:
+                 backend: IvectorBackend | None = None, run: RunOptions = DEFAULT_RUN) -> list[Score]:
     """Score every trial; each test file is read and scored against the UBM once.
 
     Parameters
@@ -481,6 +648,8 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
     utterances : dict of str to AudioItem, optional
         Utterance id to audio (a data folder's :attr:`~spkver.audio.sources.DataDir.items`,
         or a ``wav.scp``): a trial whose test is one of these ids is scored on it.
+    backend : IvectorBackend, optional
+        Score with this i-vector back-end, as for :func:`verify` (no score normalisation).
     run : RunOptions
         With ``run.skip_bad``, trials of unknown speakers or unreadable files are left out.
 
@@ -507,18 +676,18 @@ def score_trials(ubm: Model, store: SpeakerStore, trials: list[Trial], *, top_c:
     >>> scores[0].score > scores[1].score  # the target trial scores higher
     True
     """
-    _check_scoring(norm, cohort, top_n, calibration)
+    _check_scoring(norm, cohort, top_n, calibration, backend)
     models = _load_speakers(ubm, store, trials, run, source)
     items = _trial_items(trials, utterances)
     features = _features_of(ubm, items, run)
     return _score_models(ubm, models, features, trials, items, top_c=top_c, norm=norm, cohort=cohort, top_n=top_n,
-                         calibration=calibration, run=run)
+                         calibration=calibration, backend=backend, run=run)
 
 
 def score_pairs(ubm: Model, trials: list[Trial], *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
                 top_c: int = 5, norm: str = "none", cohort: Cohort | None = None, top_n: int | None = None,
                 calibration: Calibration | None = None, source: str = "pairs",
-                run: RunOptions = DEFAULT_RUN) -> list[Score]:
+                backend: IvectorBackend | None = None, run: RunOptions = DEFAULT_RUN) -> list[Score]:
     """Score pair trials (VoxCeleb style): each enrollment recording becomes a speaker model, once.
 
     Every distinct file (enrollment or test) is read once, in parallel; each
@@ -532,7 +701,7 @@ def score_pairs(ubm: Model, trials: list[Trial], *, relevance: float = 16.0, ada
         With ``enrollment`` set (:func:`~spkver.storage.trials.read_trials` with ``pairs=True``).
     relevance, adapt
         MAP settings, as for :func:`enroll`.
-    top_c, norm, cohort, top_n, calibration, source
+    top_c, norm, cohort, top_n, calibration, source, backend
         As for :func:`score_trials`.
     run : RunOptions
         With ``run.skip_bad``, trials whose enrollment or test file is unusable are left out.
@@ -544,7 +713,7 @@ def score_pairs(ubm: Model, trials: list[Trial], *, relevance: float = 16.0, ada
     """
     if any(t.enrollment is None for t in trials):
         raise SpkverError("pair trials need an enrollment recording each", source)
-    _check_scoring(norm, cohort, top_n, calibration)
+    _check_scoring(norm, cohort, top_n, calibration, backend)
     enrollments = [AudioItem(t.speaker, Path(str(t.enrollment)), f"{source} line {t.line}") for t in trials]
     items = [AudioItem(t.test, t.path, f"{source} line {t.line}") for t in trials]
     features = _features_of(ubm, enrollments + items, run)
@@ -553,13 +722,18 @@ def score_pairs(ubm: Model, trials: list[Trial], *, relevance: float = 16.0, ada
         if trial.speaker not in models:
             frames = features.get(enrollment.audio)
             models[trial.speaker] = None if frames is None else \
-                adapt_model(ubm, [frames], trial.speaker, relevance=relevance, adapt=adapt)
+                adapt_model(ubm, [frames], trial.speaker, relevance=relevance, adapt=adapt, backend=backend)
     return _score_models(ubm, models, features, trials, items, top_c=top_c, norm=norm, cohort=cohort, top_n=top_n,
-                         calibration=calibration, run=run)
+                         calibration=calibration, backend=backend, run=run)
 
 
-def _check_scoring(norm: str, cohort: Cohort | None, top_n: int | None, calibration: Calibration | None) -> None:
-    """A normalisation needs a cohort; a calibration holds only for scores normalised as its own were."""
+def _check_scoring(norm: str, cohort: Cohort | None, top_n: int | None, calibration: Calibration | None,
+                   backend: IvectorBackend | None = None) -> None:
+    """A normalisation needs a cohort (and MAP scoring); a calibration holds only for scores normalised as its
+    own were."""
+    if norm != "none" and backend is not None:
+        raise SpkverError(f"--score-norm {norm} normalises MAP scores: the i-vector back-end's scores are not "
+                          "normalised (give --score-norm none)")
     if norm != "none" and cohort is None:
         raise SpkverError(f"--score-norm {norm} needs --cohort")
     if calibration is not None:
@@ -568,7 +742,7 @@ def _check_scoring(norm: str, cohort: Cohort | None, top_n: int | None, calibrat
 
 def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[tuple, np.ndarray], trials,
                   items: list[AudioItem], *, top_c: int, norm: str, cohort: Cohort | None, top_n: int | None,
-                  calibration: Calibration | None, run: RunOptions) -> list[Score]:
+                  calibration: Calibration | None, backend: IvectorBackend | None, run: RunOptions) -> list[Score]:
     """Score ``trials`` (their test audio ``items``) against ``models`` (None: left out) on ``features``
     (by item name; missing: left out)."""
     by_test: dict[tuple, list[int]] = {}
@@ -578,7 +752,7 @@ def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[tu
     speakers = {name: model for name, model in models.items() if model is not None}
     loaded = sorted(speakers)
     column = {name: i for i, name in enumerate(loaded)}
-    scorer = Scorer(ubm.gmm, [speakers[name].gmm for name in loaded], top_c)
+    scorer = _scorer(ubm, [speakers[name] for name in loaded], top_c, backend)
     z_stats = None
     if cohort is not None and norm in ("z", "s") and loaded:
         z_stats = cohort_statistics(cohort.z_scores([speakers[name] for name in loaded]), top_n)
@@ -623,7 +797,8 @@ class Identification:
 
 
 def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | None = 0.0, top_c: int = 5,
-             calibration: Calibration | None = None, run: RunOptions = DEFAULT_RUN) -> list[Identification]:
+             calibration: Calibration | None = None, backend: IvectorBackend | None = None,
+             run: RunOptions = DEFAULT_RUN) -> list[Identification]:
     """Rank enrolled speakers for each recording; ``unknown`` when the best is below ``threshold``.
 
     Parameters
@@ -640,6 +815,8 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
     top_c : int
     calibration : Calibration, optional
         Fitted on raw scores: scores become log-likelihood ratios.
+    backend : IvectorBackend, optional
+        Score with this i-vector back-end, as for :func:`verify`.
     run : RunOptions
 
     Returns
@@ -661,7 +838,7 @@ def identify(ubm: Model, speakers, items, *, top: int = 3, threshold: float | No
         raise SpkverError("no speakers are enrolled in the model store")
     if calibration is not None:
         calibration.require("none")
-    scorer = Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
+    scorer = _scorer(ubm, speakers, top_c, backend)
     answers = []
     for item, frames in usable_features(items, ubm.feature_config, run=run):
         scores = checked_scores(scorer.scores(frames), item.where)

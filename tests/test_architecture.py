@@ -13,6 +13,7 @@ LAYERS = [
     ("audio", ["spkver.audio"]),
     ("features", ["spkver.features"]),
     ("gmm", ["spkver.gmm"]),
+    ("ivector", ["spkver.ivector"]),
     ("storage", ["spkver.storage"]),
     ("backend", ["spkver.backend"]),
     ("api", ["spkver.api"]),

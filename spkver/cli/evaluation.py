@@ -27,6 +27,8 @@ from spkver.backend.scorenorm import (
 from spkver.cli.options import (
     Finite,
     deprecated_alias,
+    ivector_backend,
+    ivector_option,
     load_store,
     map_options,
     refuse_to_replace,
@@ -107,12 +109,14 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
 @click.option("--audio-root", type=click.Path(path_type=Path, file_okay=False),
               help="Folder the list's relative paths start from, e.g. VoxCeleb's wav/ [default: the list's folder].")
 @map_options("--pairs: ")
+@ivector_option("score with it (PLDA LLRs or cosine) instead of the MAP models; --trials speakers enrolled with "
+                "it. Scores are not normalised.")
 @workers_option("Processes for feature extraction [default: all cores].")
 @click.option("--skip-bad", is_flag=True, help="Leave out trials with unknown speakers or unreadable files.")
 @click.pass_obj
 def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output, top_c, score_norm, old_score_norm,
                   cohort, top_n, calibration_path, wav_scp, data_dir, allow_pipes, audio_root, relevance, adapt,
-                  workers, skip_bad):
+                  ivector_path, workers, skip_bad):
     """Score a trial list (--trials) or pair trials (--pairs): one 'speaker<TAB>test<TAB>score[<TAB>label]' line
     per trial, ready for evaluate.
 
@@ -120,6 +124,7 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
     Example:
       spkver score --ubm ubm.npz --models models/ --trials trials -o scores.tsv
       spkver score --ubm ubm.npz --pairs veri_test.txt --audio-root wav/ -o scores.tsv
+      spkver score --ubm ubm.npz --ivector ivector.npz --models models/ --trials trials -o plda.tsv
     """
     from spkver.api import score_pairs, score_trials
 
@@ -136,6 +141,9 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
     refuse_to_replace(output, is_score_file, "score file")
     ubm, store = load_store(ubm_path, models_dir) if models_dir is not None else (load_model(ubm_path, "ubm"), None)
     calibration = load_calibration(calibration_path) if calibration_path else None
+    backend = ivector_backend(ivector_path, ubm)
+    if norm is None and backend is not None:
+        norm = "none"  # S-norm is for MAP scores; PLDA scores are log-likelihood ratios already
     if norm is None and calibration is not None:
         # A calibration holds only for scores made as its own were: make them so.
         norm, calibrated_top_n = parse_normalisation(calibration.normalisation)
@@ -163,7 +171,7 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
     normalisation = describe_normalisation(norm, top_n)
     cohort_obj = build_cohort(ubm, models_dir, cohort, top_c, workers, report) if norm != "none" else None
     options = dict(top_c=top_c, norm=norm, cohort=cohort_obj, top_n=top_n, calibration=calibration,
-                   source=str(list_path), run=report.run_options(workers, skip_bad))
+                   source=str(list_path), backend=backend, run=report.run_options(workers, skip_bad))
     if pairs_path is not None:
         if any(item.command is not None or item.segmented for item in (utterances or {}).values()):
             raise SpkverError("--pairs reads whole files: give a wav.scp of plain paths (no pipes or segments)")

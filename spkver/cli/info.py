@@ -15,12 +15,28 @@ from spkver.storage.models import load_model
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info_command(model_path, as_json):
-    """Describe a model file.
+    """Describe a model file (UBM, speaker, or i-vector back-end).
 
     \b
     Example:
       spkver info models/alice.npz
     """
+    from spkver.storage.ivectors import BACKEND_KIND, load_backend
+    from spkver.storage.models import read_kind
+
+    if read_kind(model_path) == BACKEND_KIND:
+        backend, meta = load_backend(model_path)
+        if as_json:
+            click.echo(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False))
+            return
+        click.echo(f"{printable(model_path)}: i-vector back-end, rank {backend.tv.rank}, "
+                   f"{backend.tv.n_components} components, {backend.tv.dim} dimensions, {backend.scoring} scoring, "
+                   f"format {meta['format_version']}")
+        for key in ("ubm_fingerprint", "extractor_fingerprint"):
+            click.echo(f"{key}: {printable(meta[key])}")
+        training = {k: v for k, v in meta.get("training", {}).items() if k != "log_likelihood_history"}
+        click.echo("training: " + printable(", ".join(f"{k}={v}" for k, v in training.items())))
+        return
     model = load_model(model_path)
     meta = dict(model.meta)
     meta.pop("feature_config", None)
@@ -32,7 +48,7 @@ def info_command(model_path, as_json):
     click.echo(f"{printable(model_path)}: {model.kind} model, {model.gmm.n_components} components, "
                f"{model.gmm.dim} dimensions, format {meta.pop('format_version')}")
     click.echo(f"fingerprint: {model.fingerprint}")
-    for key in ("speaker", "relevance", "adapt", "ubm_fingerprint"):
+    for key in ("speaker", "relevance", "adapt", "ubm_fingerprint", "ivector_extractor"):
         if key in meta:
             click.echo(f"{key}: {printable(meta[key])}")
     training = {k: v for k, v in meta.get("training", {}).items() if k != "log_likelihood_history"}

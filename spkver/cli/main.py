@@ -25,6 +25,7 @@ from spkver.fileio import os_problem
 COMMANDS = {
     "train-ubm": ("train", "train_ubm_command", "Train a universal background model (UBM) on audio."),
     "extract": ("train", "extract_command", "Extract features into a feature store to train from."),
+    "train-ivector": ("train", "train_ivector_command", "Train an i-vector back-end (T matrix, PLDA) on a UBM."),
     "enroll": ("speakers", "enroll_command", "Enroll a speaker: MAP-adapt the UBM to their audio."),
     "verify": ("speakers", "verify_command", "Is this audio spoken by the claimed speaker?"),
     "identify": ("speakers", "identify_command", "Which enrolled speaker is it? Ranks the speakers."),

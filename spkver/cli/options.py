@@ -229,6 +229,21 @@ def load_store(ubm_path, models_dir):
     return ubm, SpeakerStore(models_dir)
 
 
+def ivector_option(what: str):
+    """``--ivector BACKEND.npz``: ``what`` says what the back-end does for the command."""
+    return click.option("--ivector", "ivector_path", type=click.Path(path_type=Path),
+                        help=f"i-vector back-end from `spkver train-ivector`: {what}")
+
+
+def ivector_backend(path, ubm):
+    """The back-end ``--ivector`` names (checked against ``ubm``), or None."""
+    if path is None:
+        return None
+    from spkver.storage.ivectors import load_backend
+
+    return load_backend(path, ubm)[0]
+
+
 def calibration_option(path):
     """The calibration ``--calibration`` names, or None; scipy (its fitting) is imported only when one is given."""
     if path is None:
@@ -290,3 +305,70 @@ def map_options(applies_to: str = ""):
 
     return decorate
 
+
+# Speakers and their audio, for enroll's batches and train-ivector's labels.
+
+
+def speakers_per_folder(report, root: Path, skip_bad: bool) -> dict:
+    """Speaker id (a sub-folder's name) to the audio below that sub-folder."""
+    from spkver.audio.sources import find_audio
+    from spkver.storage.speakers import validate_speaker_id
+
+    if not root.is_dir():
+        raise SpkverError("no such folder" if not root.exists() else "is not a folder", root)
+    speakers = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            validate_speaker_id(folder.name)
+        except SpkverError as exc:
+            raise SpkverError(f"sub-folder name is not a speaker id: {exc.message}", folder) from None
+        try:
+            speakers[folder.name] = find_audio([folder])
+        except SpkverError as exc:
+            if not skip_bad:
+                raise
+            report.warn(f"{exc}; speaker {folder.name!r} not enrolled")
+    if not speakers:
+        raise SpkverError("holds no sub-folders with audio (one per speaker, named after the speaker)", root)
+    return speakers
+
+
+def read_speaker_list(path: Path, data_dir) -> dict:
+    """Speaker id to audio from 'speaker path-or-utterance-id' lines (utterance ids of ``data_dir``)."""
+    from dataclasses import replace
+
+    from spkver.audio.sources import find_audio, list_lines, read_data_dir
+    from spkver.storage.speakers import validate_speaker_id
+
+    utterances = {item.key: item for item in read_data_dir(data_dir).items} if data_dir is not None else {}
+    speakers: dict[str, list] = {}
+    seen: dict[tuple, int] = {}
+    for number, line in list_lines(path, "speaker list"):
+        fields = line.strip().split(None, 1)
+        if len(fields) < 2:
+            raise SpkverError(f"line {number}: expected 'speaker path-or-utterance-id'", path)
+        name, target = fields
+        try:
+            validate_speaker_id(name)
+            items = [utterances[target]] if target in utterances else find_audio([path.parent / target])
+        except SpkverError as exc:
+            raise SpkverError(f"line {number}: {exc}", path) from None
+        for item in items:
+            if (name, item) in seen:
+                raise SpkverError(f"line {number}: repeats the entry of line {seen[name, item]}", path)
+            seen[name, item] = number
+            speakers.setdefault(name, []).append(replace(item, origin=item.origin or f"{path} line {number}"))
+    if not speakers:
+        raise SpkverError("speaker list names no speakers", path)
+    return speakers
+
+
+def speakers_of_data_dir(data_dir: Path) -> dict:
+    """Speaker id to utterances of a data folder (its spk2utt or utt2spk)."""
+    from spkver.audio.sources import read_data_dir
+
+    data = read_data_dir(data_dir)
+    if not data.speakers:
+        raise SpkverError("data folder has neither spk2utt nor utt2spk: give --speaker to enroll all of it as one "
+                          "speaker", data.root)
+    return {name: data.items_of(name) for name in data.speakers}

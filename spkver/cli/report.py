@@ -54,14 +54,15 @@ class Reporter:
 
         return wrap
 
-    def iteration(self):
+    def iteration(self, what: str = "EM iteration", measure: str = "average log-likelihood"):
+        """A training callback logging each iteration's ``measure``, its gain and its time."""
         start = time.perf_counter()
         last = [start]
 
         def report(step, average, gain):
             now = time.perf_counter()
             gain_text = "" if gain is None else f"  gain {gain:+.2e}"
-            self.log(f"EM iteration {step:3d}: average log-likelihood {average:.4f}{gain_text}  "
+            self.log(f"{what} {step:3d}: {measure} {average:.4f}{gain_text}  "
                      f"({now - last[0]:.2f} s)")
             last[0] = now
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from spkver.audio.sources import find_audio, list_lines, read_data_dir
+from spkver.audio.sources import read_data_dir
 from spkver.backend.metrics import posterior_probability
 from spkver.cli.options import (
     audio_inputs,
@@ -16,8 +15,13 @@ from spkver.cli.options import (
     calibration_option,
     decision_options,
     decision_threshold,
+    ivector_backend,
+    ivector_option,
     load_store,
     map_options,
+    read_speaker_list,
+    speakers_of_data_dir,
+    speakers_per_folder,
     store_options,
     warn_ignored,
 )
@@ -38,11 +42,13 @@ from spkver.storage.speakers import validate_speaker_id
               help="Enroll the speakers of 'speaker path-or-utterance-id' lines (ids of --data-dir; paths "
                    "relative to the list).")
 @map_options()
+@ivector_option("also keep an i-vector of each recording, so that score/verify/identify --ivector can use "
+                "this back-end.")
 @click.option("--force", is_flag=True, help="Replace enrolled speakers.")
 @audio_inputs
 @click.pass_obj
-def enroll_command(report, ubm_path, models_dir, speaker, per_folder, speaker_list, relevance, adapt, force, audio,
-                   list_file, data_dir, allow_pipes, workers, skip_bad):
+def enroll_command(report, ubm_path, models_dir, speaker, per_folder, speaker_list, relevance, adapt, ivector_path,
+                   force, audio, list_file, data_dir, allow_pipes, workers, skip_bad):
     """Enroll SPEAKER by MAP-adapting the UBM to AUDIO, or many speakers at once.
 
     Many speakers: --data-dir without --speaker (its spk2utt or utt2spk),
@@ -53,17 +59,19 @@ def enroll_command(report, ubm_path, models_dir, speaker, per_folder, speaker_li
     Example:
       spkver enroll --ubm ubm.npz --models models/ --speaker alice alice/
       spkver enroll --ubm ubm.npz --models models/ --per-folder speakers/
+      spkver enroll --ubm ubm.npz --ivector ivector.npz --models models/ --speaker alice alice/
     """
     from spkver.api import enroll as enroll_speaker
 
     if speaker is None:
-        return enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevance, adapt, force, audio,
-                            list_file, data_dir, allow_pipes, workers, skip_bad)
+        return enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevance, adapt, ivector_path,
+                            force, audio, list_file, data_dir, allow_pipes, workers, skip_bad)
     if per_folder or speaker_list:
         raise SpkverError("--speaker enrolls one speaker from AUDIO; --per-folder and --speaker-list enroll many "
                           "(give them without --speaker)")
     validate_speaker_id(speaker)
     ubm, store = load_store(ubm_path, models_dir)
+    backend = ivector_backend(ivector_path, ubm)
     refuse_enrolled(store, [speaker], force)
     data = read_data_dir(data_dir) if data_dir is not None else None
     if data is not None and data.speakers:  # the data folder's utterances of this speaker, not everyone's
@@ -75,7 +83,7 @@ def enroll_command(report, ubm_path, models_dir, speaker, per_folder, speaker_li
         items += data.items_of(speaker)
     else:
         items = audio_items(report, audio, list_file, data_dir, allow_pipes)
-    model = enroll_speaker(ubm, items, speaker, relevance=relevance, adapt=adapt,
+    model = enroll_speaker(ubm, items, speaker, relevance=relevance, adapt=adapt, backend=backend,
                            run=report.run_options(workers, skip_bad))
     save_speaker(store, speaker, model, force)
     report.log(f"enrolled {speaker}: {model.meta['training']['frames']} speech frames from "
@@ -105,8 +113,8 @@ def save_speaker(store, speaker, model, force):
         save_model(store.path(speaker), model)
 
 
-def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevance, adapt, force, audio, list_file,
-                 data_dir, allow_pipes, workers, skip_bad):
+def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevance, adapt, ivector_path, force, audio,
+                 list_file, data_dir, allow_pipes, workers, skip_bad):
     """``enroll`` without --speaker: every speaker of --data-dir, --per-folder or --speaker-list."""
     from spkver.api import enroll_many
 
@@ -118,6 +126,7 @@ def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevan
                           "--per-folder sub-folders or a --speaker-list")
     warn_ignored(report, ["allow_pipes"], "without --list (a --data-dir's wav.scp runs its commands anyway)")
     ubm, store = load_store(ubm_path, models_dir)
+    backend = ivector_backend(ivector_path, ubm)
     if per_folder is not None:
         speakers = speakers_per_folder(report, per_folder, skip_bad)
     elif speaker_list is not None:
@@ -127,7 +136,7 @@ def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevan
     refuse_enrolled(store, speakers, force)
     written = 0
     try:
-        for model in enroll_many(ubm, speakers, relevance=relevance, adapt=adapt,
+        for model in enroll_many(ubm, speakers, relevance=relevance, adapt=adapt, backend=backend,
                                  run=report.run_options(workers, skip_bad, label="speakers")):
             save_speaker(store, model.meta["speaker"], model, force)
             written += 1
@@ -139,71 +148,17 @@ def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevan
     report.log(f"enrolled {written} of {len(speakers)} speakers -> {store.root}")
 
 
-def speakers_per_folder(report, root: Path, skip_bad: bool) -> dict:
-    """Speaker id (a sub-folder's name) to the audio below that sub-folder."""
-    if not root.is_dir():
-        raise SpkverError("no such folder" if not root.exists() else "is not a folder", root)
-    speakers = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            validate_speaker_id(folder.name)
-        except SpkverError as exc:
-            raise SpkverError(f"sub-folder name is not a speaker id: {exc.message}", folder) from None
-        try:
-            speakers[folder.name] = find_audio([folder])
-        except SpkverError as exc:
-            if not skip_bad:
-                raise
-            report.warn(f"{exc}; speaker {folder.name!r} not enrolled")
-    if not speakers:
-        raise SpkverError("holds no sub-folders with audio (one per speaker, named after the speaker)", root)
-    return speakers
-
-
-def read_speaker_list(path: Path, data_dir) -> dict:
-    """Speaker id to audio from 'speaker path-or-utterance-id' lines (utterance ids of ``data_dir``)."""
-    utterances = {item.key: item for item in read_data_dir(data_dir).items} if data_dir is not None else {}
-    speakers: dict[str, list] = {}
-    seen: dict[tuple, int] = {}
-    for number, line in list_lines(path, "speaker list"):
-        fields = line.strip().split(None, 1)
-        if len(fields) < 2:
-            raise SpkverError(f"line {number}: expected 'speaker path-or-utterance-id'", path)
-        name, target = fields
-        try:
-            validate_speaker_id(name)
-            items = [utterances[target]] if target in utterances else find_audio([path.parent / target])
-        except SpkverError as exc:
-            raise SpkverError(f"line {number}: {exc}", path) from None
-        for item in items:
-            if (name, item) in seen:
-                raise SpkverError(f"line {number}: repeats the entry of line {seen[name, item]}", path)
-            seen[name, item] = number
-            speakers.setdefault(name, []).append(replace(item, origin=item.origin or f"{path} line {number}"))
-    if not speakers:
-        raise SpkverError("speaker list names no speakers", path)
-    return speakers
-
-
-def speakers_of_data_dir(data_dir: Path) -> dict:
-    """Speaker id to utterances of a data folder (its spk2utt or utt2spk)."""
-    data = read_data_dir(data_dir)
-    if not data.speakers:
-        raise SpkverError("data folder has neither spk2utt nor utt2spk: give --speaker to enroll all of it as one "
-                          "speaker", data.root)
-    return {name: data.items_of(name) for name in data.speakers}
-
-
 @click.command("verify")
 @store_options
 @click.option("--speaker", required=True, multiple=True, help="Claimed speaker (repeatable).")
 @decision_options("Accept when the score is at least this [default: 0, or the Bayes threshold for --p-target "
                   "with --calibration].")
+@ivector_option("score with it (PLDA or cosine) instead of the MAP models; speakers enrolled with it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @audio_inputs
 @click.pass_obj
-def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_path, p_target, as_json, audio,
-           list_file, data_dir, allow_pipes, workers, skip_bad):
+def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, calibration_path, p_target, ivector_path,
+                   as_json, audio, list_file, data_dir, allow_pipes, workers, skip_bad):
     """Is AUDIO spoken by SPEAKER? Prints speaker, path, score, accept|reject.
 
     \b
@@ -216,6 +171,7 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
     for name in speaker:
         validate_speaker_id(name)
     ubm, store = load_store(ubm_path, models_dir)
+    backend = ivector_backend(ivector_path, ubm)
     models = [store.load(name, ubm) for name in speaker]
     calibration = calibration_option(calibration_path)
     if calibration is None:
@@ -223,7 +179,7 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
     threshold = decision_threshold(threshold, calibration, p_target)
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     scores = verify_trials(ubm, models, items, threshold=threshold, top_c=top_c, calibration=calibration,
-                           run=report.run_options(workers, skip_bad))
+                           backend=backend, run=report.run_options(workers, skip_bad))
     for t in scores:
         decision = "accept" if t.accepted else "reject"
         if as_json:
@@ -244,11 +200,12 @@ def verify_command(report, ubm_path, models_dir, speaker, threshold, top_c, cali
                   "threshold for --p-target with --calibration].")
 @click.option("--closed-set", is_flag=True,
               help="Always name the best-scoring speaker, never 'unknown' (every voice is enrolled).")
+@ivector_option("score with it (PLDA or cosine) instead of the MAP models; speakers enrolled with it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, with the mode and threshold.")
 @audio_inputs
 @click.pass_obj
 def identify_command(report, ubm_path, models_dir, top, threshold, closed_set, top_c, calibration_path, p_target,
-                     as_json, audio, list_file, data_dir, allow_pipes, workers, skip_bad):
+                     ivector_path, as_json, audio, list_file, data_dir, allow_pipes, workers, skip_bad):
     """Which enrolled speaker is it? Ranks all speakers for each AUDIO file: 'unknown' when even the best is
     rejected at verify's threshold (open set), or the best always with --closed-set. The first line says
     which ('# spkver identify: open set, ...'); then 'path<TAB>decision<TAB>speaker:score...' per file.
@@ -262,6 +219,7 @@ def identify_command(report, ubm_path, models_dir, top, threshold, closed_set, t
     if closed_set and threshold is not None:
         raise SpkverError("--closed-set never answers 'unknown', so --threshold has no effect; give one of them")
     ubm, store = load_store(ubm_path, models_dir)
+    backend = ivector_backend(ivector_path, ubm)
     speakers = [store.load(name, ubm) for name in store.speakers()]
     calibration = calibration_option(calibration_path)
     if calibration is None:
@@ -269,7 +227,7 @@ def identify_command(report, ubm_path, models_dir, top, threshold, closed_set, t
     threshold = None if closed_set else decision_threshold(threshold, calibration, p_target)
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     answers = identify_files(ubm, speakers, items, top=top, threshold=threshold, top_c=top_c,
-                             calibration=calibration, run=report.run_options(workers, skip_bad))
+                             calibration=calibration, backend=backend, run=report.run_options(workers, skip_bad))
     mode = "closed set" if threshold is None else "open set"
     if not as_json:
         click.echo(f"# spkver identify: {mode}" + ("" if threshold is None else

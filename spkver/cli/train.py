@@ -1,4 +1,4 @@
-"""Commands that make a UBM: ``train-ubm``, and ``extract`` (a feature store to train from)."""
+"""Commands that train models: ``train-ubm``, ``extract`` (a feature store to train from) and ``train-ivector``."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from spkver.cli.options import (
     audio_items,
     feature_cache,
     feature_options,
+    read_speaker_list,
+    speakers_of_data_dir,
+    speakers_per_folder,
     training_feature_config,
     warn_ignored,
 )
 from spkver.cli.report import command_line, stop_with, terminate_as_interrupt
 from spkver.errors import SpkverError
 from spkver.fileio import folder_usage, locked, megabytes
-from spkver.storage.models import checkpoint_step, save_model
+from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS
+from spkver.storage.models import checkpoint_step, load_model, save_model
 
 
 @click.command("train-ubm")
@@ -141,3 +145,121 @@ def extract_command(report, output, audio, list_file, data_dir, allow_pipes, wor
     frames = sum(len(a) for _, a in kept)
     report.log(f"{output}: {len(kept)} of {len(items)} files, {frames} speech frames, "
                f"{len(store.entries)} entries in the store")
+
+
+@click.command("train-ivector")
+@click.option("--ubm", "ubm_path", required=True, type=click.Path(path_type=Path), help="The UBM.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="i-vector back-end file to write (.npz).")
+@click.option("--rank", type=click.IntRange(min=1, max=4096), default=DEFAULT_RANK, show_default=True,
+              help="Dimension of the i-vectors (rank of the total-variability matrix).")
+@click.option("--iterations", type=click.IntRange(min=0), default=10, show_default=True,
+              help="EM iterations of the total-variability matrix.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed of the matrix's start: the same data and seed give the same bytes.")
+@click.option("--segment-seconds", type=Finite(min=0), default=DEFAULT_SEGMENT_SECONDS, show_default=True,
+              help="Cut recordings with more than twice this much speech into pieces this long (0: keep them "
+                   "whole).")
+@click.option("--lda-dim", type=click.IntRange(min=1), default=None,
+              help="Project i-vectors on this many LDA directions before scoring [default: no LDA].")
+@click.option("--wccn", is_flag=True, help="Within-class covariance normalisation (after LDA).")
+@click.option("--scoring", type=click.Choice(["auto", "plda", "cosine"]), default="auto", show_default=True,
+              help="auto: PLDA when the audio names two or more speakers with several recordings, else cosine.")
+@click.option("--per-folder", type=click.Path(path_type=Path),
+              help="Speakers are the sub-folders of this folder (their names), the audio below each.")
+@click.option("--speaker-list", type=click.Path(path_type=Path),
+              help="Speakers from 'speaker path-or-utterance-id' lines (ids of --data-dir).")
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT, or start over from a checkpoint.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep extracted features here for re-runs [default: $SPKVER_CACHE_DIR or ~/.cache/spkver].")
+@click.option("--no-cache", is_flag=True, help="Keep features in memory only.")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address: statistics and EM on a cluster (the cache must be shared).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT's checkpoint.")
+@audio_inputs
+@click.pass_context
+def train_ivector_command(ctx, ubm_path, output, rank, iterations, seed, segment_seconds, lda_dim, wccn, scoring,
+                          per_folder, speaker_list, force, cache_dir, no_cache, scheduler, resume, audio, list_file,
+                          data_dir, allow_pipes, workers, skip_bad):
+    """Train an i-vector back-end on a UBM: total-variability matrix, then PLDA (or cosine) scoring.
+
+    Speakers (for PLDA, LDA and WCCN) come from --data-dir's utt2spk/spk2utt,
+    --per-folder or --speaker-list; AUDIO or --list without speakers trains a
+    cosine-scoring back-end. Then `enroll --ivector` keeps i-vectors with each
+    speaker and `score`, `verify`, `identify --ivector` score with them; fuse
+    its scores with the MAP scores by `spkver fuse`. A checkpoint
+    (OUTPUT.checkpoint.npz) is written after every iteration; --resume continues.
+
+    \b
+    Example:
+      spkver train-ivector --ubm ubm.npz -o ivector.npz --data-dir data/train
+      spkver train-ivector --ubm ubm.npz -o ivector.npz --per-folder background/
+    """
+    from spkver.api import train_ivector
+    from spkver.storage.ivectors import save_backend
+
+    report = ctx.obj
+    if not output.parent.is_dir():
+        raise SpkverError("output folder does not exist", output.parent)
+    if not os.access(output.parent, os.W_OK):
+        raise SpkverError("output folder is not writable", output.parent)
+    if output.exists() and not force:
+        raise SpkverError("already exists; pass --force to replace it (speakers enrolled with it will need "
+                          "re-enrolling)", output)
+    if no_cache:
+        warn_ignored(report, ["cache_dir"], "with --no-cache")
+    ubm = load_model(ubm_path, kind="ubm")
+    items, labels = labelled_audio(report, audio, list_file, data_dir, allow_pipes, per_folder, speaker_list,
+                                   skip_bad)
+    if labels is None and scoring == "plda":
+        raise SpkverError("--scoring plda needs speakers: give --data-dir with utt2spk, --per-folder or "
+                          "--speaker-list")
+    report.log(f"train-ivector: {len(items)} files, " +
+               (f"{len(set(labels))} speakers" if labels is not None else "no speaker labels (cosine scoring)"))
+    cache, _ = (None, False) if no_cache else feature_cache(report, cache_dir)
+    checkpoint = Path(f"{output}.checkpoint.npz")
+    try:
+        with terminate_as_interrupt():
+            backend = train_ivector(ubm, items, labels=labels, rank=rank, iterations=iterations, seed=seed,
+                                    segment_seconds=segment_seconds or None, lda_dim=lda_dim, wccn=wccn,
+                                    scoring=None if scoring == "auto" else scoring, cache_dir=cache,
+                                    scheduler=scheduler, checkpoint=checkpoint, resume=resume, restart=force,
+                                    on_iteration=report.iteration("T-matrix iteration", "log-likelihood per utterance"),
+                                    on_log=report.log, run=report.run_options(workers, skip_bad))
+    except KeyboardInterrupt as interrupt:
+        code = getattr(interrupt, "exit_code", 130)
+        step = checkpoint_step(checkpoint) if checkpoint.exists() else None
+        if step is not None:
+            stop_with(ctx, code, f"spkver: interrupted after T-matrix iteration {step}; its state is in "
+                                 f"{checkpoint}. To continue: {command_line(ctx, '--resume')}")
+        stop_with(ctx, code, "spkver: interrupted before the first T-matrix iteration ended: nothing to resume. "
+                             "Run the same command again.")
+    with locked(output.parent / f".{output.name}.lock"):
+        if output.exists() and not force:
+            raise SpkverError("was written meanwhile (another train-ivector run?); pass --force to replace it", output)
+        save_backend(output, backend, ubm, backend.training)
+    summary = backend.training
+    report.log(f"wrote {output}: rank {summary['rank']}, {summary['utterances']} utterances, "
+               f"{backend.scoring} scoring" + (f" on {summary['speakers']} speakers" if summary["speakers"] else ""))
+
+
+def labelled_audio(report, audio, list_file, data_dir, allow_pipes, per_folder, speaker_list, skip_bad):
+    """The training audio and its speakers (None when the inputs name none)."""
+    if per_folder is not None and speaker_list is not None:
+        raise SpkverError("give --per-folder or --speaker-list, not both")
+    speakers = None
+    if per_folder is not None or speaker_list is not None:
+        if audio or list_file:
+            raise SpkverError("AUDIO and --list name no speakers: put the files in --per-folder sub-folders or a "
+                              "--speaker-list")
+        speakers = (speakers_per_folder(report, per_folder, skip_bad) if per_folder is not None
+                    else read_speaker_list(speaker_list, data_dir))
+    elif data_dir is not None and not (audio or list_file):
+        from spkver.audio.sources import read_data_dir
+
+        if read_data_dir(data_dir).speakers:
+            speakers = speakers_of_data_dir(data_dir)
+    if speakers is None:
+        return audio_items(report, audio, list_file, data_dir, allow_pipes), None
+    items = [item for files in speakers.values() for item in files]
+    return items, [name for name, files in speakers.items() for _ in files]

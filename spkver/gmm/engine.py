@@ -80,10 +80,10 @@ def _init_worker(arrays, shards, next_shard):
     init_worker_process()
 
 
-def claim_shards(gmm, arrays, shards, next_shard, dtype, chunk_size) -> dict:
-    """Statistics of shards claimed one at a time from a shared counter until none is left.
+def claim_shards(task, arrays, shards, next_shard, args) -> dict:
+    """``task(arrays, shard, *args)`` of shards claimed one at a time from a shared counter until none is left.
 
-    Returns ``{shard index: Statistics}``. A worker that runs faster (or
+    Returns ``{shard index: result}``. A worker that runs faster (or
     starts sooner) claims more shards, at the cost of one lock per shard
     instead of one pool round trip.
     """
@@ -94,11 +94,11 @@ def claim_shards(gmm, arrays, shards, next_shard, dtype, chunk_size) -> dict:
             next_shard.value = index + 1
         if index >= len(shards):
             return done
-        done[index] = shard_statistics(gmm, arrays, shards[index], dtype, chunk_size)
+        done[index] = task(arrays, shards[index], *args)
 
 
-def _pool_task(gmm, dtype, chunk_size):
-    return claim_shards(gmm, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, dtype, chunk_size)
+def _pool_task(task, args):
+    return claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args)
 
 
 @functools.lru_cache(maxsize=OPEN_FILES)
@@ -107,8 +107,12 @@ def open_shared(path: str) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def _dask_task(gmm, shard, paths, dtype, chunk_size):
-    arrays = {i: open_shared(paths[i]) for i, _, _ in shard}
+def _dask_task(task, shard, paths, args):
+    arrays = {piece[0]: open_shared(paths[piece[0]]) for piece in shard}
+    return task(arrays, shard, *args)
+
+
+def _statistics_task(arrays, shard, gmm, dtype, chunk_size) -> Statistics:
     return shard_statistics(gmm, arrays, shard, dtype, chunk_size)
 
 
@@ -126,11 +130,16 @@ class Engine:
     scheduler : str, optional
         Address of a Dask scheduler; then ``paths`` (the ``.npy`` files
         behind ``arrays``, readable by every Dask worker) are required.
+    shard_frames : int, optional
+        Frames per shard (:func:`shard_size` of the total by default).
+    shards : list, optional
+        The shards themselves, each a list of pieces whose first element is
+        an index into ``arrays`` (:meth:`map_shards` tasks read the rest).
     """
 
-    def __init__(self, arrays, workers=1, scheduler=None, paths=None, shard_frames=None):
+    def __init__(self, arrays, workers=1, scheduler=None, paths=None, shard_frames=None, shards=None):
         self.arrays = arrays
-        self.shards = make_shards([len(a) for a in arrays], shard_frames)
+        self.shards = shards if shards is not None else make_shards([len(a) for a in arrays], shard_frames)
         self.pool = self.client = None
         if scheduler is not None:
             if paths is None:
@@ -147,30 +156,39 @@ class Engine:
                                             initargs=(arrays, self.shards, self.next_shard))
 
     def accumulate(self, gmm, dtype=np.float32, chunk_size=None) -> Statistics:
+        """E-step statistics of every frame against ``gmm``, summed in shard order."""
+        total = Statistics.zeros(gmm.n_components, gmm.dim)
+        for part in self.map_shards(_statistics_task, gmm, dtype, chunk_size):
+            total = total + part
+        return total
+
+    def map_shards(self, task, *args) -> list:
+        """``task(arrays, shard, *args)`` for every shard, here, in the pool or on Dask; results in shard order.
+
+        ``task`` must be a module-level function (it is sent to other
+        processes) that reads only the rows its shard names; summing its
+        results in the order returned gives the same bits however many
+        workers computed them.
+        """
         if self.client is not None:
-            futures = [self.client.submit(_dask_task, gmm, shard, self.paths, dtype, chunk_size, pure=False)
+            futures = [self.client.submit(_dask_task, task, shard, self.paths, args, pure=False)
                        for shard in self.shards]
-            parts = self.client.gather(futures)
-        elif self.pool is not None:
+            return self.client.gather(futures)
+        if self.pool is not None:
             # One task per pool process, which then claims shards from a shared counter: a pool
             # round trip per shard (pickling the model, waking the pool's feeder thread) left
             # workers idle 1–5 ms, and a fixed split waits for the slower core. This process,
             # already awake, claims shards too: a pool process takes 1–8 ms to wake on a VM,
             # which cost 7–12% of an iteration on 100 000 frames.
             self.next_shard.value = 0
-            futures = [self.pool.submit(_pool_task, gmm, dtype, chunk_size) for _ in range(self.workers - 1)]
+            futures = [self.pool.submit(_pool_task, task, args) for _ in range(self.workers - 1)]
             with single_blas_thread():
-                done = claim_shards(gmm, self.arrays, self.shards, self.next_shard, dtype, chunk_size)
+                done = claim_shards(task, self.arrays, self.shards, self.next_shard, args)
             for future in futures:
                 done.update(future.result())
-            parts = [done[i] for i in range(len(self.shards))]
-        else:
-            with single_blas_thread():
-                parts = [shard_statistics(gmm, self.arrays, shard, dtype, chunk_size) for shard in self.shards]
-        total = Statistics.zeros(gmm.n_components, gmm.dim)
-        for part in parts:  # always in shard order: the sum is the same however it was computed
-            total = total + part
-        return total
+            return [done[i] for i in range(len(self.shards))]
+        with single_blas_thread():
+            return [task(self.arrays, shard, *args) for shard in self.shards]
 
     def close(self):
         if self.pool is not None:

@@ -38,6 +38,8 @@ class Model:
     feature_config: FeatureConfig
     meta: dict = field(default_factory=dict)
     cohort: list | None = None  # UBMs: speech segments of the training audio, (n_i, D) float16, for S-norm
+    # Speakers enrolled with an i-vector extractor: one raw i-vector per enrollment recording, (n, R).
+    ivectors: np.ndarray | None = None
     # (mixture, its fingerprint): a UBM's is asked once per speaker loaded, and hashing it costs ~10 ms.
     _fingerprint: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -64,18 +66,20 @@ def _encode(model: Model) -> bytes:
     if model.cohort:
         extra = {"cohort_frames": np.concatenate(model.cohort).astype(np.float16),
                  "cohort_lengths": np.array([len(c) for c in model.cohort], dtype=np.int64)}
+    if model.ivectors is not None:
+        extra["ivectors"] = np.asarray(model.ivectors, dtype=np.float64)
     return npz_bytes(model.gmm, meta, extra)
 
 
 def npz_bytes(gmm: GMM, meta: dict, extra: dict | None = None) -> bytes:
     """The arrays of ``gmm``, ``meta`` (as JSON) and ``extra`` arrays in ``.npz`` form, without pickle."""
-    arrays = {
-        "weights": gmm.weights,
-        "means": gmm.means,
-        "variances": gmm.variances,
-        "meta": np.array(json.dumps(meta, sort_keys=True)),
-        **(extra or {}),
-    }
+    return archive_bytes({"weights": gmm.weights, "means": gmm.means, "variances": gmm.variances, **(extra or {})},
+                         meta)
+
+
+def archive_bytes(arrays: dict, meta: dict) -> bytes:
+    """``arrays`` and ``meta`` (as a JSON string member) in ``.npz`` form, without pickle."""
+    arrays = {**arrays, "meta": np.array(json.dumps(meta, sort_keys=True))}
     # Like np.savez, but with fixed zip timestamps: same model, same bytes.
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -102,6 +106,7 @@ MAX_COMPONENTS = 1 << 16
 MAX_DIM = 4096
 MAX_META_CHARS = 1 << 20
 MAX_COHORT_FRAMES = 1 << 20
+MAX_IVECTORS = 1 << 24  # values of a speaker's enrollment i-vectors
 ARRAY_KINDS = "fiu"  # float, signed and unsigned integers: never objects (pickle) or strings (but meta)
 # What a damaged, truncated, encrypted or hand-made archive or .npy header can raise while being read.
 ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError, OverflowError, SyntaxError,
@@ -175,7 +180,8 @@ def _model_limits(cohort: bool):
     limits = {"weights": (MAX_COMPONENTS, True), "means": (MAX_COMPONENTS * MAX_DIM, True),
               "variances": (MAX_COMPONENTS * MAX_DIM, True), "meta": (1, True)}
     if cohort:
-        limits.update(cohort_frames=(MAX_COHORT_FRAMES * MAX_DIM, False), cohort_lengths=(MAX_COHORT_FRAMES, False))
+        limits.update(cohort_frames=(MAX_COHORT_FRAMES * MAX_DIM, False), cohort_lengths=(MAX_COHORT_FRAMES, False),
+                      ivectors=(MAX_IVECTORS, False))
     return limits
 
 
@@ -199,6 +205,14 @@ def _check_arrays(weights, means, variances):
     if (variances <= 0).any() or (weights < 0).any() or abs(weights.sum() - 1) > 1e-6:
         return "has invalid weights or variances"
     return None
+
+
+def read_kind(path) -> str | None:
+    """The ``kind`` a spkver ``.npz`` file declares (``ubm``, ``speaker``, ``ivector`` ...), None if it declares
+    none; only its metadata is read. Raises SpkverError for a file that is not a readable ``.npz``."""
+    meta = _meta(read_arrays(path, {"meta": (1, True)}), Path(path))
+    kind = meta.get("kind")
+    return kind if isinstance(kind, str) else None
 
 
 def load_model(path, kind: str | None = None) -> Model:
@@ -250,7 +264,13 @@ def load_model(path, kind: str | None = None) -> Model:
     cohort = None
     if "cohort_frames" in arrays or "cohort_lengths" in arrays:
         cohort = _cohort_segments(arrays.get("cohort_frames"), arrays.get("cohort_lengths"), means.shape[1], path)
-    return Model(GMM(weights, means, variances), meta["kind"], config, meta, cohort)
+    ivectors = arrays.get("ivectors")
+    if ivectors is not None:
+        ivectors = np.asarray(ivectors, dtype=np.float64)
+        if (meta["kind"] != "speaker" or ivectors.ndim != 2 or len(ivectors) < 1 or not np.isfinite(ivectors).all()
+                or not isinstance(meta.get("ivector_extractor"), str)):
+            raise SpkverError("model's enrollment i-vectors are damaged", path)
+    return Model(GMM(weights, means, variances), meta["kind"], config, meta, cohort, ivectors)
 
 
 def _cohort_segments(frames, lengths, dim, path) -> list:
@@ -308,13 +328,14 @@ def load_checkpoint(path, identity: dict):
 
 
 def checkpoint_step(path) -> int | None:
-    """The EM iteration a checkpoint holds the state after; None without a readable checkpoint."""
+    """The iteration a checkpoint (of EM or of T-matrix training) holds the state after; None without a
+    readable checkpoint."""
     try:
-        meta = _meta(read_arrays(path, _model_limits(cohort=False), "checkpoint"), Path(path))
+        meta = _meta(read_arrays(path, {"meta": (1, True)}, "checkpoint"), Path(path))
     except (SpkverError, OSError):
         return None
     step = meta.get("step")
-    return step if meta.get("kind") == "checkpoint" and type(step) is int else None
+    return step if meta.get("kind") in ("checkpoint", "tv-checkpoint") and type(step) is int else None
 
 
 def identity_differences(stored, current: dict) -> str:
@@ -333,16 +354,18 @@ def identity_differences(stored, current: dict) -> str:
     return ", ".join(differences) or "other settings"
 
 
-def checkpoint_writer(path, identity, on_note=None):
-    """A callback writing each EM state to ``path``; when that fails (disk full, read-only), training
-    goes on without checkpoints after one warning, since the model itself may still be writable."""
+def checkpoint_writer(path, identity, on_note=None, save=None):
+    """A callback writing each training state to ``path`` (with ``save``, :func:`save_checkpoint` by default);
+    when that fails (disk full, read-only), training goes on without checkpoints after one warning, since
+    the model itself may still be writable."""
     failed: list[SpkverError] = []
+    save = save or save_checkpoint
 
     def write(state):
         if failed:
             return
         try:
-            save_checkpoint(path, state, identity)
+            save(path, state, identity)
         except SpkverError as exc:
             failed.append(exc)
             if on_note:
