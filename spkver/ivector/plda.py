@@ -154,7 +154,10 @@ def train_plda(x, labels, *, iterations: int = 10, on_iteration=None) -> PLDA:
         new_within = centred.T @ centred - sums.T @ factors - factors.T @ sums
         new_within += np.einsum("s,sij->ij", counts, second)
         new_within /= len(x)
-        between, within = 0.5 * (new_between + new_between.T), 0.5 * (new_within + new_within.T)
+        # The ridge again: with fewer vectors than dimensions (after length normalisation, on a sphere)
+        # the within-speaker scatter is singular, and W must stay invertible.
+        between = 0.5 * (new_between + new_between.T) + ridge * np.eye(d)
+        within = 0.5 * (new_within + new_within.T) + ridge * np.eye(d)
     return diagonal_form(mean, between, within)
 
 
