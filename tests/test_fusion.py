@@ -43,19 +43,19 @@ def write_key(path, rows):
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory):
+def files(tmp_path_factory):
     """Development and evaluation scores of two independent systems: 'gmm' (spkver format, S-norm, labelled)
     and 'other' (Kaldi format, another unit and offset, unlabelled: its labels are in a key)."""
     work = tmp_path_factory.mktemp("fusion")
     rng = np.random.default_rng(11)
-    files = {}
+    paths = {}
     for split in ("dev", "eval"):
         rows = trials(400, 4000)
-        files[split, "gmm"] = write_spkver(work / f"{split}_gmm.tsv", rows, system_scores(rows, rng, 2.0), "s")
-        files[split, "other"] = write_kaldi(work / f"{split}_other.scores", rows,
+        paths[split, "gmm"] = write_spkver(work / f"{split}_gmm.tsv", rows, system_scores(rows, rng, 2.0), "s")
+        paths[split, "other"] = write_kaldi(work / f"{split}_other.scores", rows,
                                             system_scores(rows, rng, 1.5, unit=20.0, shift=-100.0))
-        files[split, "key"] = write_key(work / f"{split}_key", rows)
-    return work, files
+        paths[split, "key"] = write_key(work / f"{split}_key", rows)
+    return paths
 
 
 def evaluated(*args):
@@ -75,8 +75,7 @@ def one_error_line(result, *fragments):
         assert fragment in errors[0], errors[0]
 
 
-def test_learn_then_apply_gives_calibrated_llrs_better_than_either_system(sets, tmp_path):
-    work, files = sets
+def test_learn_then_apply_gives_calibrated_llrs_better_than_either_system(files, tmp_path):
     fusion_path = tmp_path / "fusion.json"
     learnt = run("fuse", files["dev", "gmm"], files["dev", "other"], "--key", files["dev", "key"],
                  "-o", fusion_path)
@@ -104,8 +103,7 @@ def test_learn_then_apply_gives_calibrated_llrs_better_than_either_system(sets, 
     assert record["cllr"] < min(system["min_cllr"] for system in alone)  # and they are calibrated, too
 
 
-def test_fusing_one_system_is_calibrating_it(sets, tmp_path):
-    work, files = sets
+def test_fusing_one_system_is_calibrating_it(files, tmp_path):
     fused = run("fuse", files["dev", "gmm"], "-o", tmp_path / "fusion.json", "--p-target", "0.05")
     calibrated = run("calibrate", files["dev", "gmm"], "-o", tmp_path / "cal.json", "--p-target", "0.05")
     assert fused.exit_code == 0 and calibrated.exit_code == 0, fused.stderr + calibrated.stderr
@@ -134,8 +132,7 @@ def test_trials_missing_from_a_file_are_left_out_with_a_count(tmp_path):
     assert applied.exit_code == 0 and len(read_scores(tmp_path / "fused.tsv").scores) == 1088
 
 
-def test_unusable_inputs_are_one_line_and_exit_2(sets, tmp_path):
-    work, files = sets
+def test_unusable_inputs_are_one_line_and_exit_2(files, tmp_path):
     rng = np.random.default_rng(2)
     rows = trials(50, 500)
     disjoint = [(s, t + "x", y) for s, t, y in rows]
@@ -155,8 +152,7 @@ def test_unusable_inputs_are_one_line_and_exit_2(sets, tmp_path):
     assert not (tmp_path / "f.json").exists()
 
 
-def test_applying_refuses_another_number_order_or_kind_of_scores(sets, tmp_path):
-    work, files = sets
+def test_applying_refuses_another_number_order_or_kind_of_scores(files, tmp_path):
     fusion_path = tmp_path / "fusion.json"
     assert run("fuse", files["dev", "gmm"], files["dev", "other"], "--key", files["dev", "key"],
                "-o", fusion_path).exit_code == 0
@@ -175,8 +171,7 @@ def test_applying_refuses_another_number_order_or_kind_of_scores(sets, tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "nan", "missing", "kind"])
-def test_a_damaged_fusion_file_is_one_line_and_exit_2(sets, tmp_path, damage):
-    work, files = sets
+def test_a_damaged_fusion_file_is_one_line_and_exit_2(files, tmp_path, damage):
     fusion_path = tmp_path / "fusion.json"
     assert run("fuse", files["dev", "gmm"], "-o", fusion_path).exit_code == 0
     text = fusion_path.read_text()
@@ -190,8 +185,7 @@ def test_a_damaged_fusion_file_is_one_line_and_exit_2(sets, tmp_path, damage):
     assert not out.exists()
 
 
-def test_outputs_replace_only_their_own_kind(sets, tmp_path):
-    work, files = sets
+def test_outputs_replace_only_their_own_kind(files, tmp_path):
     scores_copy = tmp_path / "scores.tsv"
     scores_copy.write_text(files["dev", "gmm"].read_text())
     one_error_line(run("fuse", files["dev", "gmm"], "-o", scores_copy), "is not a fusion file")
@@ -202,8 +196,7 @@ def test_outputs_replace_only_their_own_kind(sets, tmp_path):
     assert load_fusion(fusion_path).weights  # still the fusion
 
 
-def test_learning_options_have_no_effect_when_applying(sets, tmp_path):
-    work, files = sets
+def test_learning_options_have_no_effect_when_applying(files, tmp_path):
     fusion_path = tmp_path / "fusion.json"
     assert run("fuse", files["dev", "gmm"], "-o", fusion_path).exit_code == 0
     result = run("fuse", files["eval", "gmm"], "--fusion", fusion_path, "--p-target", "0.1", "--key",
@@ -236,8 +229,7 @@ def test_a_constant_system_is_named_and_gets_weight_zero(tmp_path):
     assert load_fusion(tmp_path / "fusion.json").weights[1] == 0
 
 
-def test_fused_scores_that_overflow_are_refused_not_written(sets, tmp_path):
-    work, files = sets
+def test_fused_scores_that_overflow_are_refused_not_written(files, tmp_path):
     fusion_path = tmp_path / "fusion.json"
     assert run("fuse", files["dev", "gmm"], "-o", fusion_path).exit_code == 0
     assert load_fusion(fusion_path).weights[0] > 1  # so that the largest float overflows
