@@ -39,16 +39,18 @@ _HOMES = {
     "read_scores": "spkver.storage.trials",
     "Cohort": "spkver.backend.scorenorm",
     "Calibration": "spkver.backend.calibration", "fit_calibration": "spkver.backend.calibration",
+    "Fusion": "spkver.backend.fusion", "fit_fusion": "spkver.backend.fusion", "load_fusion": "spkver.backend.fusion",
+    "save_fusion": "spkver.backend.fusion",
     "load_calibration": "spkver.backend.calibration", "save_calibration": "spkver.backend.calibration",
     "eer": "spkver.backend.metrics", "min_dcf": "spkver.backend.metrics", "bayes_threshold": "spkver.backend.metrics",
 }
 
 __all__ = [
-    "AudioItem", "Calibration", "Cohort", "FeatureConfig", "GMM", "Identification", "IvectorBackend", "Model",
-    "RunOptions", "Score",
+    "AudioItem", "Calibration", "Cohort", "FeatureConfig", "Fusion", "GMM", "Identification", "IvectorBackend",
+    "Model", "RunOptions", "Score",
     "SpeakerStore", "SpkverError", "Trial", "__version__", "bayes_threshold", "eer", "enroll", "enroll_many",
-    "find_audio", "fit_calibration", "identify", "load_audio", "load_backend", "load_calibration", "load_model",
-    "min_dcf", "read_data_dir", "read_list", "read_scores", "read_trials", "save_backend", "save_calibration",
+    "find_audio", "fit_calibration", "fit_fusion", "identify", "load_audio", "load_backend", "load_calibration", "load_fusion", "load_model",
+    "min_dcf", "read_data_dir", "read_list", "read_scores", "read_trials", "save_backend", "save_calibration", "save_fusion",
     "save_model", "score_trials", "train_ivector", "train_ubm", "verify",
 ]
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from spkver.audio.decode import load_audio
     from spkver.audio.sources import AudioItem, find_audio, read_data_dir, read_list
     from spkver.backend.calibration import Calibration, fit_calibration, load_calibration, save_calibration
+    from spkver.backend.fusion import Fusion, fit_fusion, load_fusion, save_fusion
     from spkver.backend.metrics import bayes_threshold, eer, min_dcf
     from spkver.backend.scorenorm import Cohort
     from spkver.errors import SpkverError

@@ -1,6 +1,8 @@
-"""The back end (spkver.backend): LLR scoring, metrics, score normalisation, calibration and identification,
-through the library and the score, evaluate, calibrate and identify commands."""
+"""The back end (spkver.backend): LLR scoring, metrics, score normalisation, calibration, fusion and
+identification, through the library and the score, evaluate, calibrate and identify commands (fuse's command:
+tests/test_fusion.py)."""
 
+import doctest
 import json
 
 import numpy as np
@@ -8,7 +10,9 @@ import pytest
 from helpers import run_cli, train_and_enroll
 from sklearn.metrics import roc_curve
 
-from spkver.backend.calibration import calibration_warnings, fit_calibration, load_calibration
+import spkver.backend.fusion
+from spkver.backend.calibration import calibration_warnings, fit_calibration, fit_linear_llr, load_calibration
+from spkver.backend.fusion import Fusion, fit_fusion, fusion_json, load_fusion, save_fusion
 from spkver.backend.metrics import actual_dcf, bayes_threshold, cllr, det_points, eer, min_cllr, min_dcf, pav
 from spkver.backend.scorenorm import cohort_statistics, normalise_scores
 from spkver.backend.scoring import llr_scores
@@ -17,7 +21,7 @@ from spkver.gmm.estep import accumulate
 from spkver.gmm.map import map_adapt
 from spkver.gmm.model import GMM
 from spkver.run import RunOptions
-from spkver.storage.trials import read_scores, read_trials
+from spkver.storage.trials import Score, align_scores, read_scores, read_trials
 
 run = run_cli
 
@@ -231,6 +235,191 @@ def test_calibration_recovers_a_known_llr():
     llr_tar, llr_non = cal01(3 * tar + 7), cal01(3 * non + 7)
     assert cllr(llr_tar, llr_non) >= min_cllr(tar, non) - 1e-9
     assert actual_dcf(llr_tar, llr_non, 0.01) < 1.0
+
+
+def former_fit_calibration(tar, non, prior):
+    """``fit_calibration`` as it was before the fit covered several systems: ``(scale, offset)``."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    from spkver.backend.metrics import prior_log_odds
+
+    def cross_entropy(logit, label):
+        value = (label * np.logaddexp(0, -logit) + (1 - label) * np.logaddexp(0, logit)).mean()
+        return value, (expit(logit) - label) / len(logit)
+
+    def objective(params, tar, non):
+        scale, offset = params
+        shift = prior_log_odds(prior)
+        tar_label, non_label = (len(tar) + 1) / (len(tar) + 2), 1 / (len(non) + 2)
+        value_tar, grad_tar = cross_entropy(scale * tar + offset + shift, tar_label)
+        value_non, grad_non = cross_entropy(scale * non + offset + shift, non_label)
+        grad_scale = prior * grad_tar @ tar + (1 - prior) * grad_non @ non
+        grad_offset = prior * grad_tar.sum() + (1 - prior) * grad_non.sum()
+        return prior * value_tar + (1 - prior) * value_non, np.array([grad_scale, grad_offset])
+
+    centre = 0.5 * (tar.mean() + non.mean())
+    spread = max(np.concatenate([tar, non]).std(), 1e-12)
+    scale, offset = minimize(objective, np.zeros(2), args=((tar - centre) / spread, (non - centre) / spread),
+                             jac=True, method="BFGS").x
+    return scale / spread, offset - scale * centre / spread
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_calibration_equals_the_former_one_system_fit(seed):
+    rng = np.random.default_rng(seed)
+    gain, shift = rng.uniform(0.01, 100), rng.uniform(-50, 50)  # scales and shifts the fit must standardise away
+    tar = gain * rng.normal(rng.uniform(0, 4), rng.uniform(0.3, 3), int(rng.integers(5, 3000))) + shift
+    non = gain * rng.normal(0, 1, int(rng.integers(5, 5000))) + shift
+    p_target = [0.5, 0.01, 0.001][seed % 3]
+    scale, offset = former_fit_calibration(tar, non, p_target)
+    calibration = fit_calibration(tar, non, p_target)
+    assert calibration.scale == pytest.approx(scale, rel=1e-9)
+    assert calibration.offset == pytest.approx(offset, rel=1e-9, abs=1e-9)
+
+
+def test_scores_near_the_largest_float_fit_as_their_scaled_down_selves():
+    rng = np.random.default_rng(8)
+    tar, non = rng.normal(1, 1, (300, 2)), rng.normal(-1, 1, (3000, 2))
+    reference_weights, reference_offset = fit_linear_llr(tar, non, 0.01)
+    gain = np.array([1.5e307, 1.0])  # the first system's mean and spread would overflow if summed as they are
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow is harmless
+        weights, offset = fit_linear_llr(tar * gain, non * gain, 0.01)
+    np.testing.assert_allclose(weights * gain, reference_weights, rtol=1e-9)
+    assert offset == pytest.approx(reference_offset, rel=1e-9)
+
+
+def two_gaussian_systems(rng, n_per_class):
+    """Scores of two independent systems, Gaussian with equal variance in each class, and their true LLR's
+    weights and offset: ``llr = Σ_k (μ₊ − μ₋)/σ² · s_k − (μ₊² − μ₋²)/(2σ²)``."""
+    target_means, nontarget_means, sigmas = np.array([3.0, -1.0]), np.array([1.0, -4.0]), np.array([2.0, 5.0])
+    tar = rng.normal(target_means, sigmas, (n_per_class, 2))
+    non = rng.normal(nontarget_means, sigmas, (n_per_class, 2))
+    weights = (target_means - nontarget_means) / sigmas**2
+    offset = -np.sum((target_means**2 - nontarget_means**2) / (2 * sigmas**2))
+    return tar, non, weights, offset
+
+
+def test_fusion_recovers_known_weights():
+    """With equal class counts and P_target 0.5 the objective is plain logistic regression, which the true LLR
+    (linear here) fits exactly: the estimates are then within a few standard errors of it. The standard errors
+    are the Fisher information's, sqrt(diag((XᵀWX)⁻¹)); 4 of them leave a 6e-5 chance per coefficient of failing
+    on a correct fit, and the errors are checked to be small enough for the test to mean something."""
+    rng = np.random.default_rng(7)
+    tar, non, true_weights, true_offset = two_gaussian_systems(rng, 20000)
+    fusion = fit_fusion(tar, non, p_target=0.5)
+    design = np.column_stack([np.concatenate([tar, non]), np.ones(2 * len(tar))])
+    posterior = 1 / (1 + np.exp(-(design @ np.append(true_weights, true_offset))))
+    weight = posterior * (1 - posterior)
+    errors = np.sqrt(np.diag(np.linalg.inv(design.T @ (design * weight[:, None]))))
+    fitted = np.append(fusion.weights, fusion.offset)
+    truth = np.append(true_weights, true_offset)
+    assert (errors < 0.05 * np.abs(truth)).all()
+    assert (np.abs(fitted - truth) < 4 * errors).all(), (fitted, truth, errors)
+    assert (fusion.targets, fusion.nontargets) == (20000, 20000)
+
+
+def test_fusion_is_unchanged_by_each_systems_scale_and_shift():
+    """Scores standardised per system: a system measured in other units gets its weight rescaled, nothing else."""
+    rng = np.random.default_rng(3)
+    tar, non, _, _ = two_gaussian_systems(rng, 500)
+    reference = fit_fusion(tar, non, p_target=0.01)
+    for gain, shift in [(1e4, -3e5), (1e-3, 7.0)]:
+        fusion = fit_fusion(tar * [gain, 1] + [shift, 0], non * [gain, 1] + [shift, 0], p_target=0.01)
+        np.testing.assert_allclose(fusion.weights, np.array(reference.weights) / [gain, 1], rtol=1e-6)
+        np.testing.assert_allclose(fusion(non * [gain, 1] + [shift, 0]), reference(non), rtol=1e-6, atol=1e-6)
+
+
+def test_fusing_one_system_is_calibrating_it():
+    rng = np.random.default_rng(5)
+    tar, non = rng.normal(2, 1.5, 300), rng.normal(-1, 1, 3000)
+    fusion = fit_fusion(tar[:, None], non[:, None], p_target=0.01)
+    calibration = fit_calibration(tar, non, p_target=0.01)
+    assert fusion.weights == (calibration.scale,) and fusion.offset == calibration.offset
+
+
+def test_a_system_that_does_not_vary_gets_weight_zero():
+    rng = np.random.default_rng(2)
+    tar = np.column_stack([rng.normal(1, 1, 200), np.full(200, 0.1)])
+    non = np.column_stack([rng.normal(-1, 1, 2000), np.full(2000, 0.1)])
+    weights, _ = fit_linear_llr(tar, non, 0.01)
+    assert weights[1] == 0 and weights[0] > 0
+    with pytest.raises(ValueError, match="same systems"):
+        fit_linear_llr(tar, non[:, :1], 0.01)
+
+
+def test_fusion_files_round_trip_and_damaged_ones_are_one_line_errors(tmp_path):
+    rng = np.random.default_rng(4)
+    tar, non, _, _ = two_gaussian_systems(rng, 300)
+    fusion = fit_fusion(tar, non, 0.01, systems=["gmm", "other"], normalisations=["s top-n=5", "none"],
+                        calibrated=[False, True])
+    path = tmp_path / "fusion.json"
+    save_fusion(path, fusion)
+    loaded = load_fusion(path)
+    assert loaded == fusion and loaded.source == str(path) and loaded.normalisation == "s top-n=5 + none"
+    good = json.loads(fusion_json(fusion))
+    damaged = {"wrong kind": dict(good, kind="spkver-calibration"), "newer version": dict(good, version=2),
+               "missing offset": {k: v for k, v in good.items() if k != "offset"},
+               "NaN weight": dict(good, weights=[1.0, float("nan")]), "text weight": dict(good, weights=["1", 2]),
+               "true weight": dict(good, weights=[True, 2.0]), "huge integer": dict(good, offset=10**400),
+               "no weights": dict(good, weights=[], systems=[], normalisations=[], calibrated=[]),
+               "lengths differ": dict(good, systems=["gmm"]), "p_target 1": dict(good, p_target=1.0),
+               "negative count": dict(good, targets=-1), "text flags": dict(good, calibrated=["no", "no"]),
+               "a newline in a normalisation": dict(good, normalisations=["s\n1 2 3", "none"])}
+    for problem, data in damaged.items():
+        path.write_text(json.dumps(data))
+        with pytest.raises(SpkverError) as caught:
+            load_fusion(path)
+        assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value), problem
+    path.write_text('{"kind": "spkver-fusion", "version": 1, "weights": [1.0')
+    with pytest.raises(SpkverError, match="not valid JSON"):
+        load_fusion(path)
+
+
+def test_fusion_refuses_scores_made_otherwise_than_its_own():
+    fusion = Fusion((1.0, 2.0), 0.5, 0.01, systems=("gmm", "other"), normalisations=("s", "none"),
+                    calibrated=(False, True), source="f.json")
+    fusion.require(0, "s", False)
+    fusion.require(1, "none", True)
+    with pytest.raises(SpkverError, match=r"system 1 of f.json \(gmm\) was learnt on scores with normalisation 's'"):
+        fusion.require(0, "none", False, "eval.tsv")
+    with pytest.raises(SpkverError, match="learnt on calibrated LLRs, these are raw scores"):
+        fusion.require(1, "none", False, "eval.tsv")
+    with pytest.raises(SpkverError, match=r"combines 2 systems \(gmm, other\) but 3 score files"):
+        fusion.require_systems(3)
+    np.testing.assert_allclose(fusion([[1.0, 1.0], [0.0, -1.0]]), [3.5, -1.5])
+    with pytest.raises(ValueError, match="3 weights but 2 systems"):
+        Fusion((1.0, 2.0, 3.0), 0.0, 0.5, systems=("a", "b"))
+
+
+def test_the_fusion_examples_run():
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(spkver.backend.fusion):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def scored(*rows):
+    """Score records of ``(speaker, test, score, label)`` rows, numbered as lines 1, 2, …"""
+    return [Score(speaker, test, value, label, line=number) for number, (speaker, test, value, label)
+            in enumerate(rows, 1)]
+
+
+def test_align_scores_keeps_the_trials_every_system_scores_in_the_first_ones_order():
+    first = scored(("a", "x", 1.0, True), ("a", "y", 2.0, None), ("b", "x", 3.0, False), ("b", "z", 4.0, None))
+    second = scored(("b", "x", 30.0, None), ("a", "y", 20.0, False), ("a", "x", 10.0, None), ("c", "c", 0.0, None))
+    notes = []
+    aligned = align_scores([first, second], ["one", "two"], on_note=notes.append)
+    assert [(t.speaker, t.test, t.label) for t in aligned.trials] == [("a", "x", True), ("a", "y", False),
+                                                                     ("b", "x", False)]
+    assert aligned.scores == [[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]] and aligned.left_out == [1, 1]
+    assert notes == ["one: 1 of its 4 trials are not scored in every file and are left out: b z (line 4)",
+                     "two: 1 of its 4 trials are not scored in every file and are left out: c c (line 4)"]
+    with pytest.raises(SpkverError, match=r"^two: line 1: labelled nontarget but one line 1 says target"):
+        align_scores([first, scored(("a", "x", 0.0, False))], ["one", "two"])
+    with pytest.raises(SpkverError, match="no trial is scored in every file"):
+        align_scores([first, scored(("q", "q", 0.0, None))], ["one", "two"])
 
 
 def test_cllr_and_pav_hand_cases():

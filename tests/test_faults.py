@@ -20,6 +20,7 @@ import soundfile as sf
 from click.testing import CliRunner
 from helpers import make_store
 
+from spkver.backend.fusion import Fusion, fusion_json
 from spkver.cli.main import cli
 from spkver.storage.models import load_model
 
@@ -88,6 +89,7 @@ def test_read_only_folder(store, synthetic_corpus, tmp_path):
         clean_exit_2(run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", mount / "s.tsv"),
                      "s.tsv")
         clean_exit_2(run("calibrate", scores, "-o", mount / "cal.json"), "cal.json")
+        clean_exit_2(run("fuse", scores, "-o", mount / "fusion.json"), "fusion.json")
         clean_exit_2(run("extract", "-o", mount / "feats", alice), str(mount / "feats"))
         clean_exit_2(run("train-ubm", "-o", tmp_path / "u.npz", "--components", 4, "--cache-dir", mount / "cache",
                          background), "feature cache")
@@ -145,6 +147,10 @@ def test_injected_enospc_everywhere_files_are_written(store, synthetic_corpus, t
     clean_exit_2(run("score", "--ubm", store / "ubm.npz", "--models", models, "--trials", trials, "-o",
                      tmp_path / "s.tsv"), "s.tsv", full)
     clean_exit_2(run("calibrate", scores, "-o", tmp_path / "cal.json"), "cal.json", full)
+    clean_exit_2(run("fuse", scores, "-o", tmp_path / "fusion.json"), "fusion.json", full)
+    fusion = tmp_path / "given.json"  # written without write_atomic, which fails here
+    fusion.write_bytes(fusion_json(Fusion((1.0,), 0.0, 0.01)))
+    clean_exit_2(run("fuse", scores, "--fusion", fusion, "-o", tmp_path / "fused.tsv"), "fused.tsv", full)
     clean_exit_2(run("extract", "-o", tmp_path / "feats", alice), full)
     assert contents(models) == before
     assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / "u.npz").exists()

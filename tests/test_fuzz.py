@@ -1,4 +1,4 @@
-"""Property-based fuzzing of everything spkver reads: model, checkpoint, calibration, cache and index files,
+"""Property-based fuzzing of everything spkver reads: model, checkpoint, calibration, fusion, cache and index files,
 and audio sample values through extraction and enrollment. Only two outcomes are allowed: success with
 finite numbers, or a SpkverError (exit 2); and a loader never holds more than 4x the file's decoded size."""
 
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from spkver.api import enroll, train_ubm
 from spkver.audio.sources import AudioItem, find_audio
 from spkver.backend.calibration import load_calibration
+from spkver.backend.fusion import load_fusion
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.extraction import features_of
@@ -140,6 +141,33 @@ def test_fuzz_calibration_files(tmp_path, data):
     except SpkverError:
         return
     assert np.isfinite([calibration.scale, calibration.offset]).all() and 0 < calibration.p_target < 1
+
+
+@FUZZ
+@given(data=st.one_of(json_values.map(json.dumps), st.binary(max_size=200),
+                      st.fixed_dictionaries({"kind": st.just("spkver-fusion"), "version": st.just(1),
+                                             "weights": st.one_of(json_values, st.lists(st.floats(), max_size=2)),
+                                             "offset": json_values, "p_target": json_values,
+                                             "targets": json_values, "nontargets": json_values,
+                                             "systems": st.one_of(json_values, st.lists(st.text(max_size=5),
+                                                                                        max_size=2)),
+                                             "normalisations": st.one_of(json_values, st.lists(st.text(max_size=5),
+                                                                                               max_size=2)),
+                                             "calibrated": st.one_of(json_values, st.lists(st.booleans(), max_size=2))},
+                                            ).map(json.dumps)))
+@example(data="[" * 100_000)
+@example(data=json.dumps({"kind": "spkver-fusion", "version": 1, "weights": [1.5, -0.5], "offset": 0.25,
+                          "p_target": 0.01, "targets": 3, "nontargets": 9, "systems": ["a", "b"],
+                          "normalisations": ["s", "none"], "calibrated": [False, True]}))
+def test_fuzz_fusion_files(tmp_path, data):
+    path = tmp_path / "fusion.json"
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    try:
+        fusion = load_fusion(path)
+    except SpkverError:
+        return
+    assert np.isfinite([*fusion.weights, fusion.offset]).all() and 0 < fusion.p_target < 1
+    assert len(fusion.weights) == len(fusion.systems) == len(fusion.normalisations) == len(fusion.calibrated) > 0
 
 
 @FUZZ

@@ -262,6 +262,7 @@ def test_outputs_never_replace_a_file_of_another_kind(store, synthetic_corpus, t
     scores = tmp_path / "dev.tsv"
     scores.write_text("a\tt1\t1.0\ttarget\na\tt2\t-1.0\tnontarget\na\tt3\t0.5\ttarget\na\tt4\t0.2\tnontarget\n")
     one_error_line(run("calibrate", scores, "-o", victim), "ubm.npz", "not a calibration")
+    one_error_line(run("fuse", scores, "-o", victim), "ubm.npz", "not a fusion file")
     trials = tmp_path / "trials"
     trials.write_text(f"alice {sorted((synthetic_corpus / 'test' / 'alice').glob('*.wav'))[0]}\n")
     one_error_line(run("score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
@@ -278,6 +279,10 @@ def test_calibrating_astronomical_scores_stays_finite(tmp_path):
         assert np.isfinite([data["scale"], data["offset"]]).all()
     else:
         one_error_line(result, "dev.tsv")
+    result = run("fuse", scores, scores, "-o", tmp_path / "fusion.json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads((tmp_path / "fusion.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert np.isfinite([*data["weights"], data["offset"]]).all()
 
 
 def test_a_symlinked_lock_file_is_not_followed(store, synthetic_corpus, tmp_path):

@@ -3,7 +3,10 @@
 As in the BOSARIS toolkit, ``llr = scale · score + offset`` minimises the
 cross-entropy with target and non-target trials weighted by ``P`` and ``1 − P``
 (each class normalised by its count), so the result is calibrated for the
-application prior ``P``.
+application prior ``P``. :func:`fit_linear_llr` fits the general case,
+``llr = scores @ weights + offset`` over several systems' scores of the same
+trials: calibration is its one-system case, and fusion
+(:mod:`spkver.backend.fusion`) the case of several.
 
 The labels are smoothed as Platt (1999) proposed: a target counts as
 ``(N₊ + 1) / (N₊ + 2)`` target, a non-target as ``1 / (N₋ + 2)``. On a large
@@ -65,14 +68,18 @@ def _cross_entropy(logit, label):
 
 
 def _objective(params, tar, non, prior):
-    scale, offset = params
+    """Prior-weighted cross-entropy of ``llr = scores @ params[:-1] + params[-1]``, and its gradient.
+
+    ``tar`` and ``non`` are ``(trials, systems)`` score matrices.
+    """
+    weights, offset = params[:-1], params[-1]
     shift = prior_log_odds(prior)
     tar_label, non_label = (len(tar) + 1) / (len(tar) + 2), 1 / (len(non) + 2)
-    value_tar, grad_tar = _cross_entropy(scale * tar + offset + shift, tar_label)
-    value_non, grad_non = _cross_entropy(scale * non + offset + shift, non_label)
-    grad_scale = prior * grad_tar @ tar + (1 - prior) * grad_non @ non
+    value_tar, grad_tar = _cross_entropy(tar @ weights + offset + shift, tar_label)
+    value_non, grad_non = _cross_entropy(non @ weights + offset + shift, non_label)
+    grad_weights = prior * grad_tar @ tar + (1 - prior) * grad_non @ non
     grad_offset = prior * grad_tar.sum() + (1 - prior) * grad_non.sum()
-    return prior * value_tar + (1 - prior) * value_non, np.array([grad_scale, grad_offset])
+    return prior * value_tar + (1 - prior) * value_non, np.append(grad_weights, grad_offset)
 
 
 def calibration_warnings(target_scores, nontarget_scores, p_target=0.01) -> list[str]:
@@ -89,8 +96,61 @@ def calibration_warnings(target_scores, nontarget_scores, p_target=0.01) -> list
     return warnings
 
 
+def fit_linear_llr(target_scores, nontarget_scores, p_target=0.01) -> tuple[np.ndarray, float]:
+    """Fit ``llr = scores @ weights + offset`` by prior-weighted logistic regression (Platt-smoothed labels).
+
+    Parameters
+    ----------
+    target_scores, nontarget_scores : array-like, shape (trials, systems)
+        Each row holds every system's score of one development trial.
+    p_target : float
+        The prior the LLRs are optimised for.
+
+    Returns
+    -------
+    weights : ndarray, shape (systems,)
+    offset : float
+        A system whose scores are all equal carries no evidence and gets weight 0.
+
+    Raises
+    ------
+    ValueError
+        ``p_target`` outside (0, 1), a class without trials, or matrices that
+        are not 2-D with the same number of columns.
+    """
+    from scipy.optimize import minimize  # here: scipy.optimize costs the CLI's start-up
+
+    if not 0 < p_target < 1:
+        raise ValueError("p_target must be between 0 and 1")
+    tar = np.asarray(target_scores, dtype=np.float64)
+    non = np.asarray(nontarget_scores, dtype=np.float64)
+    if tar.ndim != 2 or non.ndim != 2 or tar.shape[1] != non.shape[1] or tar.shape[1] == 0:
+        raise ValueError("need (trials, systems) score matrices with the same systems")
+    if len(tar) == 0 or len(non) == 0:
+        raise ValueError("need target and non-target scores to calibrate")
+    # Each column is first scaled by a power of two to below 1 in magnitude: that is exact, so the standardised
+    # scores below are the same bits as without it, but scores near the largest float no longer overflow the
+    # mean and spread.
+    _, exponent = np.frexp(np.abs(np.concatenate([tar, non])).max(axis=0))
+    tar, non = np.ldexp(tar, -exponent), np.ldexp(non, -exponent)
+    centre = 0.5 * (tar.mean(axis=0) + non.mean(axis=0))
+    scores = np.concatenate([tar, non])
+    constant = scores.min(axis=0) == scores.max(axis=0)  # its std is rounding noise, not always 0
+    spread = np.where(constant, 1.0, np.maximum(scores.std(axis=0), np.ldexp(1e-12, -exponent)))
+
+    # Fit on standardised scores for conditioning (systems' scales may differ by orders of magnitude),
+    # then map back. A constant column would standardise to rounding noise over its spread: make it 0.
+    tar_std, non_std = (tar - centre) / spread, (non - centre) / spread
+    tar_std[:, constant], non_std[:, constant] = 0.0, 0.0
+    result = minimize(_objective, np.zeros(tar.shape[1] + 1), args=(tar_std, non_std, p_target),
+                      jac=True, method="BFGS")
+    weights_std, offset_std = result.x[:-1], result.x[-1]
+    weights = np.ldexp(weights_std / spread, -exponent)
+    return weights, float(offset_std - np.sum(weights_std * centre / spread))
+
+
 def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibration:
-    """Fit ``scale`` and ``offset`` by prior-weighted logistic regression.
+    """Fit ``scale`` and ``offset`` by prior-weighted logistic regression (:func:`fit_linear_llr`, one system).
 
     Parameters
     ----------
@@ -99,22 +159,10 @@ def fit_calibration(target_scores, nontarget_scores, p_target=0.01) -> Calibrati
     p_target : float
         The prior the LLRs are optimised for, 0.01 by default (NIST SRE).
     """
-    from scipy.optimize import minimize  # here: scipy.optimize costs the CLI's start-up
-
-    if not 0 < p_target < 1:
-        raise ValueError("p_target must be between 0 and 1")
     tar = np.asarray(target_scores, dtype=np.float64)
     non = np.asarray(nontarget_scores, dtype=np.float64)
-    if len(tar) == 0 or len(non) == 0:
-        raise ValueError("need target and non-target scores to calibrate")
-    centre = 0.5 * (tar.mean() + non.mean())
-    spread = max(np.concatenate([tar, non]).std(), 1e-12)
-
-    # Fit on standardised scores for conditioning, then map back.
-    result = minimize(_objective, np.zeros(2), args=((tar - centre) / spread, (non - centre) / spread, p_target),
-                      jac=True, method="BFGS")
-    scale, offset = result.x
-    return Calibration(float(scale / spread), float(offset - scale * centre / spread), p_target, len(tar), len(non))
+    weights, offset = fit_linear_llr(tar.reshape(-1, 1), non.reshape(-1, 1), p_target)
+    return Calibration(float(weights[0]), offset, p_target, len(tar), len(non))
 
 
 def calibration_json(calibration: Calibration) -> bytes:

@@ -1,4 +1,4 @@
-"""Evaluation commands: ``score`` (trial lists), ``evaluate`` (metrics of score files) and ``calibrate``."""
+"""Evaluation commands: ``score`` (trial lists), ``evaluate`` (metrics of score files), ``calibrate`` and ``fuse``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+import numpy as np
 
 from spkver.audio.sources import find_audio, is_audio_file, read_data_dir, read_list
 from spkver.backend.calibration import (
@@ -16,6 +17,7 @@ from spkver.backend.calibration import (
     is_calibration_file,
     load_calibration,
 )
+from spkver.backend.fusion import fit_fusion, fusion_json, is_fusion_file, load_fusion
 from spkver.backend.metrics import actual_dcf, cllr, eer_point, min_cllr, min_dcf_point, nontargets_needed
 from spkver.backend.scorenorm import (
     SCORE_NORMS,
@@ -43,8 +45,10 @@ from spkver.storage.speakers import SpeakerStore
 from spkver.storage.trials import (
     LABEL_CHOICES,
     SPKVER_SCORES,
+    align_scores,
     format_score,
     is_score_file,
+    label_trials,
     labelled_scores,
     read_key,
     read_scores,
@@ -289,10 +293,111 @@ def calibrate_command(report, scores_path, key_path, output, p_target):
     # The calibration remembers the normalisation so it is only applied to scores made the same way.
     calibration = replace(fit_calibration(tar, non, p_target), normalisation=normalisation)
     where = write_output(output, calibration_json(calibration))
-    llr_tar, llr_non = calibration(tar), calibration(non)
     report.log(f"calibration ({normalisation} scores): llr = {calibration.scale:.4f} * score "
                f"{calibration.offset:+.4f}; on these trials "
-               f"Cllr {cllr(llr_tar, llr_non):.4f} (min {min_cllr(tar, non):.4f}), "
-               f"actDCF({p_target:g}) {actual_dcf(llr_tar, llr_non, p_target):.4f} -> {where}")
+               f"{llr_quality(calibration(tar), calibration(non), min_cllr(tar, non), p_target)} -> {where}")
+
+
+def llr_quality(llr_tar, llr_non, min_cllr_value, p_target) -> str:
+    """How good a development set's LLRs are: Cllr (and the minimum any calibration reaches), actual DCF."""
+    return (f"Cllr {cllr(llr_tar, llr_non):.4f} (min {min_cllr_value:.4f}), "
+            f"actDCF({p_target:g}) {actual_dcf(llr_tar, llr_non, p_target):.4f}")
+
+
+@click.command("fuse")
+@click.argument("scores_paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="SCORES...")
+@click.option("--fusion", "fusion_path", type=click.Path(path_type=Path),
+              help="FUSION.json from an earlier `spkver fuse`: apply it to SCORES (one file per system, in the "
+                   "fusion's order) and write their fused LLRs, rather than learn one.")
+@click.option("--key", "--trials", "key", type=click.Path(path_type=Path),
+              help="Labels of the development trials, if the SCORES files have none (as for evaluate --key).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The fusion file to write, or with --fusion the fused score file ('-': standard output).")
+@click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Prior the fusion is optimised for.")
+@click.pass_obj
+def fuse_command(report, scores_paths, fusion_path, key, output, p_target):
+    """Fuse several systems' scores of the same trials into one calibrated log-likelihood ratio.
+
+    Learns llr = w1*score1 + w2*score2 + ... + offset on development SCORES (one file per system, in any format
+    evaluate reads) by calibrate's prior-weighted logistic regression; with --fusion, applies it to other SCORES
+    given in the same order, and writes a calibrated score file. Trials are matched by speaker and test; those
+    not in every file are left out with a warning.
+
+    \b
+    Example:
+      spkver fuse dev_gmm.tsv dev_other.tsv --key dev_trials -o fusion.json
+      spkver fuse eval_gmm.tsv eval_other.tsv --fusion fusion.json -o fused.tsv
+    """
+    if fusion_path is None:
+        learn_fusion(report, scores_paths, key, output, p_target)
+        return
+    warn_ignored(report, ["key", "p_target"], "with --fusion (the fusion was learnt with its own)")
+    apply_fusion(report, scores_paths, fusion_path, output)
+
+
+def learn_fusion(report, scores_paths, key_path, output, p_target):
+    """``spkver fuse`` without ``--fusion``: learn a fusion on development scores and write it."""
+    refuse_to_replace(output, is_fusion_file, "fusion file")
+    files = [read_scores(path) for path in scores_paths]
+    for path, score_file in zip(scores_paths, files):
+        if printable(score_file.normalisation) != score_file.normalisation:
+            raise SpkverError("the header's normalisation holds control characters", path)
+    key = read_labels(key_path)
+    labelled = [label_trials(score_file.scores, key, str(path), on_note=report.warn)
+                for path, score_file in zip(scores_paths, files)]
+    aligned = align_scores([trials.scores for trials in labelled], [str(path) for path in scores_paths],
+                           [trials.labels for trials in labelled], on_note=report.warn)
+    matrix = np.array(aligned.scores, dtype=np.float64)
+    is_target = np.array([trial.label for trial in aligned.trials], dtype=bool)
+    if is_target.all() or not is_target.any():
+        raise SpkverError("the trials scored in every file are all of one class: need target and non-target trials "
+                          "to learn a fusion")
+    for path, column in zip(scores_paths, matrix.T):
+        if column.min() == column.max():
+            report.warn(f"{path}: every development trial has the same score: this system carries no evidence and "
+                        "gets weight 0")
+    tar, non = matrix[is_target], matrix[~is_target]
+    fusion = fit_fusion(tar, non, p_target, systems=[Path(path).stem for path in scores_paths],
+                        normalisations=[f.normalisation for f in files], calibrated=[f.calibrated for f in files])
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below, in words
+        llr_tar, llr_non = fusion(tar), fusion(non)
+    if not (np.isfinite(llr_tar).all() and np.isfinite(llr_non).all()):
+        raise SpkverError("the fit gives no finite fusion of these scores")
+    for warning in calibration_warnings(llr_tar, llr_non, p_target):
+        report.warn(f"fused development scores: {warning}")
+    where = write_output(output, fusion_json(fusion))
+    systems = f"{len(files)} system{'s' if len(files) > 1 else ''}"
+    report.log(f"fusion of {systems} on {len(tar)} target, {len(non)} non-target trials (P_target {p_target:g}) "
+               f"-> {where}")
+    for k in range(len(files)):
+        alone = min_cllr(tar[:, k], non[:, k])
+        kind = "calibrated LLRs, " if fusion.calibrated[k] else ""
+        report.log(f"  {fusion.systems[k]}  weight {fusion.weights[k]:+.4f}  minCllr alone {alone:.4f}  "
+                   f"({kind}normalisation {fusion.normalisations[k]})")
+    report.log(f"  offset {fusion.offset:+.4f}")
+    report.log(f"  fused: {llr_quality(llr_tar, llr_non, min_cllr(llr_tar, llr_non), p_target)}")
+
+
+def apply_fusion(report, scores_paths, fusion_path, output):
+    """``spkver fuse --fusion``: fuse score files, one per system of the fusion, into a calibrated score file."""
+    refuse_to_replace(output, is_score_file, "score file")
+    fusion = load_fusion(fusion_path)
+    fusion.require_systems(len(scores_paths))
+    files = [read_scores(path) for path in scores_paths]
+    for k, (path, score_file) in enumerate(zip(scores_paths, files)):
+        fusion.require(k, score_file.normalisation, score_file.calibrated, path)
+    aligned = align_scores([f.scores for f in files], [str(path) for path in scores_paths], on_note=report.warn)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below, in words
+        llrs = fusion(np.array(aligned.scores, dtype=np.float64))
+    if not np.isfinite(llrs).all():
+        trial = aligned.trials[int(np.flatnonzero(~np.isfinite(llrs))[0])]
+        raise SpkverError(f"line {trial.line}: the fused score of {printable(trial.speaker)} {printable(trial.test)} "
+                          "overflows: its scores are far beyond those the fusion was learnt on", scores_paths[0])
+    lines = score_file_header(True, fusion.normalisation)
+    lines += [format_score(trial.speaker, trial.test, llr, trial.label) for trial, llr in zip(aligned.trials, llrs)]
+    where = write_output(output, ("\n".join(lines) + "\n").encode())
+    systems = f"{len(files)} system{'s' if len(files) > 1 else ''}"
+    report.log(f"fused {len(llrs)} trials of {systems} ({fusion.describe_systems()}) -> {where}")
 
 

@@ -22,7 +22,7 @@ A key (``evaluate --key``) is a labelled trial list in either layout.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -358,18 +358,27 @@ class LabelledScores(NamedTuple):
     not_scored: int  # key trials without a score (left out)
 
 
-def _named(trials, where: str) -> str:
-    shown = ", ".join(f"{printable(t.speaker)} {printable(t.test)} ({where} line {t.line})"
+def _named(trials, where: str = "") -> str:
+    shown = ", ".join(f"{printable(t.speaker)} {printable(t.test)} ({where}{' ' if where else ''}line {t.line})"
                       for t in trials[:MISMATCH_EXAMPLES])
     return shown + (f" and {len(trials) - MISMATCH_EXAMPLES} more" if len(trials) > MISMATCH_EXAMPLES else "")
 
 
-def labelled_scores(scores, key=None, source="", on_note=None) -> LabelledScores:
-    """Split scores into target and non-target lists, labels from the scores or from a ``key``.
+class LabelledTrials(NamedTuple):
+    """The scores a key (or their own labels) labels, their labels, and how scores and key matched."""
 
-    With a key, the trials both name are evaluated: scores the key does not
-    name and key trials without a score are left out, counted, and reported
-    to ``on_note`` (the first few by line number); nothing in common is an
+    scores: list[Score]  # in the scores' order; with a key, only those it names
+    labels: list[bool]  # each score's label, from the key when one is given
+    not_in_key: int  # scored trials the key does not name (left out)
+    not_scored: int  # key trials without a score (left out)
+
+
+def label_trials(scores, key=None, source="", on_note=None) -> LabelledTrials:
+    """Label each score, from the score itself or from a ``key``.
+
+    With a key, the trials both name are kept: scores the key does not name
+    and key trials without a score are left out, counted, and reported to
+    ``on_note`` (the first few by line number); nothing in common is an
     error. A score labelled otherwise than by the key is an error.
 
     Raises
@@ -379,8 +388,8 @@ def labelled_scores(scores, key=None, source="", on_note=None) -> LabelledScores
         common with the key, or only one class of trials.
     """
     labels = {(t.speaker, t.test): t for t in key} if key is not None else None
-    targets: list[float] = []
-    nontargets: list[float] = []
+    kept: list[Score] = []
+    kept_labels: list[bool] = []
     unkeyed = []
     for s in scores:
         if labels is None:
@@ -397,12 +406,13 @@ def labelled_scores(scores, key=None, source="", on_note=None) -> LabelledScores
                 raise SpkverError(f"line {s.line}: labelled {'target' if s.label else 'nontarget'} but the key's "
                                   f"line {trial.line} says {'target' if trial.label else 'nontarget'}", source or None)
             label = trial.label
-        (targets if label else nontargets).append(s.score)
+        kept.append(s)
+        kept_labels.append(label)
     unscored = []
     if labels is not None:
         scored = {(s.speaker, s.test) for s in scores}
         unscored = [t for t in key if (t.speaker, t.test) not in scored]
-        if not targets and not nontargets:
+        if not kept:
             raise SpkverError(f"no trial is both scored and in the key (scores: {_named(unkeyed, 'scores')}; "
                               f"key: {_named(unscored, 'key')})", source or None)
         if on_note and unkeyed:
@@ -410,9 +420,89 @@ def labelled_scores(scores, key=None, source="", on_note=None) -> LabelledScores
                     f"{_named(unkeyed, 'scores')}")
         if on_note and unscored:
             on_note(f"{source}: {len(unscored)} key trials have no score and are left out: {_named(unscored, 'key')}")
-    if not targets or not nontargets:
+    if all(kept_labels) or not any(kept_labels):
         raise SpkverError("need both target and non-target trials to evaluate", source or None)
-    return LabelledScores(targets, nontargets, len(unkeyed), len(unscored))
+    return LabelledTrials(kept, kept_labels, len(unkeyed), len(unscored))
+
+
+def labelled_scores(scores, key=None, source="", on_note=None) -> LabelledScores:
+    """Split scores into target and non-target lists, labels from the scores or from a ``key``.
+
+    Which scores are kept, and the errors and notes, are those of :func:`label_trials`.
+    """
+    trials = label_trials(scores, key, source, on_note)
+    targets = [s.score for s, label in zip(trials.scores, trials.labels) if label]
+    nontargets = [s.score for s, label in zip(trials.scores, trials.labels) if not label]
+    return LabelledScores(targets, nontargets, trials.not_in_key, trials.not_scored)
+
+
+class AlignedScores(NamedTuple):
+    """Several score lists' scores of the trials they all score."""
+
+    trials: list[Score]  # the first list's record of each common trial, in its order, with the lists' label
+    scores: list[list[float]]  # scores[i][k]: list k's score of trials[i]
+    left_out: list[int]  # per list, its trials that some other list does not score
+
+
+def align_scores(score_lists, sources, labels=None, on_note=None) -> AlignedScores:
+    """Match the scores several systems gave the same trials, by (speaker, test).
+
+    Trials that not every list scores are left out, counted, and reported to
+    ``on_note`` per list (the first few by line number).
+
+    Parameters
+    ----------
+    score_lists : sequence of sequences of Score
+        One list per system, each naming a trial at most once (as :func:`read_scores` ensures).
+    sources : sequence of str
+        The file each list was read from, for messages.
+    labels : sequence of sequences of bool, optional
+        Each list's labels, parallel to its scores (:attr:`LabelledTrials.labels`)
+        [default: the scores' own labels]. A trial's label is the one its
+        lists give, None when none gives one.
+
+    Raises
+    ------
+    SpkverError
+        No trial scored by every list, or two lists labelling a trial differently.
+    """
+    if labels is None:
+        labels = [[s.label for s in scores] for scores in score_lists]
+    common = set.intersection(*({(s.speaker, s.test) for s in scores} for scores in score_lists))
+    if not common:
+        named = "; ".join(f"{printable(source)}: {_named(scores)}" for source, scores in zip(sources, score_lists))
+        raise SpkverError(f"no trial is scored in every file ({named})")
+    rows = {trial: row for row, trial in enumerate(t for t in ((s.speaker, s.test) for s in score_lists[0])
+                                                    if t in common)}
+    first: list[Score | None] = [None] * len(rows)
+    scores = [[0.0] * len(score_lists) for _ in rows]
+    label_of: list[tuple[bool | None, int]] = [(None, 0)] * len(rows)  # the label, and the list that gave it
+    left_out = []
+    for k, (listed, listed_labels) in enumerate(zip(score_lists, labels)):
+        dropped = []
+        for s, label in zip(listed, listed_labels):
+            row = rows.get((s.speaker, s.test))
+            if row is None:
+                dropped.append(s)
+                continue
+            scores[row][k] = s.score
+            if k == 0:
+                first[row] = s
+            known, giver = label_of[row]
+            if known is None:
+                label_of[row] = (label, k)
+            elif label is not None and label != known:
+                other = next(t for t in score_lists[giver] if (t.speaker, t.test) == (s.speaker, s.test))
+                raise SpkverError(f"line {s.line}: labelled {'target' if label else 'nontarget'} but "
+                                  f"{printable(sources[giver])} line {other.line} says "
+                                  f"{'target' if known else 'nontarget'}", sources[k])
+        left_out.append(len(dropped))
+        if on_note and dropped:
+            on_note(f"{sources[k]}: {len(dropped)} of its {len(listed)} trials are not scored in every file and are "
+                    f"left out: {_named(dropped)}")
+    trials = [s if s.label == label else replace(s, label=label) for s, (label, _) in zip(first, label_of)
+              if s is not None]
+    return AlignedScores(trials, scores, left_out)
 
 
 def format_score(speaker, test, score, label=None) -> str:
