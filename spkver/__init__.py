@@ -3,7 +3,7 @@
 The public API is the names in ``__all__``; each is imported from its home
 module at first use, so ``import spkver`` itself loads nothing heavy (no
 numpy). The package is layered as the data flows (ARCHITECTURE.md):
-``audio`` → ``features`` → ``gmm`` → ``storage`` → ``backend`` → ``api`` → ``cli``.
+``audio`` → ``features`` → ``gmm`` → ``ivector`` → ``storage`` → ``backend`` → ``api`` → ``cli``.
 
 Examples
 --------
@@ -47,11 +47,11 @@ _HOMES = {
 
 __all__ = [
     "AudioItem", "Calibration", "Cohort", "FeatureConfig", "Fusion", "GMM", "Identification", "IvectorBackend",
-    "Model", "RunOptions", "Score",
-    "SpeakerStore", "SpkverError", "Trial", "__version__", "bayes_threshold", "eer", "enroll", "enroll_many",
-    "find_audio", "fit_calibration", "fit_fusion", "identify", "load_audio", "load_backend", "load_calibration", "load_fusion", "load_model",
-    "min_dcf", "read_data_dir", "read_list", "read_scores", "read_trials", "save_backend", "save_calibration", "save_fusion",
-    "save_model", "score_trials", "train_ivector", "train_ubm", "verify",
+    "Model", "RunOptions", "Score", "SpeakerStore", "SpkverError", "Trial", "__version__", "bayes_threshold", "eer",
+    "enroll", "enroll_many", "find_audio", "fit_calibration", "fit_fusion", "identify", "load_audio", "load_backend",
+    "load_calibration", "load_fusion", "load_model", "min_dcf", "read_data_dir", "read_list", "read_scores",
+    "read_trials", "save_backend", "save_calibration", "save_fusion", "save_model", "score_trials", "train_ivector",
+    "train_ubm", "verify",
 ]
 
 if TYPE_CHECKING:
