@@ -28,7 +28,13 @@ def synthetic_corpus(tmp_path_factory):
     return root
 
 
-@pytest.fixture(autouse=True)
-def feature_cache(tmp_path_factory, monkeypatch):
-    """Keep train-ubm's automatic feature cache out of the user's home during tests."""
-    monkeypatch.setenv("SPKVER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "spkver-cache"))
+@pytest.fixture(autouse=True, scope="session")
+def feature_cache(tmp_path_factory):
+    """Keep the automatic feature cache out of the user's home during tests.
+
+    Session-scoped: module-scoped fixtures that run commands (e.g. ``test_cli.trained``) are set up before any
+    function-scoped fixture, and with a function-scoped one they cached features in ~/.cache/spkver.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPKVER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "spkver-cache"))
+        yield

@@ -44,6 +44,15 @@ def run_cli(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+def one_error_line(result, *needles):
+    """Exit 2 with exactly one 'spkver: error:' line holding every needle, and no traceback."""
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("spkver: error:")]
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert len(errors) == 1 and all(n in errors[0] for n in needles), result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
 def train_and_enroll(corpus: Path, work: Path):
     """A 16-component UBM on the background voices and alice and bob enrolled, through the CLI."""
     ubm, models = work / "ubm.npz", work / "models"

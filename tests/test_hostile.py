@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from helpers import PRINT_PEAK_KIB, make_store, python_output
+from helpers import PRINT_PEAK_KIB, make_store, one_error_line, python_output
 
 from spkver.cli.main import cli
 from spkver.storage.models import load_model, save_model
@@ -18,15 +18,6 @@ from spkver.synth import Voice, synthesize
 
 def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error_line(result, *needles):
-    """Exit 2 with exactly one 'spkver: error:' line holding every needle, and no traceback."""
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("spkver: error:")]
-    assert result.exit_code == 2, (result.exit_code, result.stderr)
-    assert len(errors) == 1 and all(n in errors[0] for n in needles), result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def speech(seed=0, rate=16000):

@@ -8,10 +8,12 @@ by cosine similarity.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from spkver.errors import SpkverError
 from spkver.fileio import array_parts, sha256_hex
 from spkver.ivector.extractor import TotalVariability
 from spkver.ivector.plda import PLDA, train_plda
@@ -96,18 +98,28 @@ def fit_backend(tv: TotalVariability, ivectors, labels, *, lda_dim: int | None =
     scoring : {"plda", "cosine"}, optional
         None: PLDA when the labels allow it (two speakers, one with two or more
         recordings), else cosine (``on_note`` says why).
+
+    Raises
+    ------
+    SpkverError
+        ``scoring="plda"`` with labels that do not allow PLDA.
     """
     ivectors = np.asarray(ivectors, dtype=np.float64)
     labels = list(labels)
-    speakers = {label: labels.count(label) for label in labels}
+    speakers = Counter(labels)  # not labels.count per label: that is quadratic in the number of utterances
     trainable = len(speakers) >= 2 and max(speakers.values()) >= 2
+    why = (f"{len(speakers)} speaker in the training audio" if len(speakers) < 2 else
+           f"none of the {len(speakers)} speakers in the training audio has two recordings")
     if scoring is None:
         scoring = "plda" if trainable else "cosine"
         if not trainable and on_note:
-            on_note(f"{len(speakers)} speaker(s) in the training audio, none with two recordings: cosine scoring "
-                    "(PLDA, LDA and WCCN need two or more speakers with several recordings)")
+            on_note(f"{why}: cosine scoring (PLDA, LDA and WCCN need two or more speakers, one with several "
+                    "recordings)")
     elif scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}")
+    elif scoring == "plda" and not trainable:  # a user's choice (train-ivector --scoring plda): exit 2, not 1
+        raise SpkverError(f"PLDA scoring needs two or more speakers, one with several recordings, but {why}: give "
+                          "more speakers, or cosine scoring")
     mean = ivectors.mean(axis=0)
     x = ivectors - mean
     projection = None
@@ -119,8 +131,6 @@ def fit_backend(tv: TotalVariability, ivectors, labels, *, lda_dim: int | None =
         projection = step if projection is None else projection @ step
     backend = IvectorBackend(tv, mean, projection)
     if scoring == "plda":
-        if not trainable:
-            raise ValueError("PLDA needs at least two speakers and a speaker with two or more recordings")
         backend.plda = train_plda(backend.process(ivectors), labels, iterations=plda_iterations)
     return backend
 

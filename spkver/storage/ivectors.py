@@ -1,6 +1,7 @@
 """i-vector back-end files and T-matrix checkpoints: ``.npz`` arrays plus one JSON metadata entry; never pickle.
 
-A back-end file holds ``matrix`` (T, float32), ``mean``, optionally
+A back-end file holds ``matrix`` (T: float32, as :func:`spkver.api.train_ivector` makes it; float64
+when it is not exactly float32, so the file holds the extractor its fingerprint names), ``mean``, optionally
 ``projection`` and the PLDA's ``plda_mean``, ``plda_transform`` and
 ``plda_psi``; its metadata names the kind (``ivector``), the
 ``ubm_fingerprint`` of the UBM it was trained on, the
@@ -30,8 +31,10 @@ def _limits(checkpoint: bool) -> dict:
     square = (MAX_RANK * MAX_RANK, False)
     limits = {"matrix": (MAX_MATRIX, True), "meta": (1, True)}
     if not checkpoint:
-        limits.update(mean=(MAX_RANK, True), projection=square, plda_mean=(MAX_RANK, False),
-                      plda_transform=square, plda_psi=(MAX_RANK, False))
+        # Only the metadata is required here: a UBM or speaker model given as a back-end is then refused
+        # by its kind, not as "no matrix array"; load_backend requires the back-end's arrays itself.
+        limits.update(matrix=(MAX_MATRIX, False), mean=(MAX_RANK, False), projection=square,
+                      plda_mean=(MAX_RANK, False), plda_transform=square, plda_psi=(MAX_RANK, False))
     return limits
 
 
@@ -40,7 +43,11 @@ def save_backend(path, backend: IvectorBackend, ubm: Model, training: dict) -> N
     path = Path(path)
     if not path.parent.is_dir():
         raise SpkverError("folder does not exist", path.parent)
-    arrays = {"matrix": backend.tv.matrix.astype(np.float32), "mean": backend.mean}
+    matrix = backend.tv.matrix
+    # float32 halves the file; a matrix that float32 would change is kept as it is, so that the file holds the
+    # extractor its extractor_fingerprint (and the speakers enrolled with this back-end) name.
+    single = matrix.astype(np.float32)
+    arrays = {"matrix": single if np.array_equal(single, matrix) else matrix, "mean": backend.mean}
     if backend.projection is not None:
         arrays["projection"] = backend.projection
     if backend.plda is not None:
@@ -73,8 +80,11 @@ def load_backend(path, ubm: Model | None = None) -> tuple[IvectorBackend, dict]:
     meta = _meta(arrays, path)
     if meta.get("kind") != BACKEND_KIND:
         kind = meta.get("kind")
-        raise SpkverError(f"is {'a ' + str(kind) + ' model' if isinstance(kind, str) else 'not'} "
+        raise SpkverError(f"is {'a ' + kind + ' model, not' if isinstance(kind, str) else 'not'} "
                           "an i-vector back-end (made by spkver train-ivector)", path)
+    for name in ("matrix", "mean"):
+        if name not in arrays:
+            raise SpkverError(f"i-vector back-end is damaged (no {name} array)", path)
     version = meta.get("format_version")
     if type(version) is not int or version > FORMAT_VERSION:
         raise SpkverError("i-vector back-end format is unknown or newer than this spkver reads; upgrade spkver", path)
