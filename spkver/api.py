@@ -292,7 +292,7 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     """
     import tempfile
 
-    from spkver.ivector.backend import fit_backend
+    from spkver.ivector.backend import fit_backend, plda_problem
     from spkver.ivector.extractor import TotalVariability, extract_ivectors
     from spkver.ivector.training import segments_of, train_extractor, write_statistics
     from spkver.storage.ivectors import load_tv_checkpoint, save_tv_checkpoint
@@ -302,6 +302,11 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     if labels is not None and len(labels) != len(items):
         raise ValueError("labels must name the speaker of every item")
     speaker_of = {item.audio: label for item, label in zip(items, labels)} if labels is not None else None
+    if scoring == "plda" and plda_problem(labels or []):  # now, not after hours of training
+        raise SpkverError(f"{plda_problem(labels or [])}: give more speakers, or cosine scoring")
+    if labels is None:
+        run.note("the training audio names no speakers: the back-end scores by cosine similarity (PLDA, LDA and "
+                 "WCCN need speakers: a data folder's utt2spk, --per-folder or --speaker-list)")
     arrays, paths, _, kept = _training_frames(items, ubm.feature_config, run, cache_dir, None)
     segment_frames = None if not segment_seconds else max(1, round(segment_seconds * 1000 / ubm.feature_config.hop_ms))
     pieces = segments_of([len(a) for a in arrays], segment_frames)

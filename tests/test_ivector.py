@@ -868,15 +868,20 @@ def test_audio_without_speakers_trains_a_cosine_backend(trained, tmp_path):
     assert all(-1 <= float(line.split("\t")[2]) <= 1 for line in result.stdout.splitlines())
 
 
-@pytest.mark.xfail(strict=True, reason="train-ivector without speakers only logs 'no speaker labels (cosine "
-                                       "scoring)' (silent under -q); api.train_ivector passes scoring='cosine' "
-                                       "to fit_backend, so no warning is issued")
 def test_audio_without_speakers_warns_about_cosine_scoring(trained, tmp_path):
     t = trained
     result = run("-q", "train-ivector", "--ubm", t["ubm"], "-o", tmp_path / "cosine.npz", "--rank", 4,
                  "--iterations", 1, "--workers", 1, t["corpus"] / "background")
     assert result.exit_code == 0, result.stderr
     assert any(line.startswith("spkver: warning:") and "cosine" in line for line in result.stderr.splitlines())
+
+
+def test_plda_without_speakers_is_refused_before_training(trained, tmp_path):
+    t = trained
+    result = run("train-ivector", "--ubm", t["ubm"], "-o", tmp_path / "p.npz", "--rank", 4, "--iterations", 1,
+                 "--workers", 1, "--scoring", "plda", t["corpus"] / "background")
+    one_error_line(result, "PLDA", "speakers")
+    assert "T-matrix iteration" not in result.stderr and not (tmp_path / "p.npz.checkpoint.npz").exists()
 
 
 def test_lda_on_the_command_line_is_capped_at_speakers_minus_one(trained, tmp_path):
@@ -936,7 +941,7 @@ def bad_inputs(t, tmp_path):
         "folder and audio": ([*train, "-o", out, "--per-folder", corpus / "background", corpus / "test"],
                              ["name no speakers"]),
         "plda without speakers": ([*train, "-o", out, "--scoring", "plda", corpus / "background"],
-                                  ["--scoring plda needs speakers"]),
+                                  ["PLDA scoring needs speakers"]),
         "rank 0": ([*train, "-o", out, "--rank", 0, corpus / "background"], ["--rank"]),
         "nan segments": ([*train, "-o", out, "--segment-seconds", "nan", corpus / "background"],
                          ["--segment-seconds"]),

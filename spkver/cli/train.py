@@ -212,7 +212,7 @@ def train_ivector_command(ctx, ubm_path, output, rank, iterations, seed, segment
     items, labels = labelled_audio(report, audio, list_file, data_dir, allow_pipes, per_folder, speaker_list,
                                    skip_bad)
     if labels is None and scoring == "plda":
-        raise SpkverError("--scoring plda needs speakers: give --data-dir with utt2spk, --per-folder or "
+        raise SpkverError("PLDA scoring needs speakers: give --data-dir with utt2spk, --per-folder or "
                           "--speaker-list")
     report.log(f"train-ivector: {len(items)} files, " +
                (f"{len(set(labels))} speakers" if labels is not None else "no speaker labels (cosine scoring)"))

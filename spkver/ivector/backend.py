@@ -107,19 +107,16 @@ def fit_backend(tv: TotalVariability, ivectors, labels, *, lda_dim: int | None =
     ivectors = np.asarray(ivectors, dtype=np.float64)
     labels = list(labels)
     speakers = Counter(labels)  # not labels.count per label: that is quadratic in the number of utterances
-    trainable = len(speakers) >= 2 and max(speakers.values()) >= 2
-    why = (f"{len(speakers)} speaker in the training audio" if len(speakers) < 2 else
-           f"none of the {len(speakers)} speakers in the training audio has two recordings")
+    problem = plda_problem(labels)
+    trainable = problem is None
     if scoring is None:
         scoring = "plda" if trainable else "cosine"
         if not trainable and on_note:
-            on_note(f"{why}: cosine scoring (PLDA, LDA and WCCN need two or more speakers, one with several "
-                    "recordings)")
+            on_note(f"{problem}: cosine scoring")
     elif scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}")
     elif scoring == "plda" and not trainable:  # a user's choice (train-ivector --scoring plda): exit 2, not 1
-        raise SpkverError(f"PLDA scoring needs two or more speakers, one with several recordings, but {why}: give "
-                          "more speakers, or cosine scoring")
+        raise SpkverError(f"{problem}: give more speakers, or cosine scoring")
     mean = ivectors.mean(axis=0)
     x = ivectors - mean
     projection = None
@@ -131,8 +128,25 @@ def fit_backend(tv: TotalVariability, ivectors, labels, *, lda_dim: int | None =
         projection = step if projection is None else projection @ step
     backend = IvectorBackend(tv, mean, projection)
     if scoring == "plda":
+        dim = x.shape[1] if projection is None else projection.shape[1]
+        if len(labels) - len(speakers) < dim and on_note:
+            on_note(f"PLDA in {dim} dimensions rests on {len(labels)} i-vectors of {len(speakers)} speakers: its "
+                    "within-speaker covariance is barely determined; give more training audio, or --lda-dim")
         backend.plda = train_plda(backend.process(ivectors), labels, iterations=plda_iterations)
     return backend
+
+
+def plda_problem(labels) -> str | None:
+    """Why speaker ``labels`` (one per i-vector) do not allow PLDA, LDA and WCCN; None when they do.
+
+    They need two speakers, one of them with two or more i-vectors.
+    """
+    speakers = Counter(labels)  # not labels.count per label: that is quadratic in the number of utterances
+    if len(speakers) >= 2 and max(speakers.values()) >= 2:
+        return None
+    why = (f"{len(speakers)} speaker in the training audio" if len(speakers) < 2 else
+           f"none of the {len(speakers)} speakers in the training audio has two recordings")
+    return f"PLDA scoring needs two or more speakers, one with several recordings, but {why}"
 
 
 class IvectorScorer:

@@ -154,11 +154,22 @@ def train_plda(x, labels, *, iterations: int = 10, on_iteration=None) -> PLDA:
         new_within = centred.T @ centred - sums.T @ factors - factors.T @ sums
         new_within += np.einsum("s,sij->ij", counts, second)
         new_within /= len(x)
-        # The ridge again: with fewer vectors than dimensions (after length normalisation, on a sphere)
-        # the within-speaker scatter is singular, and W must stay invertible.
-        between = 0.5 * (new_between + new_between.T) + ridge * np.eye(d)
-        within = 0.5 * (new_within + new_within.T) + ridge * np.eye(d)
+        between = _floored(0.5 * (new_between + new_between.T), ridge)
+        within = _floored(0.5 * (new_within + new_within.T), ridge)
     return diagonal_form(mean, between, within)
+
+
+def _floored(covariance, ridge):
+    """``covariance``, plus ``ridge`` on its diagonal only if its smallest eigenvalue is below ``ridge``.
+
+    With fewer vectors than dimensions (length-normalised vectors lie on a
+    sphere) the within-speaker scatter is singular, and W must stay
+    invertible; well-determined covariances are left exact, so EM keeps
+    climbing to the maximum-likelihood estimate.
+    """
+    if np.linalg.eigvalsh(covariance)[0] < ridge:
+        return covariance + ridge * np.eye(len(covariance))
+    return covariance
 
 
 def diagonal_form(mean, between, within) -> PLDA:
