@@ -24,7 +24,7 @@ from spkver.cli.options import (
 from spkver.cli.report import command_line, stop_with, terminate_as_interrupt
 from spkver.errors import SpkverError
 from spkver.fileio import folder_usage, locked, megabytes
-from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS
+from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS, DEFAULT_WCCN
 from spkver.storage.models import checkpoint_step, load_model, save_model
 
 
@@ -162,7 +162,8 @@ def extract_command(report, output, audio, list_file, data_dir, allow_pipes, wor
                    "whole).")
 @click.option("--lda-dim", type=click.IntRange(min=1), default=None,
               help="Project i-vectors on this many LDA directions before scoring [default: no LDA].")
-@click.option("--wccn", is_flag=True, help="Within-class covariance normalisation (after LDA).")
+@click.option("--wccn/--no-wccn", default=DEFAULT_WCCN, show_default=True,
+              help="Within-class covariance normalisation (after LDA), when the audio names speakers.")
 @click.option("--scoring", type=click.Choice(["auto", "plda", "cosine"]), default="auto", show_default=True,
               help="auto: PLDA when the audio names two or more speakers with several recordings, else cosine.")
 @click.option("--per-folder", type=click.Path(path_type=Path),

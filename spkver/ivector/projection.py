@@ -55,7 +55,10 @@ def wccn(x, labels) -> np.ndarray:
     """WCCN projection (d, d): ``B`` with ``BBᵀ = W⁻¹``, W the within-class covariance (Hatch et al. 2006)."""
     within, _ = class_scatter(x, labels)
     d = within.shape[0]
-    within = within + 1e-6 * np.trace(within) / d * np.eye(d)
+    # Regularised against the data's total spread: the within-class scatter itself may be zero
+    # (one dimension after LDA, length-normalised to ±1).
+    spread = np.trace(np.atleast_2d(np.cov(np.asarray(x, dtype=np.float64).T, bias=True))) / d
+    within = within + (1e-6 * np.trace(within) / d + 1e-12 * spread + 1e-300) * np.eye(d)
     return np.linalg.cholesky(np.linalg.inv(within))
 
 
