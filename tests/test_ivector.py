@@ -17,7 +17,6 @@ from scipy.stats import multivariate_normal
 
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
-from spkver.gmm.chunks import pack
 from spkver.gmm.engine import Engine
 from spkver.gmm.model import GMM
 from spkver.ivector.backend import IvectorBackend, fit_backend
@@ -29,6 +28,7 @@ from spkver.ivector.extractor import (
     e_step,
     extract_ivectors,
     posteriors,
+    shards_of,
     train_total_variability,
 )
 from spkver.ivector.plda import diagonal_form, log_likelihood, train_plda
@@ -288,7 +288,7 @@ def test_the_e_step_is_the_same_in_an_engine_with_workers():
     k, d, r = 4, 3, 3
     rows = misspecified_statistics(rng, k, d, utterances=5 * SHARD_ROWS + 7)
     alone = train_total_variability(rows, k, d, rank=r, iterations=3)
-    with Engine([rows], 2, shards=pack([len(rows)], SHARD_ROWS)) as engine:
+    with Engine([rows], 2, shards=shards_of(len(rows))) as engine:
         assert engine.pool is not None
         pooled = train_total_variability(rows, k, d, rank=r, iterations=3, engine=engine)
     assert np.array_equal(alone.tv.matrix, pooled.tv.matrix) and alone.history == pooled.history
@@ -1031,3 +1031,31 @@ def test_ctrl_c_prints_a_resume_command_that_gives_the_same_bytes(trained, tmp_p
     # --force replaces the output and starts over, to the same bytes.
     assert run(*common_training(trained, output), "--force", "--seed", 1).exit_code == 0
     assert output.read_bytes() != reference.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_trains_the_same_extractor_as_local_workers(synthetic_corpus, tmp_path):
+    """Statistics and T-matrix EM on a Dask cluster give the bits of one local process."""
+    distributed = pytest.importorskip("distributed")
+    from spkver.audio.sources import find_audio
+    from spkver.features.store import FeatureStore
+    from spkver.gmm.em import train
+    from spkver.ivector.training import train_extractor, write_statistics
+
+    store = FeatureStore(tmp_path / "feats", FeatureConfig())
+    store.extract(find_audio([synthetic_corpus / "background"]), run=RunOptions(workers=1))
+    arrays, paths = store.arrays(), store.paths()
+    gmm = train(arrays, 8, iterations=2, seed=1).gmm
+    pieces = segments_of([len(a) for a in arrays], 40)
+    k, d = gmm.n_components, gmm.dim
+    local_rows = write_statistics(gmm, arrays, pieces, tmp_path / "local.npy", workers=1)
+    local = train_extractor(local_rows, tmp_path / "local.npy", k, d, rank=4, iterations=2, workers=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        remote_rows = write_statistics(gmm, arrays, pieces, tmp_path / "remote.npy",
+                                       scheduler=cluster.scheduler_address, paths=paths)
+        remote = train_extractor(remote_rows, tmp_path / "remote.npy", k, d, rank=4, iterations=2,
+                                 scheduler=cluster.scheduler_address)
+    assert len(pieces) > 64  # more than one shard of statistics rows and of EM work
+    assert np.array_equal(np.asarray(local_rows), np.asarray(remote_rows))
+    assert np.array_equal(local.tv.matrix, remote.tv.matrix) and local.history == remote.history

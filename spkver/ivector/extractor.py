@@ -23,6 +23,7 @@ up to a constant (:attr:`TrainingState.history`, per utterance).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +34,18 @@ from spkver.run import single_blas_thread
 
 # Utterances per batch: B·R² float64 values of about 64 MiB per batch array, from 1 to 256.
 BATCH_VALUES = 1 << 23
-# Rows of statistics per shard of work: fixed, so sums (and models) do not depend on the workers.
+# Shards of EM work: at least SHARD_ROWS rows each and at most MAX_SHARDS of them, fixed by the number
+# of utterances only, so sums (and models) do not depend on the workers. Each shard returns accumulators
+# as large as K·R(R+1)/2 + K·D·R values (408 MiB at K = 512, D = 60, R = 400): their number, not the
+# number of utterances, sets the memory of a run.
 SHARD_ROWS = 64
+MAX_SHARDS = 8
+
+
+def shards_of(n_rows: int) -> list:
+    """The shards of ``n_rows`` statistics rows: ``[(0, start, stop)]`` pieces (:func:`spkver.gmm.chunks.pack`)."""
+    count = max(1, min(MAX_SHARDS, -(-n_rows // SHARD_ROWS)))
+    return pack([n_rows], max(1, -(-n_rows // count)))
 
 
 def batch_size(rank: int) -> int:
@@ -57,6 +68,8 @@ class TotalVariability:
     n_components: int
     dim: int
     _packed: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    # Names this matrix across processes: a worker computes T_kᵀT_k once per matrix, not once per shard.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False, compare=False)
 
     def __post_init__(self):
         self.matrix = np.ascontiguousarray(self.matrix, dtype=np.float64)
@@ -68,6 +81,10 @@ class TotalVariability:
     @property
     def rank(self) -> int:
         return self.matrix.shape[1]
+
+    def __getstate__(self):
+        # Sent to workers without T_kᵀT_k (313 MiB at K = 512, R = 400): they compute it once per matrix.
+        return {**self.__dict__, "_packed": None}
 
     def packed_products(self) -> np.ndarray:
         """``T_kᵀT_k`` for every component as packed upper triangles, (K, R(R+1)/2); computed once."""
@@ -115,10 +132,27 @@ def posteriors(tv: TotalVariability, rows) -> Posteriors:
         cholesky = np.linalg.cholesky(precision)
     except np.linalg.LinAlgError:
         raise SpkverError("statistics are not valid (negative or non-finite occupation counts)") from None
-    covariance = np.linalg.inv(precision)
+    covariance = _inverse_from_cholesky(cholesky)
     means = np.einsum("bij,bj->bi", covariance, linear)
     log_det = 2.0 * np.log(np.diagonal(cholesky, axis1=1, axis2=2)).sum(axis=1)
     return Posteriors(means, covariance, 0.5 * np.einsum("bi,bi->b", linear, means) - 0.5 * log_det)
+
+
+def _inverse_from_cholesky(lower) -> np.ndarray:
+    """Inverses of symmetric positive-definite matrices from their lower Cholesky factors, (B, R, R).
+
+    LAPACK's ``potri`` on the factor costs half of ``numpy.linalg.inv``'s LU inverse.
+    """
+    from scipy.linalg.lapack import dpotri
+
+    inverse = np.empty_like(lower)
+    for index, factor in enumerate(lower):
+        triangle, info = dpotri(factor, lower=1)
+        if info:
+            raise SpkverError("statistics are not valid (a singular posterior precision)")
+        triangle = np.tril(triangle)
+        inverse[index] = triangle + np.tril(triangle, -1).T
+    return inverse
 
 
 def extract_ivectors(tv: TotalVariability, rows) -> np.ndarray:
@@ -148,6 +182,8 @@ class Accumulators:
 
 def e_step(tv: TotalVariability, rows) -> Accumulators:
     """E-step over statistics ``rows`` (U, K·(1+D)), batch by batch (in a fixed order: same rows, same sums)."""
+    from scipy.linalg.blas import dgemm
+
     k, r = tv.n_components, tv.rank
     upper = np.triu_indices(r)
     total = Accumulators(np.zeros((k, len(upper[0]))), np.zeros_like(tv.matrix), np.zeros((r, r)), 0.0, 0)
@@ -156,7 +192,10 @@ def e_step(tv: TotalVariability, rows) -> Accumulators:
         batch = np.asarray(rows[start:start + step], dtype=np.float64)
         post = posteriors(tv, batch)
         second = post.covariances + post.means[:, :, None] * post.means[:, None, :]
-        total.occupancy_second += batch[:, :k].T @ second[:, upper[0], upper[1]]
+        # Σ_u N_uk E[wwᵀ]_u added in place (beta = 1): a temporary K × R(R+1)/2 product per batch
+        # costs more in memory traffic than the product itself.
+        dgemm(1.0, second[:, upper[0], upper[1]].T, np.asfortranarray(batch[:, :k]), beta=1.0,
+              c=total.occupancy_second.T, overwrite_c=True)
         total.first_mean += batch[:, k:].T @ post.means
         total.second += second.sum(axis=0)
         total.log_likelihood += float(post.log_likelihood.sum())
@@ -200,8 +239,16 @@ def initial_matrix(n_components: int, dim: int, rank: int, rows, seed: int = 0) 
     return TotalVariability(rng.standard_normal((n_components * dim, rank)) * scale, n_components, dim)
 
 
+# This process's T_kᵀT_k of the last matrix it saw (the matrix's token, the packed products).
+_PACKED_CACHE: dict = {}
+
+
 def _e_step_task(arrays, shard, tv):
     """The E-step of one shard of statistics rows (for :meth:`spkver.gmm.engine.Engine.map_shards`)."""
+    if tv._packed is None and tv.token in _PACKED_CACHE:
+        tv._packed = _PACKED_CACHE[tv.token]
+    _PACKED_CACHE.clear()
+    _PACKED_CACHE[tv.token] = tv.packed_products()
     parts = [e_step(tv, arrays[i][a:b]) for i, a, b in shard]
     total = parts[0]
     for part in parts[1:]:
@@ -239,7 +286,7 @@ def train_total_variability(rows, n_components: int, dim: int, *, rank: int, ite
         Rescale T after each M-step (the default; faster convergence).
     engine : spkver.gmm.engine.Engine, optional
         Computes the E-step over workers or Dask; its arrays must be ``[rows]``
-        cut into shards of :data:`SHARD_ROWS` rows. Without one, the E-step
+        cut into :func:`shards_of` its rows. Without one, the E-step
         runs here in the same shards, so the result is bit-identical either way.
     state : TrainingState, optional
         Resume from a checkpoint.
@@ -267,7 +314,7 @@ def train_total_variability(rows, n_components: int, dim: int, *, rank: int, ite
             if engine is not None:
                 parts = engine.map_shards(_e_step_task, tv)
             else:
-                parts = [_e_step_task([rows], shard, tv) for shard in pack([len(rows)], SHARD_ROWS)]
+                parts = [_e_step_task([rows], shard, tv) for shard in shards_of(len(rows))]
             stats = parts[0]
             for part in parts[1:]:
                 stats = stats + part

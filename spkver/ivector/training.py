@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spkver.gmm.chunks import pack
 from spkver.gmm.engine import Engine
-from spkver.ivector.extractor import SHARD_ROWS, TrainingState, train_total_variability
+from spkver.ivector.extractor import TrainingState, shards_of, train_total_variability
 from spkver.ivector.statistics import utterance_statistics
 
 # Utterances whose statistics one shard computes (a fixed number: the file is the same whatever the workers).
@@ -63,7 +62,7 @@ def train_extractor(rows, path, n_components: int, dim: int, *, rank: int, itera
                     workers: int = 1, scheduler=None, state: TrainingState | None = None, on_iteration=None,
                     on_checkpoint=None) -> TrainingState:
     """:func:`~spkver.ivector.extractor.train_total_variability` on statistics ``rows`` stored at ``path``."""
-    with Engine([rows], workers, scheduler, [path], shards=pack([len(rows)], SHARD_ROWS)) as engine:
+    with Engine([rows], workers, scheduler, [path], shards=shards_of(len(rows))) as engine:
         return train_total_variability(rows, n_components, dim, rank=rank, iterations=iterations, seed=seed,
                                        engine=engine, state=state, on_iteration=on_iteration,
                                        on_checkpoint=on_checkpoint)
