@@ -31,6 +31,12 @@ time per utterance does not depend on its length once its statistics exist;
 per hour of audio assumes utterances of ``--frames-per-utterance`` frames
 at a 10 ms hop (300 frames: 3 s, so 1200 utterances an hour).
 
+spkver's training runs a second time on the statistics twice over (2U
+utterances): the target asks for memory bounded as in UBM training, i.e.
+the same whatever the number of utterances, and the two times split
+spkver's iteration into a part per iteration and a part per utterance
+(SIDEKIT's is almost all per utterance, so the ratio grows with U).
+
 Printed: the machine, one table (times, the ratio SIDEKIT / spkver, peak
 memory of each part) and the checks: the two tools' i-vectors from the same T
 agree, and so do their T after one iteration from the same start without
@@ -248,14 +254,27 @@ def _load(workdir: Path):
     return ((ubm["weights"], ubm["means"], ubm["variances"]), np.load(workdir / "start.npy"))
 
 
-def part_spkver_train(args, workdir: Path) -> dict:
-    """spkver's training over ``--workers`` processes; then one iteration without minimum divergence (check)."""
+def part_spkver_train(args, workdir: Path, double: bool = False) -> dict:
+    """spkver's training over ``--workers`` processes; then one iteration without minimum divergence (check).
+
+    ``double`` trains on the statistics twice over (2U rows) instead, without
+    the check: whether memory stays the same with twice the utterances, and
+    how the time splits into a part per iteration and a part per utterance.
+    """
     from spkver.ivector.extractor import TotalVariability, TrainingState, train_total_variability
     from spkver.ivector.training import train_extractor
 
     k, d = args.components, args.dim
     _, start_matrix = _load(workdir)
     path = workdir / "rows.npy"
+    if double:
+        source = np.load(path, mmap_mode="r")
+        path = workdir / "rows_double.npy"
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=source.dtype, shape=(2 * len(source), source.shape[1]))
+        out[: len(source)] = source
+        out[len(source):] = source
+        out.flush()
+        del out, source  # unmapped: the copy's pages are not this process's memory during the part
     rows = np.load(path, mmap_mode="r")  # as train-ivector reads its statistics file
     stamps = []
     with PartMemory() as memory:
@@ -269,11 +288,14 @@ def part_spkver_train(args, workdir: Path) -> dict:
     # stamps: start, then E-step ends and M-step ends alternating, the final E-step, the return.
     ends = stamps[2:-2:2]  # end of each iteration's M-step
     seconds = np.diff([stamps[0], *ends]).tolist()
+    timing = {"seconds": seconds, "final_e_step": stamps[-2] - ends[-1], "rows_mib": path.stat().st_size / 2**20}
+    if double:
+        return {**timing, **memory.result}
     check = train_total_variability(rows, k, d, rank=args.rank, iterations=1, minimum_divergence=False,
                                     state=TrainingState(TotalVariability(start_matrix, k, d), [], 0))
     np.save(workdir / "spkver_t1.npy", check.tv.matrix)
     np.save(workdir / "spkver_trained.npy", result.tv.matrix)
-    return {"seconds": seconds, "final_e_step": stamps[-2] - ends[-1], "history": result.history, **memory.result}
+    return {**timing, **memory.result}
 
 
 def part_sidekit_train(args, workdir: Path, processes: int, blas_threads: int, check: bool) -> dict:
@@ -328,6 +350,8 @@ def run_child(args):
         result = part_statistics(args, workdir)
     elif part == "spkver-train":
         result = part_spkver_train(args, workdir)
+    elif part == "spkver-train-double":
+        result = part_spkver_train(args, workdir, double=True)
     elif part == "sidekit-train":
         result = part_sidekit_train(args, workdir, processes, threads, check=processes == 1)
     elif part == "spkver-extract":
@@ -437,6 +461,7 @@ def main():
                                    f"{w} E-step processes × 1 BLAS thread (+ gatherer, Manager, parent)"))
         training = [(tool, setting, measure(args, workdir, part, p, t))
                     for tool, part, p, t, setting in configurations]
+        doubled = measure(args, workdir, "spkver-train-double")
         extraction_configurations = [("spkver", "spkver-extract", 1, 1, "1 process × 1 BLAS thread"),
                                      ("SIDEKIT", "sidekit-extract", 1, 1, "1 process × 1 BLAS thread")]
         if w > 1:
@@ -461,6 +486,12 @@ def main():
             ratio = f"{mean / np.mean(ours['seconds']):.1f}×" if ours and tool != "spkver" else "1"
             print(f"| T training | {tool} | {setting} | {mean:.2f} s per iteration ({each}) | {ratio} | "
                   f"{_memory_cell(result)} |")
+        if doubled is None:
+            print(f"| T training, 2U = {2 * u} utterances | spkver | {configurations[0][4]} | failed | | | |")
+        else:
+            each = ", ".join(f"{s:.2f}" for s in doubled["seconds"])
+            print(f"| T training, 2U = {2 * u} utterances (the statistics twice) | spkver | {configurations[0][4]} | "
+                  f"{np.mean(doubled['seconds']):.2f} s per iteration ({each}) | | {_memory_cell(doubled)} |")
         ours = extraction[0][2]
         for tool, setting, result in extraction:
             if result is None:
@@ -485,6 +516,8 @@ def main():
         print(f"spkver's arrays of fixed size, in each worker: T {k * d * r * 8 / 2**20:.0f} MiB, its packed "
               f"T_kᵀT_k {packed:.0f} MiB, accumulators {packed + (k * d + r) * r * 8 / 2**20:.0f} MiB, batches of "
               f"{batch_size(r)} utterances (≤ 64 MiB per array); none grows with the number of utterances.")
+        if training[0][2] is not None and doubled is not None:
+            _scaling(training[0][2], doubled, u)
         best = [np.mean(res["seconds"]) for _, _, res in training[1:] if res is not None]
         if training[0][2] is not None and best:
             speedup = min(best) / np.mean(training[0][2]["seconds"])
@@ -511,6 +544,24 @@ def main():
             print(f"- T after the timed iterations (with minimum divergence), spkver vs SIDEKIT: "
                   f"principal cosines of their column spaces min {cosines.min():.4f}, mean {cosines.mean():.4f} "
                   f"(1 = the same space; the two minimum-divergence steps make the paths part)")
+
+
+def _scaling(single, double, u):
+    """What twice the utterances does to spkver's training: time per utterance and memory."""
+    t1, t2 = np.mean(single["seconds"]), np.mean(double["seconds"])
+    per_utterance = (t2 - t1) / u
+    print(f"spkver's time per iteration ≈ {t1 - per_utterance * u:.2f} s + {per_utterance * 1000:.1f} ms per "
+          f"utterance (from U and 2U; the first part is T_kᵀT_k, the M-step and sending T to the workers).")
+    # The larger of the two growths: the main process's peak is exact, the sum over processes sampled.
+    growth = max(double["peak_rss_mib"] - single["peak_rss_mib"],
+                 double["peak_tree_pss_mib"] - single["peak_tree_pss_mib"])
+    mapped = double["rows_mib"] - single["rows_mib"]
+    verdict = ("bounded" if growth <= mapped + 64 else
+               f"NOT bounded: {growth / u * 1000:.0f} MiB more per 1000 utterances")
+    print(f"spkver's memory with 2U utterances: peak RSS {double['peak_rss_mib']:.0f} MiB vs "
+          f"{single['peak_rss_mib']:.0f}, PSS of all processes {double['peak_tree_pss_mib']:.0f} vs "
+          f"{single['peak_tree_pss_mib']:.0f} MiB (+{growth:.0f} MiB at most, of which the statistics file, "
+          f"mapped, +{mapped:.0f} MiB): {verdict}.")
 
 
 def _check(label, ours_path, theirs_path):
