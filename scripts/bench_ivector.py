@@ -53,6 +53,11 @@ used here)::
     venv-bench/bin/pip install -e .
     venv-bench/bin/python scripts/bench_ivector.py
 
+The editable install times whatever that checkout's tree holds when the
+run starts (the header prints where spkver was imported from); to time
+another checkout with the same environment, put it first on the path:
+``PYTHONPATH=/path/to/checkout venv-bench/bin/python scripts/bench_ivector.py``.
+
 The torchaudio wheel pip installs with it does not load with that torch;
 SIDEKIT only needs it for its neural networks, so an empty
 ``sys.modules['torchaudio']`` stands in for it (``sidekit_peer.py``, the
