@@ -109,7 +109,8 @@ def open_shared(path: str) -> np.ndarray:
 
 def _dask_task(task, shard, paths, args):
     arrays = {piece[0]: open_shared(paths[piece[0]]) for piece in shard}
-    return task(arrays, shard, *args)
+    with single_blas_thread():  # as every local shard: a multi-threaded product sums in another order
+        return task(arrays, shard, *args)
 
 
 def _statistics_task(arrays, shard, gmm, dtype, chunk_size) -> Statistics:

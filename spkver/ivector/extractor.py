@@ -132,27 +132,10 @@ def posteriors(tv: TotalVariability, rows) -> Posteriors:
         cholesky = np.linalg.cholesky(precision)
     except np.linalg.LinAlgError:
         raise SpkverError("statistics are not valid (negative or non-finite occupation counts)") from None
-    covariance = _inverse_from_cholesky(cholesky)
+    covariance = np.linalg.inv(precision)
     means = np.einsum("bij,bj->bi", covariance, linear)
     log_det = 2.0 * np.log(np.diagonal(cholesky, axis1=1, axis2=2)).sum(axis=1)
     return Posteriors(means, covariance, 0.5 * np.einsum("bi,bi->b", linear, means) - 0.5 * log_det)
-
-
-def _inverse_from_cholesky(lower) -> np.ndarray:
-    """Inverses of symmetric positive-definite matrices from their lower Cholesky factors, (B, R, R).
-
-    LAPACK's ``potri`` on the factor costs half of ``numpy.linalg.inv``'s LU inverse.
-    """
-    from scipy.linalg.lapack import dpotri
-
-    inverse = np.empty_like(lower)
-    for index, factor in enumerate(lower):
-        triangle, info = dpotri(factor, lower=1)
-        if info:
-            raise SpkverError("statistics are not valid (a singular posterior precision)")
-        triangle = np.tril(triangle)
-        inverse[index] = triangle + np.tril(triangle, -1).T
-    return inverse
 
 
 def extract_ivectors(tv: TotalVariability, rows) -> np.ndarray:
@@ -182,20 +165,19 @@ class Accumulators:
 
 def e_step(tv: TotalVariability, rows) -> Accumulators:
     """E-step over statistics ``rows`` (U, K·(1+D)), batch by batch (in a fixed order: same rows, same sums)."""
-    from scipy.linalg.blas import dgemm
-
     k, r = tv.n_components, tv.rank
     upper = np.triu_indices(r)
     total = Accumulators(np.zeros((k, len(upper[0]))), np.zeros_like(tv.matrix), np.zeros((r, r)), 0.0, 0)
     step = batch_size(r)
+    # One K × R(R+1)/2 buffer for every batch's product: a new one per batch costs more in page faults
+    # than the product itself. (numpy's BLAS only: its threads are the ones spkver limits to one.)
+    product = np.empty_like(total.occupancy_second)
     for start in range(0, len(rows), step):
         batch = np.asarray(rows[start:start + step], dtype=np.float64)
         post = posteriors(tv, batch)
         second = post.covariances + post.means[:, :, None] * post.means[:, None, :]
-        # Σ_u N_uk E[wwᵀ]_u added in place (beta = 1): a temporary K × R(R+1)/2 product per batch
-        # costs more in memory traffic than the product itself.
-        dgemm(1.0, second[:, upper[0], upper[1]].T, np.asfortranarray(batch[:, :k]), beta=1.0,
-              c=total.occupancy_second.T, overwrite_c=True)
+        np.matmul(batch[:, :k].T, second[:, upper[0], upper[1]], out=product)
+        total.occupancy_second += product
         total.first_mean += batch[:, k:].T @ post.means
         total.second += second.sum(axis=0)
         total.log_likelihood += float(post.log_likelihood.sum())
