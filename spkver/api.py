@@ -181,19 +181,7 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     identity = None if checkpoint is None else {  # hashing every frame is only worth it for a checkpoint
         "training data": data_identity(arrays), "feature settings": config.fingerprint(),
         "components": k, "init": init, "seed": seed, "tol": tol, "variance floor ratio": variance_floor_ratio}
-    state = None
-    if identity is not None and resume:
-        try:
-            state = load_checkpoint(checkpoint, identity)
-        except SpkverError:
-            if not restart:
-                raise
-    if state is not None and state.step > iterations:
-        raise SpkverError(f"checkpoint holds {state.step} iterations, more than --iterations {iterations}: raise "
-                          "--iterations, or pass --force to start over", checkpoint)
-    if on_note and resume:
-        on_note(f"resuming after EM iteration {state.step}" if state is not None else
-                "no checkpoint of this run to resume from; starting from the beginning")
+    state = resumed_state(load_checkpoint, checkpoint, identity, resume, restart, iterations, "EM iteration", on_note)
     save = checkpoint_writer(checkpoint, identity, on_note) if identity is not None else None
     with Engine(arrays, run.workers or default_workers(), scheduler, paths) as engine:
         result = train(arrays, k, iterations=iterations, init=init, seed=seed, tol=tol,
@@ -237,6 +225,29 @@ def _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, 
     if checkpoint is not None and Path(checkpoint).exists() and not (resume or restart):
         raise SpkverError("holds the state of an interrupted training run: continue it with --resume, or pass "
                           "--force to start over", checkpoint)
+
+
+def resumed_state(load, checkpoint, identity, resume: bool, restart: bool, iterations: int, step_name: str,
+                  on_note=None):
+    """The training state to resume from ``checkpoint`` (read by ``load(path, identity)``), or None to start afresh.
+
+    Only with ``resume``; a damaged or mismatched checkpoint is an error unless
+    ``restart``; one holding more than ``iterations`` steps is an error.
+    """
+    state = None
+    if identity is not None and resume:
+        try:
+            state = load(checkpoint, identity)
+        except SpkverError:
+            if not restart:
+                raise
+    if state is not None and state.step > iterations:
+        raise SpkverError(f"checkpoint holds {state.step} iterations, more than --iterations {iterations}: raise "
+                          "--iterations, or pass --force to start over", checkpoint)
+    if on_note and resume:
+        on_note(f"resuming after {step_name} {state.step}" if state is not None else
+                "no checkpoint of this run to resume from; starting from the beginning")
+    return state
 
 
 def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, iterations: int = 10, seed: int = 0,
@@ -302,8 +313,9 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     if labels is not None and len(labels) != len(items):
         raise ValueError("labels must name the speaker of every item")
     speaker_of = {item.audio: label for item, label in zip(items, labels)} if labels is not None else None
-    if scoring == "plda" and plda_problem(labels or []):  # now, not after hours of training
-        raise SpkverError(f"{plda_problem(labels or [])}: give more speakers, or cosine scoring")
+    problem = plda_problem(labels or []) if scoring == "plda" else None
+    if problem:  # now, not after hours of training
+        raise SpkverError(f"{problem}: give more speakers, or cosine scoring")
     if labels is None:
         run.note("the training audio names no speakers: the back-end scores by cosine similarity (PLDA, LDA and "
                  "WCCN need speakers: a data folder's utt2spk, --per-folder or --speaker-list)")
@@ -318,19 +330,8 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     identity = None if checkpoint is None else {
         "training data": data_identity(arrays), "ubm": ubm.fingerprint, "rank": rank, "seed": seed,
         "segment seconds": segment_seconds}
-    state = None
-    if identity is not None and resume:
-        try:
-            state = load_tv_checkpoint(checkpoint, identity)
-        except SpkverError:
-            if not restart:
-                raise
-    if state is not None and state.step > iterations:
-        raise SpkverError(f"checkpoint holds {state.step} iterations, more than --iterations {iterations}: raise "
-                          "--iterations, or pass --force to start over", checkpoint)
-    if run.on_note and resume:
-        run.on_note(f"resuming after iteration {state.step}" if state is not None else
-                    "no checkpoint of this run to resume from; starting from the beginning")
+    state = resumed_state(load_tv_checkpoint, checkpoint, identity, resume, restart, iterations, "iteration",
+                          run.on_note)
     save = checkpoint_writer(checkpoint, identity, run.on_note, save_tv_checkpoint) if identity is not None else None
     workers = run.workers or default_workers()
     folder = Path(cache_dir) if cache_dir is not None else None

@@ -28,6 +28,29 @@ from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS, DEFAULT_WCCN
 from spkver.storage.models import checkpoint_step, load_model, save_model
 
 
+def check_output(output: Path, force: bool, users: str) -> None:
+    """Before any work: OUTPUT's folder exists and is writable, and OUTPUT is not replaced without --force."""
+    if not output.parent.is_dir():
+        raise SpkverError("output folder does not exist", output.parent)
+    if not os.access(output.parent, os.W_OK):  # fail now, not after hours of training
+        raise SpkverError("output folder is not writable", output.parent)
+    if output.exists() and not force:
+        raise SpkverError(f"already exists; pass --force to replace it (speakers {users} will need re-enrolling)",
+                          output)
+
+
+def stop_interrupted(ctx, interrupt, checkpoint: Path, step_name: str, kept: str = "") -> None:
+    """End a training run stopped by Ctrl-C or SIGTERM: the checkpoint and the command that resumes it, or why
+    there is nothing to resume (``kept`` says what was kept)."""
+    code = getattr(interrupt, "exit_code", 130)
+    step = checkpoint_step(checkpoint) if checkpoint.exists() else None
+    if step is not None:
+        stop_with(ctx, code, f"spkver: interrupted after {step_name} {step}; its state is in {checkpoint}. "
+                             f"To continue: {command_line(ctx, '--resume')}")
+    stop_with(ctx, code, f"spkver: interrupted before the first {step_name} ended: nothing to resume{kept}. "
+                         "Run the same command again.")
+
+
 @click.command("train-ubm")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="UBM file to write (.npz).")
 @click.option("--components", type=AutoOrPositiveInt(), default="auto", show_default=True,
@@ -73,13 +96,7 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
     from spkver.api import train_ubm
 
     report = ctx.obj
-    if not output.parent.is_dir():
-        raise SpkverError("output folder does not exist", output.parent)
-    if not os.access(output.parent, os.W_OK):  # fail now, not after hours of EM
-        raise SpkverError("output folder is not writable", output.parent)
-    if output.exists() and not force:
-        raise SpkverError("already exists; pass --force to replace it (speakers enrolled from it "
-                          "will need re-enrolling)", output)
+    check_output(output, force, "enrolled from it")
     if features_dir is not None and (audio or list_file or data_dir):
         raise SpkverError("give either --features or AUDIO/--list/--data-dir, not both")
     if features_dir is not None:
@@ -104,14 +121,8 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
                               resume=resume,
                               restart=force, on_log=report.log, cohort_size=cohort_segments)
     except KeyboardInterrupt as interrupt:
-        code = getattr(interrupt, "exit_code", 130)
-        step = checkpoint_step(checkpoint) if checkpoint.exists() else None
-        if step is not None:
-            stop_with(ctx, code, f"spkver: interrupted after EM iteration {step}; its state is in "
-                                 f"{checkpoint}. To continue: {command_line(ctx, '--resume')}")
         cached = f"; the features extracted so far are cached in {cache}" if cache else ""
-        stop_with(ctx, code, f"spkver: interrupted before the first EM iteration ended: nothing to resume{cached}. "
-                             "Run the same command again.")
+        stop_interrupted(ctx, interrupt, checkpoint, "EM iteration", cached)
     with locked(output.parent / f".{output.name}.lock"):  # another run may have finished meanwhile
         if output.exists() and not force:
             raise SpkverError("was written meanwhile (another train-ubm run?); pass --force to replace it", output)
@@ -200,13 +211,7 @@ def train_ivector_command(ctx, ubm_path, output, rank, iterations, seed, segment
     from spkver.storage.ivectors import save_backend
 
     report = ctx.obj
-    if not output.parent.is_dir():
-        raise SpkverError("output folder does not exist", output.parent)
-    if not os.access(output.parent, os.W_OK):
-        raise SpkverError("output folder is not writable", output.parent)
-    if output.exists() and not force:
-        raise SpkverError("already exists; pass --force to replace it (speakers enrolled with it will need "
-                          "re-enrolling)", output)
+    check_output(output, force, "enrolled with it")
     if no_cache:
         warn_ignored(report, ["cache_dir"], "with --no-cache")
     ubm = load_model(ubm_path, kind="ubm")
@@ -228,13 +233,7 @@ def train_ivector_command(ctx, ubm_path, output, rank, iterations, seed, segment
                                     on_iteration=report.iteration("T-matrix iteration", "log-likelihood per utterance"),
                                     on_log=report.log, run=report.run_options(workers, skip_bad))
     except KeyboardInterrupt as interrupt:
-        code = getattr(interrupt, "exit_code", 130)
-        step = checkpoint_step(checkpoint) if checkpoint.exists() else None
-        if step is not None:
-            stop_with(ctx, code, f"spkver: interrupted after T-matrix iteration {step}; its state is in "
-                                 f"{checkpoint}. To continue: {command_line(ctx, '--resume')}")
-        stop_with(ctx, code, "spkver: interrupted before the first T-matrix iteration ended: nothing to resume. "
-                             "Run the same command again.")
+        stop_interrupted(ctx, interrupt, checkpoint, "T-matrix iteration")
     with locked(output.parent / f".{output.name}.lock"):
         if output.exists() and not force:
             raise SpkverError("was written meanwhile (another train-ivector run?); pass --force to replace it", output)

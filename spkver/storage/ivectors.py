@@ -20,7 +20,15 @@ from spkver.fileio import write_atomic
 from spkver.ivector.backend import IvectorBackend
 from spkver.ivector.extractor import TotalVariability, TrainingState
 from spkver.ivector.plda import PLDA
-from spkver.storage.models import FORMAT_VERSION, Model, _meta, archive_bytes, identity_differences, read_arrays
+from spkver.storage.models import (
+    FORMAT_VERSION,
+    Model,
+    _meta,
+    archive_bytes,
+    checkpoint_history,
+    read_arrays,
+    read_checkpoint,
+)
 
 BACKEND_KIND = "ivector"
 MAX_MATRIX = 1 << 28  # values of T: 1 GiB as float32 (2048 components × 120 dimensions × 1000)
@@ -136,23 +144,9 @@ def load_tv_checkpoint(path, identity: dict) -> TrainingState | None:
 
     Raises SpkverError for a damaged checkpoint or one of a run with other data or settings (naming what differs).
     """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    arrays = read_arrays(path, _limits(checkpoint=True), "checkpoint")
-    meta = _meta(arrays, path)
-    if meta.get("kind") != "tv-checkpoint":
-        raise SpkverError("not a T-matrix training checkpoint", path)
-    try:
+    def state(arrays, meta):
         tv = TotalVariability(arrays["matrix"], int(meta["components"]), int(meta["dim"]))
-        history = [float(v) for v in meta["history"]]
-        step = meta["step"]
-        if not (np.isfinite(history).all() and type(step) is int and step >= 0):
-            raise ValueError("history or step is invalid")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpkverError(f"checkpoint is damaged ({exc}); delete it, or pass --force to start over", path) from None
-    stored = meta.get("identity")
-    if stored != identity:
-        raise SpkverError(f"is the checkpoint of a run with {identity_differences(stored, identity)}: resume with "
-                          "the options it was started with, or pass --force to start over", path)
-    return TrainingState(tv, history, step)
+        return TrainingState(tv, checkpoint_history(meta), meta["step"])
+
+    return read_checkpoint(path, identity, _limits(checkpoint=True), "tv-checkpoint", "a T-matrix training checkpoint",
+                           state)

@@ -304,27 +304,49 @@ def load_checkpoint(path, identity: dict):
     """
     from spkver.gmm.em import EMState
 
+    def state(arrays, meta):
+        gmm = GMM(arrays["weights"], arrays["means"], arrays["variances"])
+        reseeded = meta["reseeded"]
+        if type(reseeded) is not int or not isinstance(meta["rng_state"], dict):
+            raise ValueError("re-seeded count or random state is invalid")
+        return EMState(gmm, checkpoint_history(meta), meta["step"], reseeded, meta["rng_state"])
+
+    return read_checkpoint(path, identity, _model_limits(cohort=False), "checkpoint", "an EM checkpoint", state)
+
+
+def read_checkpoint(path, identity: dict, limits: dict, kind: str, what: str, make_state):
+    """The state ``make_state(arrays, meta)`` of the checkpoint at ``path`` of ``kind``; None when there is no file.
+
+    ``make_state`` raises KeyError, TypeError or ValueError for damaged
+    content. Raises SpkverError for a file of another kind, a damaged one (a
+    resumed run never starts from broken parameters), or one of a run with
+    another ``identity`` (other data or settings, named).
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    arrays = read_arrays(path, _model_limits(cohort=False), "checkpoint")
+    arrays = read_arrays(path, limits, "checkpoint")
     meta = _meta(arrays, path)
-    if meta.get("kind") != "checkpoint":
-        raise SpkverError("not an EM checkpoint", path)
+    if meta.get("kind") != kind:
+        raise SpkverError(f"not {what}", path)
     try:
-        gmm = GMM(arrays["weights"], arrays["means"], arrays["variances"])
-        history = [float(v) for v in meta["history"]]
-        step, reseeded = meta["step"], meta["reseeded"]
-        if not (np.isfinite(history).all() and type(step) is int and type(reseeded) is int and step >= 0
-                and isinstance(meta["rng_state"], dict)):
-            raise ValueError("history, step or random state is invalid")
+        state = make_state(arrays, meta)
     except (KeyError, TypeError, ValueError) as exc:
         raise SpkverError(f"checkpoint is damaged ({exc}); delete it, or pass --force to start over", path) from None
     stored = meta.get("identity")
     if stored != identity:
         raise SpkverError(f"is the checkpoint of a run with {identity_differences(stored, identity)}: resume with "
                           "the options it was started with, or pass --force to start over", path)
-    return EMState(gmm, history, step, reseeded, meta["rng_state"])
+    return state
+
+
+def checkpoint_history(meta: dict) -> list:
+    """A checkpoint's log-likelihood history, checked with its step (ValueError when invalid)."""
+    history = [float(v) for v in meta["history"]]
+    step = meta["step"]
+    if not (np.isfinite(history).all() and type(step) is int and step >= 0):
+        raise ValueError("history or step is invalid")
+    return history
 
 
 def checkpoint_step(path) -> int | None:
