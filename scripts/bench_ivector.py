@@ -31,11 +31,12 @@ time per utterance does not depend on its length once its statistics exist;
 per hour of audio assumes utterances of ``--frames-per-utterance`` frames
 at a 10 ms hop (300 frames: 3 s, so 1200 utterances an hour).
 
-spkver's training runs a second time on the statistics twice over (2U
-utterances): the target asks for memory bounded as in UBM training, i.e.
-the same whatever the number of utterances, and the two times split
-spkver's iteration into a part per iteration and a part per utterance
-(SIDEKIT's is almost all per utterance, so the ratio grows with U).
+spkver's training runs twice more, on the statistics repeated to 1024 and
+2048 utterances (``MAX_SHARDS × SHARD_ROWS``, where its EM work reaches its
+most shards, and twice that): the target asks for memory bounded as in UBM
+training, i.e. the same whatever the number of utterances, and the two
+times split spkver's iteration into a part per iteration and a part per
+utterance (SIDEKIT's is almost all per utterance, so the ratio grows with U).
 
 Printed: the machine, one table (times, the ratio SIDEKIT / spkver, peak
 memory of each part) and the checks: the two tools' i-vectors from the same T
@@ -259,12 +260,25 @@ def _load(workdir: Path):
     return ((ubm["weights"], ubm["means"], ubm["variances"]), np.load(workdir / "start.npy"))
 
 
-def part_spkver_train(args, workdir: Path, double: bool = False) -> dict:
+def scaling_sizes() -> tuple[int, int]:
+    """Utterances of the two scaling runs: where spkver's EM work reaches its most shards, and twice that.
+
+    Below ``MAX_SHARDS × SHARD_ROWS`` utterances more utterances also mean more
+    shards (and accumulators); from there on only the batches read grow, so
+    memory must stay the same from the first size to the second.
+    """
+    from spkver.ivector.extractor import MAX_SHARDS, SHARD_ROWS
+
+    return MAX_SHARDS * SHARD_ROWS, 2 * MAX_SHARDS * SHARD_ROWS
+
+
+def part_spkver_train(args, workdir: Path, tiled_rows: int | None = None) -> dict:
     """spkver's training over ``--workers`` processes; then one iteration without minimum divergence (check).
 
-    ``double`` trains on the statistics twice over (2U rows) instead, without
-    the check: whether memory stays the same with twice the utterances, and
-    how the time splits into a part per iteration and a part per utterance.
+    ``tiled_rows`` trains instead on that many rows, the U statistics
+    repeated, without the check: whether memory stays the same with more
+    utterances, and how the time splits into a part per iteration and a
+    part per utterance.
     """
     from spkver.ivector.extractor import TotalVariability, TrainingState, train_total_variability
     from spkver.ivector.training import train_extractor
@@ -272,12 +286,12 @@ def part_spkver_train(args, workdir: Path, double: bool = False) -> dict:
     k, d = args.components, args.dim
     _, start_matrix = _load(workdir)
     path = workdir / "rows.npy"
-    if double:
+    if tiled_rows:
         source = np.load(path, mmap_mode="r")
-        path = workdir / "rows_double.npy"
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=source.dtype, shape=(2 * len(source), source.shape[1]))
-        out[: len(source)] = source
-        out[len(source):] = source
+        path = workdir / f"rows_{tiled_rows}.npy"
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=source.dtype, shape=(tiled_rows, source.shape[1]))
+        for start in range(0, tiled_rows, len(source)):
+            out[start:start + len(source)] = source[: tiled_rows - start]
         out.flush()
         del out, source  # unmapped: the copy's pages are not this process's memory during the part
     rows = np.load(path, mmap_mode="r")  # as train-ivector reads its statistics file
@@ -294,7 +308,7 @@ def part_spkver_train(args, workdir: Path, double: bool = False) -> dict:
     ends = stamps[2:-2:2]  # end of each iteration's M-step
     seconds = np.diff([stamps[0], *ends]).tolist()
     timing = {"seconds": seconds, "final_e_step": stamps[-2] - ends[-1], "rows_mib": path.stat().st_size / 2**20}
-    if double:
+    if tiled_rows:
         return {**timing, **memory.result}
     check = train_total_variability(rows, k, d, rank=args.rank, iterations=1, minimum_divergence=False,
                                     state=TrainingState(TotalVariability(start_matrix, k, d), [], 0))
@@ -355,8 +369,8 @@ def run_child(args):
         result = part_statistics(args, workdir)
     elif part == "spkver-train":
         result = part_spkver_train(args, workdir)
-    elif part == "spkver-train-double":
-        result = part_spkver_train(args, workdir, double=True)
+    elif part.startswith("spkver-train-rows-"):
+        result = part_spkver_train(args, workdir, tiled_rows=int(part.rsplit("-", 1)[1]))
     elif part == "sidekit-train":
         result = part_sidekit_train(args, workdir, processes, threads, check=processes == 1)
     elif part == "spkver-extract":
@@ -466,7 +480,7 @@ def main():
                                    f"{w} E-step processes × 1 BLAS thread (+ gatherer, Manager, parent)"))
         training = [(tool, setting, measure(args, workdir, part, p, t))
                     for tool, part, p, t, setting in configurations]
-        doubled = measure(args, workdir, "spkver-train-double")
+        scaled = [measure(args, workdir, f"spkver-train-rows-{n}") for n in scaling_sizes()]
         extraction_configurations = [("spkver", "spkver-extract", 1, 1, "1 process × 1 BLAS thread"),
                                      ("SIDEKIT", "sidekit-extract", 1, 1, "1 process × 1 BLAS thread")]
         if w > 1:
@@ -491,12 +505,13 @@ def main():
             ratio = f"{mean / np.mean(ours['seconds']):.1f}×" if ours and tool != "spkver" else "1"
             print(f"| T training | {tool} | {setting} | {mean:.2f} s per iteration ({each}) | {ratio} | "
                   f"{_memory_cell(result)} |")
-        if doubled is None:
-            print(f"| T training, 2U = {2 * u} utterances | spkver | {configurations[0][4]} | failed | | | |")
-        else:
-            each = ", ".join(f"{s:.2f}" for s in doubled["seconds"])
-            print(f"| T training, 2U = {2 * u} utterances (the statistics twice) | spkver | {configurations[0][4]} | "
-                  f"{np.mean(doubled['seconds']):.2f} s per iteration ({each}) | | {_memory_cell(doubled)} |")
+        for n, result in zip(scaling_sizes(), scaled):
+            if result is None:
+                print(f"| T training, {n} utterances | spkver | {configurations[0][4]} | failed | | | |")
+                continue
+            each = ", ".join(f"{s:.2f}" for s in result["seconds"])
+            print(f"| T training, {n} utterances (the U statistics repeated) | spkver | {configurations[0][4]} | "
+                  f"{np.mean(result['seconds']):.2f} s per iteration ({each}) | | {_memory_cell(result)} |")
         ours = extraction[0][2]
         for tool, setting, result in extraction:
             if result is None:
@@ -521,8 +536,8 @@ def main():
         print(f"spkver's arrays of fixed size, in each worker: T {k * d * r * 8 / 2**20:.0f} MiB, its packed "
               f"T_kᵀT_k {packed:.0f} MiB, accumulators {packed + (k * d + r) * r * 8 / 2**20:.0f} MiB, batches of "
               f"{batch_size(r)} utterances (≤ 64 MiB per array); none grows with the number of utterances.")
-        if training[0][2] is not None and doubled is not None:
-            _scaling(training[0][2], doubled, u)
+        if None not in scaled:
+            _scaling(*scaled, *scaling_sizes())
         best = [np.mean(res["seconds"]) for _, _, res in training[1:] if res is not None]
         if training[0][2] is not None and best:
             speedup = min(best) / np.mean(training[0][2]["seconds"])
@@ -551,19 +566,20 @@ def main():
                   f"(1 = the same space; the two minimum-divergence steps make the paths part)")
 
 
-def _scaling(single, double, u):
-    """What twice the utterances does to spkver's training: time per utterance and memory."""
+def _scaling(single, double, u, u2):
+    """What more utterances (u2 against u, with the same shards) do to spkver's training: time and memory."""
     t1, t2 = np.mean(single["seconds"]), np.mean(double["seconds"])
-    per_utterance = (t2 - t1) / u
+    per_utterance = (t2 - t1) / (u2 - u)
     print(f"spkver's time per iteration ≈ {t1 - per_utterance * u:.2f} s + {per_utterance * 1000:.1f} ms per "
-          f"utterance (from U and 2U; the first part is T_kᵀT_k, the M-step and sending T to the workers).")
+          f"utterance (from {u} and {u2} utterances, both in the most shards; the first part is T_kᵀT_k, the "
+          f"M-step, sending T to the workers and summing the shards' accumulators).")
     # The larger of the two growths: the main process's peak is exact, the sum over processes sampled.
     growth = max(double["peak_rss_mib"] - single["peak_rss_mib"],
                  double["peak_tree_pss_mib"] - single["peak_tree_pss_mib"])
     mapped = double["rows_mib"] - single["rows_mib"]
     verdict = ("bounded" if growth <= mapped + 64 else
-               f"NOT bounded: {growth / u * 1000:.0f} MiB more per 1000 utterances")
-    print(f"spkver's memory with 2U utterances: peak RSS {double['peak_rss_mib']:.0f} MiB vs "
+               f"NOT bounded: {growth / (u2 - u) * 1000:.0f} MiB more per 1000 utterances")
+    print(f"spkver's memory with {u2} utterances: peak RSS {double['peak_rss_mib']:.0f} MiB vs "
           f"{single['peak_rss_mib']:.0f}, PSS of all processes {double['peak_tree_pss_mib']:.0f} vs "
           f"{single['peak_tree_pss_mib']:.0f} MiB (+{growth:.0f} MiB at most, of which the statistics file, "
           f"mapped, +{mapped:.0f} MiB): {verdict}.")

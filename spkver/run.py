@@ -71,14 +71,22 @@ def process_context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
-@functools.cache
-def _controller():
-    """threadpoolctl's view of the loaded BLAS libraries (inspected once: 0.3 ms), or None without it."""
+@functools.lru_cache(maxsize=1)
+def _controller_for(modules_loaded: int):
+    """threadpoolctl's view of the BLAS libraries loaded now (inspected in 0.3 ms), or None without it."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
     return ThreadpoolController()
+
+
+def _controller():
+    # Inspected again whenever modules were imported since: scipy.linalg brings its own OpenBLAS, which a
+    # view taken before it loaded would leave running on every core (and summing in another order).
+    import sys
+
+    return _controller_for(len(sys.modules))
 
 
 def single_blas_thread():

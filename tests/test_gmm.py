@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -439,3 +440,57 @@ def test_enrollment_is_byte_identical_on_one_core(synthetic_corpus, tmp_path):
                        check=True)
         models[name] = (tmp_path / name / "alice.npz").read_bytes()
     assert len(set(models.values())) == 1
+
+
+def _large_result(arrays, shard, size):
+    """A task whose results are large enough to travel through the spill file (and one small array)."""
+    (_, start, stop), = shard
+    return {"big": np.full(size, float(start)), "small": np.arange(start, stop), "start": start}
+
+
+def test_large_pool_results_travel_through_a_file_that_is_removed(tmp_path):
+    from spkver.gmm.engine import SPILL_BYTES
+
+    size = SPILL_BYTES // 8 + 1
+    arrays = [np.zeros((40, 1))]
+    shards = [[(0, a, a + 10)] for a in range(0, 40, 10)]
+    with Engine(arrays, workers=2, shards=shards) as engine:
+        results = engine.map_shards(_large_result, size)
+        folder = Path(engine.spill_folder)
+        assert folder.is_dir() and not list(folder.iterdir())  # each file removed once read
+    assert not folder.exists()
+    assert [r["start"] for r in results] == [0, 10, 20, 30]
+    for r in results:
+        assert np.array_equal(r["big"], np.full(size, float(r["start"])))
+        assert np.array_equal(r["small"], np.arange(r["start"], r["start"] + 10))
+        r["big"] += 1.0  # results are writable (in-place sums)
+
+
+def test_spill_round_trips_with_or_without_large_arrays(tmp_path):
+    from spkver.gmm.engine import SPILL_BYTES, spill, unspill
+
+    big = np.arange(SPILL_BYTES // 8 * 3, dtype=np.float64).reshape(3, -1)
+    for value in ({"a": big, "b": big[:, ::2].copy(), "t": big.T, "n": 3}, [np.arange(5)], "text"):
+        payload, path, spans = spill(value, tmp_path)
+        assert (path is None) == (not spans)
+        back = unspill(payload, path, spans)
+        if isinstance(value, dict):
+            assert all(np.array_equal(back[key], value[key]) for key in "abt") and back["n"] == 3
+            assert back["t"].flags.f_contiguous
+        elif isinstance(value, list):
+            assert np.array_equal(back[0], value[0])
+        else:
+            assert back == value
+    assert not list(tmp_path.iterdir())
+
+
+def test_single_blas_thread_limits_blas_libraries_loaded_after_its_first_use():
+    code = ("from spkver.run import single_blas_thread\n"
+            "with single_blas_thread(): pass\n"
+            "import scipy.linalg\n"
+            "from threadpoolctl import threadpool_info\n"
+            "with single_blas_thread():\n"
+            "    print(sorted({lib['num_threads'] for lib in threadpool_info() if lib['user_api'] == 'blas'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"})
+    assert out.stdout.strip() == "[1]"

@@ -21,15 +21,20 @@ from spkver.gmm.engine import Engine
 from spkver.gmm.model import GMM
 from spkver.ivector.backend import IvectorBackend, fit_backend
 from spkver.ivector.extractor import (
+    MAX_SHARDS,
     SHARD_ROWS,
+    Accumulators,
     TotalVariability,
     TrainingState,
     batch_size,
     e_step,
     extract_ivectors,
+    m_step,
+    pack_upper,
     posteriors,
     shards_of,
     train_total_variability,
+    unpack_upper,
 )
 from spkver.ivector.plda import diagonal_form, log_likelihood, train_plda
 from spkver.ivector.projection import class_scatter, cosine_scores, lda, length_normalise, wccn
@@ -176,12 +181,65 @@ def test_packed_products_hold_each_components_gram_matrix():
         np.testing.assert_allclose(packed, (block.T @ block)[upper], rtol=1e-13)
 
 
+def test_packing_follows_triu_indices_and_unpacking_fills_only_the_upper_triangle():
+    rng = np.random.default_rng(16)
+    square = rng.standard_normal((3, 5, 5))
+    packed = pack_upper(square, np.empty((3, 15)))
+    np.testing.assert_array_equal(packed, square[:, np.triu_indices(5)[0], np.triu_indices(5)[1]])
+    out = np.full((3, 5, 5), 7.0)
+    unpack_upper(packed, out)
+    np.testing.assert_array_equal(np.triu(out), np.triu(square))
+    np.testing.assert_array_equal(np.tril(out, -1), np.tril(np.full((3, 5, 5), 7.0), -1))
+
+
+def test_an_unoccupied_component_keeps_its_rows_of_t():
+    rng = np.random.default_rng(17)
+    k, d, r = 4, 3, 2
+    tv = TotalVariability(rng.standard_normal((k * d, r)), k, d)
+    _, rows = low_rank_statistics(rng, k, d, r, utterances=40)
+    rows[:, 2] = 0.0  # no utterance has frames in component 2
+    rows[:, k + 2 * d:k + 3 * d] = 0.0
+    updated = m_step(tv, e_step(tv, rows), minimum_divergence=False)
+    np.testing.assert_array_equal(updated.matrix[2 * d:3 * d], tv.matrix[2 * d:3 * d])
+    assert not np.allclose(updated.matrix[:2 * d], tv.matrix[:2 * d])
+    assert np.isfinite(updated.matrix).all()
+
+
+def test_e_step_sums_the_posterior_moments_of_each_utterance():
+    rng = np.random.default_rng(18)
+    k, d, r = 3, 2, 4
+    tv = TotalVariability(rng.standard_normal((k * d, r)), k, d)
+    _, rows = low_rank_statistics(rng, k, d, r, utterances=9)
+    post = posteriors(tv, rows)
+    second = post.covariances + post.means[:, :, None] * post.means[:, None, :]
+    stats = e_step(tv, rows)
+    assert isinstance(stats, Accumulators) and stats.utterances == 9
+    for component in range(k):
+        np.testing.assert_allclose(unpack_upper(stats.occupancy_second[component][None], np.zeros((1, r, r)))[0],
+                                   np.triu(np.einsum("u,uij->ij", rows[:, component], second)), rtol=1e-12)
+    np.testing.assert_allclose(stats.first_mean, rows[:, k:].T @ post.means, rtol=1e-12)
+    np.testing.assert_allclose(stats.second, second.sum(axis=0), rtol=1e-12)
+    assert stats.log_likelihood == pytest.approx(post.log_likelihood.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("rows", [1, SHARD_ROWS - 1, 2 * SHARD_ROWS, 5 * SHARD_ROWS + 7, 100 * SHARD_ROWS + 3])
+def test_em_shards_are_a_power_of_two_of_at_least_shard_rows_each(rows):
+    shards = shards_of(rows)
+    sizes = [b - a for shard in shards for _, a, b in shard]
+    assert sum(sizes) == rows and len(shards) <= MAX_SHARDS and len(shards) & (len(shards) - 1) == 0
+    assert len(shards) == 1 or min(sizes) >= SHARD_ROWS
+    assert max(sizes) - min(sizes) < len(shards)  # equal up to rounding
+
+
 def test_invalid_statistics_and_matrices_are_refused():
     rng = np.random.default_rng(7)
     tv = TotalVariability(rng.standard_normal((6, 2)), 3, 2)
     rows = np.hstack([np.full((1, 3), -1e6), np.zeros((1, 6))])  # negative counts: no valid precision
-    with pytest.raises(SpkverError, match="not valid"):
-        posteriors(tv, rows)
+    nan_rows = np.hstack([np.ones((1, 3)), np.full((1, 6), np.nan)])
+    for refused in (rows, nan_rows):
+        for use in (posteriors, e_step, extract_ivectors):
+            with pytest.raises(SpkverError, match="not valid"):
+                use(tv, refused)
     with pytest.raises(ValueError, match="not finite"):
         TotalVariability(np.full((6, 2), np.nan), 3, 2)
     with pytest.raises(ValueError, match="components"):
