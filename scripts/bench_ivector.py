@@ -535,7 +535,8 @@ def main():
         packed = k * r * (r + 1) / 2 * 8 / 2**20
         print(f"spkver's arrays of fixed size, in each worker: T {k * d * r * 8 / 2**20:.0f} MiB, its packed "
               f"T_kᵀT_k {packed:.0f} MiB, accumulators {packed + (k * d + r) * r * 8 / 2**20:.0f} MiB, batches of "
-              f"{batch_size(r)} utterances (≤ 64 MiB per array); none grows with the number of utterances.")
+              f"{batch_size(r)} utterances (≤ {batch_size(r) * r * r * 8 / 2**20:.0f} MiB per array); none grows with "
+              f"the number of utterances.")
         if None not in scaled:
             _scaling(*scaled, *scaling_sizes())
         best = [np.mean(res["seconds"]) for _, _, res in training[1:] if res is not None]

@@ -445,7 +445,17 @@ def test_enrollment_is_byte_identical_on_one_core(synthetic_corpus, tmp_path):
 def _large_result(arrays, shard, size):
     """A task whose results are large enough to travel through the spill file (and one small array)."""
     (_, start, stop), = shard
+    time.sleep(0.2)  # long enough for the pool process to claim shards of its own
     return {"big": np.full(size, float(start)), "small": np.arange(start, stop), "start": start}
+
+
+def _maps_a_file(array) -> bool:
+    import mmap
+
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
 
 
 def test_large_pool_results_travel_through_a_file_that_is_removed(tmp_path):
@@ -453,16 +463,18 @@ def test_large_pool_results_travel_through_a_file_that_is_removed(tmp_path):
 
     size = SPILL_BYTES // 8 + 1
     arrays = [np.zeros((40, 1))]
-    shards = [[(0, a, a + 10)] for a in range(0, 40, 10)]
+    shards = [[(0, a, a + 5)] for a in range(0, 40, 5)]
     with Engine(arrays, workers=2, shards=shards) as engine:
         results = engine.map_shards(_large_result, size)
         folder = Path(engine.spill_folder)
         assert folder.is_dir() and not list(folder.iterdir())  # each file removed once read
     assert not folder.exists()
-    assert [r["start"] for r in results] == [0, 10, 20, 30]
+    assert [r["start"] for r in results] == list(range(0, 40, 5))
+    assert any(_maps_a_file(r["big"]) for r in results)  # the pool process's, through its file
+    assert not any(_maps_a_file(r["small"]) for r in results)
     for r in results:
         assert np.array_equal(r["big"], np.full(size, float(r["start"])))
-        assert np.array_equal(r["small"], np.arange(r["start"], r["start"] + 10))
+        assert np.array_equal(r["small"], np.arange(r["start"], r["start"] + 5))
         r["big"] += 1.0  # results are writable (in-place sums)
 
 
@@ -482,6 +494,9 @@ def test_spill_round_trips_with_or_without_large_arrays(tmp_path):
         else:
             assert back == value
     assert not list(tmp_path.iterdir())
+    # A folder that cannot take the file: the result travels in the pickle itself.
+    payload, path, spans = spill({"a": big}, tmp_path / "missing")
+    assert path is None and not spans and np.array_equal(unspill(payload, path, spans)["a"], big)
 
 
 def test_single_blas_thread_limits_blas_libraries_loaded_after_its_first_use():
@@ -489,6 +504,8 @@ def test_single_blas_thread_limits_blas_libraries_loaded_after_its_first_use():
             "with single_blas_thread(): pass\n"
             "import scipy.linalg\n"
             "from threadpoolctl import threadpool_info\n"
+            "blas = [lib for lib in threadpool_info() if lib['user_api'] == 'blas']\n"
+            "assert len({lib['filepath'] for lib in blas}) >= 2, blas  # numpy's OpenBLAS and scipy's own\n"
             "with single_blas_thread():\n"
             "    print(sorted({lib['num_threads'] for lib in threadpool_info() if lib['user_api'] == 'blas'}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

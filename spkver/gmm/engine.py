@@ -9,6 +9,7 @@ beside N − 1 pool processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -93,9 +94,14 @@ def spill(result, folder) -> tuple:
     A pool's result pipe moved the i-vector E-step's accumulators (hundreds of
     MiB per shard) at about 150 MB/s on a VM, longer than computing them; a
     file in the page cache is one copy out and none back (the reader maps it).
+    If the file cannot be written (a full disk), the result goes through the
+    pipe as before.
     """
-    handle = tempfile.NamedTemporaryFile(dir=folder, suffix=".shards", delete=False)
-    spans = []
+    spans: list = []
+    try:
+        handle = tempfile.NamedTemporaryFile(dir=folder, suffix=".shards", delete=False)
+    except OSError:
+        return pickle.dumps(result, protocol=5), None, spans
 
     def out_of_band(buffer):
         data = buffer.raw()
@@ -106,8 +112,12 @@ def spill(result, folder) -> tuple:
         handle.write(data)
         return False
 
-    with handle:
-        payload = pickle.dumps(result, protocol=5, buffer_callback=out_of_band)
+    try:
+        with handle:
+            payload = pickle.dumps(result, protocol=5, buffer_callback=out_of_band)
+    except OSError:
+        os.unlink(handle.name)
+        return pickle.dumps(result, protocol=5), None, []
     if not spans:
         os.unlink(handle.name)
         return payload, None, spans
@@ -120,7 +130,8 @@ def unspill(payload, path, spans):
         return pickle.loads(payload)
     with open(path, "rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-    os.unlink(path)
+    with contextlib.suppress(OSError):  # a mapped file cannot be removed on Windows: close() removes the folder
+        os.unlink(path)
     view = memoryview(mapped)
     return pickle.loads(payload, buffers=[view[start:start + size] for start, size in spans])
 
@@ -143,7 +154,10 @@ def claim_shards(task, arrays, shards, next_shard, args) -> dict:
 
 
 def _pool_task(task, args):
-    done = claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args)
+    # One BLAS thread here too, not only from the initializer: a library loaded since (scipy's OpenBLAS,
+    # in a spawned worker) would otherwise use every core and sum in another order.
+    with single_blas_thread():
+        done = claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args)
     return spill(done, POOL_WORKER.spill_folder)
 
 
@@ -241,8 +255,10 @@ class Engine:
     def close(self):
         if self.pool is not None:
             self.next_shard.value = len(self.shards)  # after an error here, pool processes stop claiming
-            self.pool.shutdown(cancel_futures=True)
-            shutil.rmtree(self.spill_folder, ignore_errors=True)
+            try:
+                self.pool.shutdown(cancel_futures=True)
+            finally:
+                shutil.rmtree(self.spill_folder, ignore_errors=True)
         if self.client is not None:
             self.client.close()
 

@@ -34,7 +34,6 @@ import numpy as np
 from scipy.linalg import blas, lapack
 
 from spkver.errors import SpkverError
-from spkver.gmm.chunks import pack
 from spkver.run import single_blas_thread
 
 # Utterances per batch: B·R² float64 values of about 128 MiB per batch array, from 1 to 256. Each batch
@@ -53,9 +52,10 @@ MAX_SHARDS = 8
 
 
 def shards_of(n_rows: int) -> list:
-    """The shards of ``n_rows`` statistics rows: ``[(0, start, stop)]`` pieces (:func:`spkver.gmm.chunks.pack`)."""
+    """The shards of ``n_rows`` statistics rows, each a list of one ``(0, start, stop)`` piece."""
     count = 1 << int(np.log2(max(1, min(MAX_SHARDS, n_rows // SHARD_ROWS))))
-    return pack([n_rows], max(1, -(-n_rows // count)))
+    bounds = [i * n_rows // count for i in range(count + 1)]  # equal up to one row
+    return [[(0, a, b)] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def batch_size(rank: int) -> int:
@@ -305,6 +305,8 @@ def m_step(tv: TotalVariability, stats: Accumulators, minimum_divergence: bool =
             _, solution, info = lapack.dposv(part[c].T, first[start + c].T, lower=1, overwrite_a=1)
             if info == 0:
                 matrix[start + c] = solution.T
+            elif np.any(stats.occupancy_second[start + c]):  # occupied yet not positive definite
+                raise SpkverError("statistics are not valid (negative or non-finite occupation counts)")
     matrix = matrix.reshape(k * d, r)
     if minimum_divergence and stats.utterances:
         matrix = matrix @ np.linalg.cholesky(stats.second / stats.utterances)
