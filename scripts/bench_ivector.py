@@ -497,21 +497,12 @@ def main():
               f"{stats['seconds'] * per_hour:.1f} s per hour of audio | not compared | {_memory_cell(stats)} |")
         ours = training[0][2]
         for tool, setting, result in training:
-            if result is None:
-                print(f"| T training | {tool} | {setting} | failed | | | |")
-                continue
-            each = ", ".join(f"{s:.2f}" for s in result["seconds"])
-            mean = float(np.mean(result["seconds"]))
-            ratio = f"{mean / np.mean(ours['seconds']):.1f}×" if ours and tool != "spkver" else "1"
-            print(f"| T training | {tool} | {setting} | {mean:.2f} s per iteration ({each}) | {ratio} | "
-                  f"{_memory_cell(result)} |")
+            ratio = (f"{np.mean(result['seconds']) / np.mean(ours['seconds']):.1f}×" if result and ours
+                     and tool != "spkver" else "1")
+            _training_row("T training", tool, setting, result, ratio)
         for n, result in zip(scaling_sizes(), scaled):
-            if result is None:
-                print(f"| T training, {n} utterances | spkver | {configurations[0][4]} | failed | | | |")
-                continue
-            each = ", ".join(f"{s:.2f}" for s in result["seconds"])
-            print(f"| T training, {n} utterances (the U statistics repeated) | spkver | {configurations[0][4]} | "
-                  f"{np.mean(result['seconds']):.2f} s per iteration ({each}) | | {_memory_cell(result)} |")
+            _training_row(f"T training, {n} utterances (the U statistics repeated)", "spkver", configurations[0][4],
+                          result, "")
         ours = extraction[0][2]
         for tool, setting, result in extraction:
             if result is None:
@@ -565,6 +556,16 @@ def main():
             print(f"- T after the timed iterations (with minimum divergence), spkver vs SIDEKIT: "
                   f"principal cosines of their column spaces min {cosines.min():.4f}, mean {cosines.mean():.4f} "
                   f"(1 = the same space; the two minimum-divergence steps make the paths part)")
+
+
+def _training_row(task, tool, setting, result, ratio):
+    """One training line of the table: the mean time per iteration (each in brackets), the ratio, memory."""
+    if result is None:
+        print(f"| {task} | {tool} | {setting} | failed | | | |")
+        return
+    each = ", ".join(f"{s:.2f}" for s in result["seconds"])
+    print(f"| {task} | {tool} | {setting} | {np.mean(result['seconds']):.2f} s per iteration ({each}) | {ratio} | "
+          f"{_memory_cell(result)} |")
 
 
 def _scaling(single, double, u, u2):
