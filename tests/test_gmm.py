@@ -511,3 +511,43 @@ def test_single_blas_thread_limits_blas_libraries_loaded_after_its_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"})
     assert out.stdout.strip() == "[1]"
+
+
+def _order_sensitive(arrays, shard, size):
+    """Large float results whose sum depends on the order of addition: 1e16 + 1 + 1 = 1e16, but 1 + 1 + 1e16 ≠ 1e16."""
+    (_, start, _), = shard
+    return np.full(size, 1e16 if start == 0 else float(start))
+
+
+def test_sum_shards_adds_in_shard_order_whatever_the_workers():
+    from spkver.gmm.engine import SPILL_BYTES
+
+    size = SPILL_BYTES // 8 + 1  # through the spill file from pool processes
+    arrays = [np.zeros((60, 1))]
+    shards = [[(0, a, a + 5)] for a in range(0, 60, 5)]
+    with Engine(arrays, workers=1, shards=shards) as engine:
+        parts = engine.map_shards(_order_sensitive, size)
+    expected = parts[0].copy()
+    for part in parts[1:]:
+        expected += part
+    assert not np.array_equal(expected, sum(reversed(parts)))  # the order matters for these values
+    for workers in (1, 2, 3):
+        with Engine(arrays, workers=workers, shards=shards) as engine:
+            total = engine.sum_shards(_order_sensitive, size)
+            if engine.pool is not None:
+                assert not list(Path(engine.spill_folder).iterdir())  # every handed-over file read and removed
+        assert total.tobytes() == expected.tobytes(), workers
+
+
+def test_a_pool_process_hands_over_each_shard_as_soon_as_it_is_computed(monkeypatch):
+    from spkver.gmm import engine as engine_module
+
+    arrays = [np.zeros((20, 1))]
+    shards = [[(0, a, a + 5)] for a in range(0, 20, 5)]
+    counter = engine_module.process_context().Value("q", 1)  # shard 0 taken by someone else
+    monkeypatch.setattr(engine_module, "POOL_WORKER", engine_module.PoolWorker())
+    engine_module.POOL_WORKER.set(arrays, shards, counter, None)  # no folder: results travel in the pickle
+    handed = [engine_module._pool_task_one(_order_sensitive, (4,)) for _ in range(4)]
+    assert [list(h) for h in handed] == [[1], [2], [3], []]  # one shard per call, none when all are claimed
+    assert isinstance(handed[0][1], engine_module.Spilled)
+    assert np.array_equal(engine_module.unspill(*handed[0][1]), np.full(4, 5.0))

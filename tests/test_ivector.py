@@ -1132,3 +1132,39 @@ def test_a_dask_cluster_trains_the_same_extractor_as_local_workers(synthetic_cor
     # yet; not the BLAS threads: the same with OPENBLAS_NUM_THREADS=1). Equal to rounding.
     np.testing.assert_allclose(remote.tv.matrix, local.tv.matrix, rtol=0, atol=1e-12 * np.abs(local.tv.matrix).max())
     np.testing.assert_allclose(remote.history, local.history, rtol=1e-12)
+
+
+def _traced_training_peak(path, rows, k, d, r):
+    """Peak bytes numpy allocates while T-matrix EM runs two iterations on memory-mapped ``rows`` (fixed start)."""
+    import tracemalloc
+
+    from spkver.ivector.extractor import TrainingState, initial_matrix
+
+    state = TrainingState(initial_matrix(k, d, r, rows[:64]), [], 0)
+    tracemalloc.start()
+    try:
+        train_total_variability(np.load(path, mmap_mode="r"), k, d, rank=r, iterations=2, state=state)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_t_matrix_training_memory_does_not_grow_with_utterances_or_shards(tmp_path, monkeypatch):
+    from spkver.ivector import extractor
+
+    k, d, r = 256, 4, 32
+    monkeypatch.setattr(extractor, "BATCH_VALUES", r * r * 64)  # batches of 64 utterances at this small rank
+    accumulator = (k * r * (r + 1) // 2 + k * d * r) * 8
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for utterances in (256, 1024, 2048):  # 2, 8 and 8 shards
+        zeroth = rng.gamma(0.5, 4.0, (utterances, k))
+        first = rng.standard_normal((utterances, k * d)) * np.repeat(np.sqrt(zeroth), d, axis=1)
+        path = tmp_path / f"rows{utterances}.npy"
+        np.save(path, np.hstack([zeroth, first]).astype(np.float32))
+        peaks[utterances] = _traced_training_peak(path, np.load(path, mmap_mode="r"), k, d, r)
+    assert len(shards_of(256)) == 2 and len(shards_of(1024)) == len(shards_of(2048)) == 8
+    assert abs(peaks[2048] - peaks[1024]) < accumulator / 16  # twice the utterances, the same memory
+    # Shards are added as they are computed, not held: four times the shards cost less than a quarter of
+    # an accumulator more (holding every shard's result, as before, cost more than ten).
+    assert peaks[1024] - peaks[256] < accumulator / 4

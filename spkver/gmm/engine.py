@@ -16,7 +16,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import numpy as np
 
@@ -136,21 +136,22 @@ def unspill(payload, path, spans):
     return pickle.loads(payload, buffers=[view[start:start + size] for start, size in spans])
 
 
-def claim_shards(task, arrays, shards, next_shard, args) -> dict:
+def claim_shards(task, arrays, shards, next_shard, args, limit=None) -> dict:
     """``task(arrays, shard, *args)`` of shards claimed one at a time from a shared counter until none is left.
 
-    Returns ``{shard index: result}``. A worker that runs faster (or
-    starts sooner) claims more shards, at the cost of one lock per shard
-    instead of one pool round trip.
+    Returns ``{shard index: result}``, of at most ``limit`` shards if given.
+    A worker that runs faster (or starts sooner) claims more shards, at the
+    cost of one lock per shard instead of one pool round trip.
     """
     done = {}
-    while True:
+    while limit is None or len(done) < limit:
         with next_shard.get_lock():
             index = next_shard.value
             next_shard.value = index + 1
         if index >= len(shards):
-            return done
+            break
         done[index] = task(arrays, shards[index], *args)
+    return done
 
 
 def _pool_task(task, args):
@@ -159,6 +160,25 @@ def _pool_task(task, args):
     with single_blas_thread():
         done = claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args)
     return spill(done, POOL_WORKER.spill_folder)
+
+
+class Spilled(tuple):
+    """What :func:`spill` returned for one shard's result: (payload, path, spans), for :func:`unspill`."""
+
+
+def _pool_task_one(task, args):
+    """One shard claimed and computed, its result handed over through a file at once ({} when none was left)."""
+    with single_blas_thread():
+        done = claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args, limit=1)
+    return {index: Spilled(spill(result, POOL_WORKER.spill_folder)) for index, result in done.items()}
+
+
+def _added(total, part):
+    # In place where the type allows it (the i-vector accumulators): a new sum per shard costs page faults.
+    if total is None:
+        return part
+    total += part
+    return total
 
 
 @functools.lru_cache(maxsize=OPEN_FILES)
@@ -251,6 +271,62 @@ class Engine:
             return [done[i] for i in range(len(self.shards))]
         with single_blas_thread():
             return [task(self.arrays, shard, *args) for shard in self.shards]
+
+    def sum_shards(self, task, *args):
+        """The sum of ``task(arrays, shard, *args)`` over the shards, added in shard order as results arrive.
+
+        The same sum as of :meth:`map_shards`' list, in the same order (so the
+        same bits whatever the workers), but no process holds every result:
+        a pool process hands each shard's result over through a file as soon
+        as it is computed and claims the next, and this process adds each
+        result once those before it are in. With results of hundreds of MiB
+        (the i-vector E-step's accumulators) memory then stays at a few
+        results, not one per shard.
+        """
+        total = None
+        if self.client is not None:
+            parts = self.map_shards(task, *args)
+            for index in range(len(parts)):
+                total, parts[index] = _added(total, parts[index]), None
+            return total
+        if self.pool is None:
+            with single_blas_thread():
+                for shard in self.shards:  # no name holds a result while the next one is computed
+                    total = _added(total, task(self.arrays, shard, *args))
+            return total
+        self.next_shard.value = 0
+        pending = {self.pool.submit(_pool_task_one, task, args) for _ in range(self.workers - 1)}
+        ready: dict = {}
+        next_index = 0
+
+        def collect(timeout):
+            nonlocal pending
+            finished, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done = future.result()
+                if done:  # it computed a shard: there may be more to claim
+                    ready.update(done)
+                    pending.add(self.pool.submit(_pool_task_one, task, args))
+
+        def add_ready():
+            nonlocal total, next_index
+            while next_index in ready:
+                part = ready.pop(next_index)
+                total = _added(total, unspill(*part) if isinstance(part, Spilled) else part)
+                next_index += 1
+
+        with single_blas_thread():
+            while own := claim_shards(task, self.arrays, self.shards, self.next_shard, args, limit=1):
+                ready.update(own)
+                own = {}  # not held while the next shard is computed
+                collect(timeout=0)
+                add_ready()
+            while pending:
+                collect(timeout=None)
+                add_ready()
+        if next_index != len(self.shards):  # not reached: every shard is claimed once, by someone
+            raise RuntimeError(f"shards {next_index}.. were not computed")
+        return total
 
     def close(self):
         if self.pool is not None:

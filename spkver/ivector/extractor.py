@@ -34,6 +34,7 @@ import numpy as np
 from scipy.linalg import blas, lapack
 
 from spkver.errors import SpkverError
+from spkver.gmm.engine import Engine
 from spkver.run import single_blas_thread
 
 # Utterances per batch: B·R² float64 values of about 128 MiB per batch array, from 1 to 256. Each batch
@@ -333,7 +334,7 @@ _PACKED_CACHE: dict = {}
 
 
 def _e_step_task(arrays, shard, tv):
-    """The E-step of one shard of statistics rows (for :meth:`spkver.gmm.engine.Engine.map_shards`)."""
+    """The E-step of one shard of statistics rows (for :meth:`spkver.gmm.engine.Engine.sum_shards`)."""
     if tv._packed is None and tv.token in _PACKED_CACHE:
         tv._packed = _PACKED_CACHE[tv.token]
     _PACKED_CACHE.clear()
@@ -395,18 +396,14 @@ def train_total_variability(rows, n_components: int, dim: int, *, rank: int, ite
         raise ValueError("rank must be at least 1")
     if len(rows) == 0:
         raise ValueError("no utterances to train on")
+    if engine is None:  # here, in the same shards summed in the same order: the same bits
+        engine = Engine([rows], shards=shards_of(len(rows)))
     with single_blas_thread():
         if state is None:
             state = TrainingState(initial_matrix(n_components, dim, rank, rows, seed), [], 0)
         tv, history = state.tv, list(state.history)
         for step in range(state.step, iterations + 1):
-            if engine is not None:
-                parts = engine.map_shards(_e_step_task, tv)
-            else:
-                parts = [_e_step_task([rows], shard, tv) for shard in shards_of(len(rows))]
-            stats = parts[0]
-            for part in parts[1:]:
-                stats += part
+            stats = engine.sum_shards(_e_step_task, tv)
             if not np.isfinite(stats.log_likelihood):
                 raise SpkverError("total-variability training diverged (non-finite likelihood)")
             average = stats.log_likelihood / stats.utterances
