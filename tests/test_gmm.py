@@ -547,7 +547,8 @@ def test_a_pool_process_hands_over_each_shard_as_soon_as_it_is_computed(monkeypa
     counter = engine_module.process_context().Value("q", 1)  # shard 0 taken by someone else
     monkeypatch.setattr(engine_module, "POOL_WORKER", engine_module.PoolWorker())
     engine_module.POOL_WORKER.set(arrays, shards, counter, None)  # no folder: results travel in the pickle
-    handed = [engine_module._pool_task_one(_order_sensitive, (4,)) for _ in range(4)]
+    handed = [engine_module._pool_task(_order_sensitive, (4,), 1) for _ in range(4)]
+    assert all(path is None for _, path, _ in handed)  # what spill() returns, read by unspill()
+    handed = [engine_module.unspill(*h) for h in handed]
     assert [list(h) for h in handed] == [[1], [2], [3], []]  # one shard per call, none when all are claimed
-    assert isinstance(handed[0][1], engine_module.Spilled)
-    assert np.array_equal(engine_module.unspill(*handed[0][1]), np.full(4, 5.0))
+    assert np.array_equal(handed[0][1], np.full(4, 5.0))

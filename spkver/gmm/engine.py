@@ -154,23 +154,12 @@ def claim_shards(task, arrays, shards, next_shard, args, limit=None) -> dict:
     return done
 
 
-def _pool_task(task, args):
+def _pool_task(task, args, limit=None):
     # One BLAS thread here too, not only from the initializer: a library loaded since (scipy's OpenBLAS,
     # in a spawned worker) would otherwise use every core and sum in another order.
     with single_blas_thread():
-        done = claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args)
+        done = claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args, limit)
     return spill(done, POOL_WORKER.spill_folder)
-
-
-class Spilled(tuple):
-    """What :func:`spill` returned for one shard's result: (payload, path, spans), for :func:`unspill`."""
-
-
-def _pool_task_one(task, args):
-    """One shard claimed and computed, its result handed over through a file at once ({} when none was left)."""
-    with single_blas_thread():
-        done = claim_shards(task, POOL_WORKER.arrays, POOL_WORKER.shards, POOL_WORKER.next_shard, args, limit=1)
-    return {index: Spilled(spill(result, POOL_WORKER.spill_folder)) for index, result in done.items()}
 
 
 def _added(total, part):
@@ -295,7 +284,8 @@ class Engine:
                     total = _added(total, task(self.arrays, shard, *args))
             return total
         self.next_shard.value = 0
-        pending = {self.pool.submit(_pool_task_one, task, args) for _ in range(self.workers - 1)}
+        # Pool tasks of one shard each: a process hands each result over at once (and is given the next).
+        pending = {self.pool.submit(_pool_task, task, args, 1) for _ in range(self.workers - 1)}
         ready: dict = {}
         next_index = 0
 
@@ -303,16 +293,16 @@ class Engine:
             nonlocal pending
             finished, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in finished:
-                done = future.result()
+                done = unspill(*future.result())  # mapped, not read: memory is taken as each is added
                 if done:  # it computed a shard: there may be more to claim
                     ready.update(done)
-                    pending.add(self.pool.submit(_pool_task_one, task, args))
+                    pending.add(self.pool.submit(_pool_task, task, args, 1))
 
         def add_ready():
             nonlocal total, next_index
             while next_index in ready:
                 part = ready.pop(next_index)
-                total = _added(total, unspill(*part) if isinstance(part, Spilled) else part)
+                total = _added(total, part)
                 next_index += 1
 
         with single_blas_thread():
