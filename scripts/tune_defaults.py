@@ -46,6 +46,7 @@ from spkver.gmm.map import DEFAULT_ADAPT, map_adapt  # noqa: E402
 # (label, feature settings, run settings): the defaults, then one change at a time.
 CANDIDATES = [
     ("defaults", {}, {}),
+    ("no pitch features", {"pitch": False}, {}),
     ("VAD: none", {"vad": "none"}, {}),
     ("VAD: energy, 30 dB below the loudest frame (0.2)", {"vad": "energy"}, {}),
     ("20 cepstra", {"n_ceps": 20}, {}),

@@ -161,7 +161,7 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     >>> corpus, run = example_corpus(), RunOptions(workers=1)
     >>> ubm = train_ubm(find_audio([corpus / "background"]), n_components=8, iterations=3, run=run)
     >>> ubm.kind, ubm.gmm.n_components, ubm.gmm.dim, ubm.feature_config.sample_rate
-    ('ubm', 8, 120, 16000)
+    ('ubm', 8, 124, 16000)
     """
     on_note = run.on_note
     _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart)
@@ -400,7 +400,7 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
     >>> from spkver import enroll
     >>> alice = enroll(ubm, find_audio([corpus / "enroll" / "alice"]), "alice", run=run)
     >>> alice.kind, alice.meta["speaker"], alice.gmm.means.shape
-    ('speaker', 'alice', (8, 120))
+    ('speaker', 'alice', (8, 124))
     """
     validate_speaker_id(speaker)
     extracted = extract_all(items, ubm.feature_config, run=run)

@@ -47,7 +47,7 @@ def test_verify_json_and_threshold(trained, tmp_path):
 
 def test_info_shows_the_model(trained):
     ubm, models, _ = trained
-    assert "ubm model, 16 components, 120 dimensions" in run("info", ubm).stdout
+    assert "ubm model, 16 components, 124 dimensions" in run("info", ubm).stdout
     meta = json.loads(run("info", "--json", models / "alice.npz").stdout)
     assert meta["speaker"] == "alice" and meta["relevance"] == 16.0 and meta["kind"] == "speaker"
 
@@ -105,6 +105,15 @@ def test_allow_fewer_components(synthetic_corpus, tmp_path):
     result = run("train-ubm", "-o", tmp_path / "u.npz", "--components", 4096, "--iterations", 2,
                  "--allow-fewer-components", synthetic_corpus / "enroll" / "alice")
     assert result.exit_code == 0 and "instead of 4096" in result.stderr
+
+
+def test_pitch_features_are_on_by_default_and_no_pitch_turns_them_off(synthetic_corpus, tmp_path):
+    audio = synthetic_corpus / "enroll" / "alice"
+    default = run("train-ubm", "-o", tmp_path / "p.npz", "--components", 4, "--iterations", 1, audio)
+    assert default.exit_code == 0 and "124-dim features" in default.stderr and ", pitch," in default.stderr
+    plain = run("train-ubm", "-o", tmp_path / "n.npz", "--components", 4, "--iterations", 1, "--no-pitch", audio)
+    assert plain.exit_code == 0 and "120-dim features" in plain.stderr and ", pitch," not in plain.stderr
+    assert json.loads(run("info", "--json", tmp_path / "n.npz").stdout)["feature_config"]["pitch"] is False
 
 
 def test_installed_console_script_runs(tmp_path):

@@ -14,7 +14,7 @@ from spkver.cli.main import cli
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig, feature_rate_for
 from spkver.features.frontend import extract
-from spkver.features.mfcc import deltas, mel_filterbank, mfcc_and_energy, preemphasize
+from spkver.features.mfcc import deltas, frame_signal, mel_filterbank, mfcc_and_energy, preemphasize, stream_frames
 from spkver.features.normalise import normalise, warp
 from spkver.features.store import FeatureStore
 from spkver.run import RunOptions
@@ -56,6 +56,18 @@ def test_mel_filterbank_matches_librosa():
         np.testing.assert_allclose(mel_filterbank(sr, n_fft, n_mels, fmin, fmax), expected, atol=1e-7)
 
 
+@pytest.mark.parametrize(("frame_length", "hop"), [(512, 160), (401, 160), (258, 320), (514, 800)])
+def test_streamed_frames_equal_the_whole_signal_framed_however_it_is_cut(frame_length, hop):
+    rng = np.random.default_rng(frame_length + hop)
+    signal = rng.standard_normal(9001).astype(np.float32)
+    whole = frame_signal(signal, frame_length, hop), frame_signal(preemphasize(signal), frame_length, hop)
+    for cuts in ([], [149], sorted(rng.integers(1, len(signal), 12)), list(range(37, len(signal), 37))):
+        blocks = np.split(signal, cuts)
+        pairs = list(stream_frames(blocks, frame_length, hop, preemphasis=0.97))
+        for streamed, expected in zip(zip(*pairs), whole):
+            np.testing.assert_array_equal(np.concatenate(streamed), expected)
+
+
 def test_deltas_of_a_ramp_are_its_slope_inside_and_reduced_at_edges():
     ramp = np.arange(10, dtype=np.float32)[:, None] * np.array([[1.0, -2.0]], dtype=np.float32)
     d = deltas(ramp, width=2)
@@ -64,14 +76,23 @@ def test_deltas_of_a_ramp_are_its_slope_inside_and_reduced_at_edges():
     np.testing.assert_allclose(d[0], [0.5, -1.0], atol=1e-6)
 
 
-def test_default_features_are_120_dimensional_float32_and_mean_normalised():
+def test_default_features_are_124_dimensional_float32_cepstra_mean_normalised_pitch_not():
     rng = np.random.default_rng(1)
-    signal = synthesize(Voice.random(rng), ["a", "s", "e"], 16000, rng)
+    voice = Voice.random(rng)
+    signal = synthesize(voice, ["a", "s", "e"], 16000, rng)
     feats = extract(signal)
-    assert feats.shape[1] == 120 and feats.dtype == np.float32
-    np.testing.assert_allclose(feats.mean(0), 0.0, atol=1e-4)
+    assert feats.shape[1] == 124 and feats.dtype == np.float32
+    np.testing.assert_allclose(feats[:, :120].mean(0), 0.0, atol=1e-4)
     cmvn = extract(signal, FeatureConfig(norm="cmvn"))
-    np.testing.assert_allclose(cmvn.std(0), 1.0, atol=1e-3)
+    np.testing.assert_allclose(cmvn[:, :120].std(0), 1.0, atol=1e-3)
+    # The pitch columns keep the voice's own pitch: log F0 of the voiced frames near ln(voice.f0).
+    log_f0, aperiodicity = feats[:, 120], feats[:, 123]
+    voiced = aperiodicity < 0.2  # the vowels; the fricative and the noise around the word are not
+    assert 0.25 < voiced.mean() < 0.75
+    assert abs(np.median(log_f0[voiced]) - np.log(voice.f0)) < np.log(1.06)
+    np.testing.assert_array_equal(cmvn[:, 120:], feats[:, 120:])
+    without = extract(signal, FeatureConfig(pitch=False))
+    np.testing.assert_array_equal(without, feats[:, :120])
 
 
 def test_default_band_and_cepstrum_counts_follow_the_band_width():

@@ -148,6 +148,8 @@ def feature_options(func):
         click.option("--n-ceps", type=click.IntRange(min=1), default=None,
                      help="Cepstra kept, c0 included [default: 40, or all bands when fewer]."),
         click.option("--log-energy", is_flag=True, help="Replace c0 by the frame's log energy (HTK's _E)."),
+        click.option("--pitch/--no-pitch", default=d.pitch, show_default=True,
+                     help="Append the log pitch (YIN), its derivatives and its aperiodicity (not normalised)."),
         click.option("--fmin", type=Finite(min=0), default=d.fmin, show_default=True,
                      help="Lowest frequency of the mel filterbank, Hz."),
         click.option("--fmax", type=Finite(min=1), default=None, help="[default: Nyquist]"),

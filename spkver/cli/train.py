@@ -109,7 +109,8 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
         items = audio_items(report, audio, list_file, data_dir, allow_pipes)
         config = training_feature_config(report, items, feature_values)
         report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
-                   f"{config.n_mels} mel bands at {config.sample_rate} Hz, VAD {config.vad})")
+                   f"{config.n_mels} mel bands at {config.sample_rate} Hz{', pitch' if config.pitch else ''}, "
+                   f"VAD {config.vad})")
     cache, cache_created = (None, False) if no_cache or features_dir is not None else feature_cache(report, cache_dir)
     checkpoint = Path(f"{output}.checkpoint.npz")
     try:

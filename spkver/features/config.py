@@ -43,7 +43,7 @@ _SETTING_BOUNDS = {
     "log_energy": (bool, None), "preemphasis": (float, 1), "top_db": (float, 1000), "deltas": (int, 2),
     "delta_window": (int, 50), "vad": (str, None), "vad_threshold": (float, 1e6), "vad_min_pause_ms": (float, 600_000),
     "vad_bands": (int, 512), "vad_range_db": (float, 1000), "vad_floor_db": (float, 1000), "norm": (str, None),
-    "warp_window_s": (float, 3600),
+    "warp_window_s": (float, 3600), "pitch": (bool, None),
 }
 
 
@@ -108,7 +108,7 @@ class FeatureConfig:
         Log-mel floor below each utterance's maximum, 80 dB (librosa's
         ``power_to_db`` default); None disables it.
     deltas : int
-        0, 1 or 2: append Δ, or Δ and ΔΔ (default 2: 120 dimensions by default).
+        0, 1 or 2: append Δ, or Δ and ΔΔ (default 2: 120 cepstral dimensions, 124 with pitch).
     delta_window : int
         Half-width N of the regression window for deltas, 2 (HTK, Kaldi).
     vad : str
@@ -135,6 +135,13 @@ class FeatureConfig:
         Pelecanos and Sridharan 2001) or ``"none"``.
     warp_window_s : float
         Window of feature warping, 3 s.
+    pitch : bool
+        Append the frame's log fundamental frequency (YIN, 62.5-400 Hz, on the
+        unemphasised audio), its deltas as set above, and YIN's aperiodicity
+        (near 0 when voiced): 4 more dimensions by default. On by default: it
+        lowered the EER on all five protocols (README). These dimensions are
+        never normalised, since a speaker's mean pitch is the cue and no
+        channel changes it. Model files from before it existed read as off.
     """
 
     sample_rate: int = 16000
@@ -158,6 +165,7 @@ class FeatureConfig:
     vad_floor_db: float = -65.0
     norm: str = "cmn"
     warp_window_s: float = 3.0
+    pitch: bool = True
 
     def __post_init__(self):
         _check_setting_types(self)
@@ -214,8 +222,8 @@ class FeatureConfig:
 
     @property
     def dim(self) -> int:
-        """Feature dimension: cepstra times (1 + number of delta orders)."""
-        return self.n_ceps * (1 + self.deltas)
+        """Feature dimension: cepstra and, with pitch, log F0, each with its deltas; then the aperiodicity."""
+        return (self.n_ceps + self.pitch) * (1 + self.deltas) + self.pitch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -230,6 +238,7 @@ class FeatureConfig:
         values = dict(values)
         if isinstance(values.get("vad"), bool):  # before 0.3: on/off, and "on" was the energy rule
             values["vad"] = "energy" if values["vad"] else "none"
+        values.setdefault("pitch", False)  # files from before pitch features were computed without them
         return cls(**values)
 
     def fingerprint(self) -> str:

@@ -14,6 +14,10 @@ from typing import NamedTuple
 import numpy as np
 
 from spkver.features.config import FeatureConfig
+from spkver.features.pitch import yin
+
+# YIN's frame: long enough for two periods at 62.5 Hz, the lowest voices.
+PITCH_FRAME_MS = 32.0
 
 
 def hz_to_mel(hz):
@@ -89,39 +93,71 @@ def preemphasize(signal, coefficient=0.97):
     return out
 
 
-def stream_frames(blocks, n_fft, hop_length, preemphasis=0.0):
-    """Centred analysis frames of a signal given as consecutive blocks.
+def stream_frames(blocks, frame_length, hop_length, preemphasis=0.0):
+    """Centred frames of a signal given as consecutive blocks, as it is and pre-emphasised.
 
-    Yields (n_i, n_fft) arrays whose concatenation equals
-    ``frame_signal(preemphasize(concatenated blocks), n_fft, hop_length)``,
-    holding only about one block in memory.
+    Yields pairs of (n_i, frame_length) arrays whose concatenations equal
+    ``frame_signal(x, frame_length, hop_length)`` and
+    ``frame_signal(preemphasize(x, preemphasis), frame_length, hop_length)``
+    for the concatenated blocks ``x``, holding only about one block in memory.
     """
-    pad = n_fft // 2
-    buffer = np.zeros(pad, dtype=np.float32)
+    pad = frame_length // 2
+    buffer = np.zeros((2, pad), dtype=np.float32)  # rows: the signal, the signal pre-emphasised
+    skip = 0  # samples to drop before the next frame starts, when a hop reaches past the buffer
     previous = np.float32(0.0)
     coefficient = np.float32(preemphasis)
 
-    def ready(buf):
-        return 0 if len(buf) < n_fft else 1 + (len(buf) - n_fft) // hop_length
+    def frames_ready():
+        nonlocal buffer, skip
+        dropped = min(skip, buffer.shape[1])
+        buffer, skip = buffer[:, dropped:], skip - dropped
+        count = 0 if buffer.shape[1] < frame_length else 1 + (buffer.shape[1] - frame_length) // hop_length
+        if not count:
+            return None
+        frames = tuple(frame_signal(row, frame_length, hop_length, centre=False)[:count] for row in buffer)
+        skip = count * hop_length
+        return frames
 
     for block in blocks:
         block = np.asarray(block, dtype=np.float32)
         if len(block) == 0:
             continue
-        emphasized = block.copy()
+        emphasised = block.copy()
         if preemphasis:
-            emphasized[0] -= coefficient * previous
-            emphasized[1:] -= coefficient * block[:-1]
+            emphasised[0] -= coefficient * previous
+            emphasised[1:] -= coefficient * block[:-1]
         previous = block[-1]
-        buffer = np.concatenate([buffer, emphasized])
-        count = ready(buffer)
-        if count:
-            yield frame_signal(buffer, n_fft, hop_length, centre=False)[:count]
-            buffer = buffer[count * hop_length :]
-    buffer = np.concatenate([buffer, np.zeros(pad, dtype=np.float32)])
-    count = ready(buffer)
-    if count:
-        yield frame_signal(buffer, n_fft, hop_length, centre=False)[:count]
+        buffer = np.concatenate([buffer, np.stack([block, emphasised])], axis=1)
+        frames = frames_ready()
+        if frames:
+            yield frames
+    buffer = np.concatenate([buffer, np.zeros((2, pad), dtype=np.float32)], axis=1)
+    frames = frames_ready()
+    if frames:
+        yield frames
+
+
+def context_frame_length(config: FeatureConfig) -> int:
+    """Length of the frames the analysis reads: the FFT's, or YIN's when pitch is on and that is longer.
+
+    Both are centred on the same instants (:func:`_centred`).
+    """
+    if not config.pitch:
+        return config.fft_size
+    length = max(config.fft_size, pitch_frame_length(config))
+    return length + length % 2  # even, so that frame i stays centred on sample i * hop
+
+
+def pitch_frame_length(config: FeatureConfig) -> int:
+    """YIN's frame: :data:`PITCH_FRAME_MS` of audio, an even number of samples."""
+    length = int(round(config.sample_rate * PITCH_FRAME_MS / 1000.0))
+    return length + length % 2
+
+
+def _centred(frames, length):
+    """The middle ``length`` samples of each frame (frames and slice centred on the same instant)."""
+    start = frames.shape[1] // 2 - length // 2
+    return frames[:, start : start + length]
 
 
 class Spectra(NamedTuple):
@@ -130,6 +166,7 @@ class Spectra(NamedTuple):
     log_mel: np.ndarray  # (n, n_mels) log-mel energies, dB, before the top_db floor
     energy_db: np.ndarray  # (n,) windowed frame energy, dBFS
     vad_log_mel: np.ndarray | None  # (n, vad_bands) the spectral VAD's coarser bands, dB; None without it
+    pitch: np.ndarray | None  # (n, 2) log F0 (ln Hz) and YIN's aperiodicity; None unless config.pitch
 
 
 def _log_power(power, fbank):
@@ -145,33 +182,42 @@ def make_filterbanks(config: FeatureConfig):
     return fbank, vad
 
 
-def frame_spectra(frames, config: FeatureConfig, filterbanks=None, window=None) -> Spectra:
-    """:class:`Spectra` of a block of analysis frames (n, n_fft).
+def frame_spectra(frames, emphasised, config: FeatureConfig, filterbanks=None, window=None) -> Spectra:
+    """:class:`Spectra` of a block of centred frames (n, :func:`context_frame_length`), raw and pre-emphasised.
 
-    ``filterbanks`` is the pair made by :func:`make_filterbanks` (made here when not given).
+    The FFT reads the pre-emphasised frames, YIN the raw ones (pre-emphasis
+    weakens the fundamental). ``filterbanks`` is the pair made by
+    :func:`make_filterbanks` (made here when not given).
     """
     window = analysis_window(config.win_length, config.fft_size) if window is None else window
     fbank, vad_fbank = filterbanks or make_filterbanks(config)
-    windowed = frames * window
+    windowed = _centred(emphasised, config.fft_size) * window
     power = (np.abs(np.fft.rfft(windowed, axis=1)) ** 2).astype(np.float32)
     energy = 10.0 * np.log10(np.einsum("ij,ij->i", windowed, windowed) / config.win_length + 1e-20)
     vad = None if vad_fbank is None else _log_power(power, vad_fbank)
-    return Spectra(_log_power(power, fbank), energy.astype(np.float32), vad)
+    pitch = None
+    if config.pitch:
+        f0, aperiodicity = yin(_centred(frames, pitch_frame_length(config)), config.sample_rate)
+        pitch = np.stack([np.log(f0), aperiodicity], axis=1).astype(np.float32)
+    return Spectra(_log_power(power, fbank), energy.astype(np.float32), vad, pitch)
 
 
 def spectra_blocks(blocks, config: FeatureConfig, frames_per_step=2048) -> Spectra:
-    """:class:`Spectra` of a signal given as consecutive blocks (pre-emphasised first)."""
+    """:class:`Spectra` of a signal given as consecutive blocks (pre-emphasised for the spectra)."""
     window = analysis_window(config.win_length, config.fft_size)
     banks = make_filterbanks(config)
     parts = [
-        frame_spectra(frames[start : start + frames_per_step], config, banks, window)
-        for frames in stream_frames(blocks, config.fft_size, config.hop_length, config.preemphasis)
+        frame_spectra(frames[start : start + frames_per_step], emphasised[start : start + frames_per_step],
+                      config, banks, window)
+        for frames, emphasised in stream_frames(blocks, context_frame_length(config), config.hop_length,
+                                                config.preemphasis)
         for start in range(0, len(frames), frames_per_step)
     ]
     if not parts:
         vad = None if banks[1] is None else np.zeros((0, config.vad_bands), np.float32)
-        return Spectra(np.zeros((0, config.n_mels), np.float32), np.zeros(0, np.float32), vad)
-    return Spectra(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts]) for i in range(3)))
+        pitch = np.zeros((0, 2), np.float32) if config.pitch else None
+        return Spectra(np.zeros((0, config.n_mels), np.float32), np.zeros(0, np.float32), vad, pitch)
+    return Spectra(*(None if parts[0][i] is None else np.concatenate([p[i] for p in parts]) for i in range(4)))
 
 
 @functools.cache
