@@ -145,8 +145,9 @@ def main():
         row = run(PROTOCOLS[name](args.data, args.build_dir), workroot / name, args.ivector_options)
         cells = [f"{100 * row[s][0]:.2f} ({row[s][1]:.3f})" for s in ("gmm", "cosine", "plda", "fusion")]
         best = min(row["gmm"][0], row["plda"][0])
-        gain = (best - row["fusion"][0]) / best if best > 0 else float("nan")
-        print(f"| {name} | " + " | ".join(cells) + f" | {100 * gain:+.0f}% | {row['seconds']:.0f} |", flush=True)
+        # With a single system already at 0% EER there is nothing left to gain: no percentage.
+        gain = f"{100 * (best - row['fusion'][0]) / best:+.0f}%" if best > 0 else "- (best single 0%)"
+        print(f"| {name} | " + " | ".join(cells) + f" | {gain} | {row['seconds']:.0f} |", flush=True)
     print(f"(EER % (minDCF 0.01); scores in {workroot})")
 
 
