@@ -35,9 +35,9 @@ def difference_function(frames, max_period, window):
     size = 1 << (x.shape[1] - 1).bit_length()  # lags up to max_period of a W-sample window never wrap
     # r(τ) = Σ_{j<W} x_j x_{j+τ}: the frame correlated with its own first W samples, by FFT.
     correlation = np.fft.irfft(np.conj(np.fft.rfft(x[:, :window], size)) * np.fft.rfft(x, size), size)
-    energy = np.concatenate([np.zeros((len(x), 1)), np.cumsum(x * x, axis=1)], axis=1)
-    lags = np.arange(max_period + 1)
-    shifted_energy = energy[:, lags + window] - energy[:, lags]  # Σ_{j<W} x_{j+τ}²
+    energy = np.zeros((len(x), x.shape[1] + 1))
+    np.cumsum(x * x, axis=1, out=energy[:, 1:])
+    shifted_energy = energy[:, window : window + max_period + 1] - energy[:, : max_period + 1]  # Σ_{j<W} x_{j+τ}²
     return np.maximum(shifted_energy[:, :1] + shifted_energy - 2.0 * correlation[:, : max_period + 1], 0.0)
 
 
