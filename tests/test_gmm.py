@@ -539,6 +539,29 @@ def test_sum_shards_adds_in_shard_order_whatever_the_workers():
         assert total.tobytes() == expected.tobytes(), workers
 
 
+@pytest.mark.skipif(os.name != "posix", reason="left-over folders are found by probing process ids")
+def test_hand_over_folders_of_killed_processes_are_removed_by_the_next_engine(tmp_path, monkeypatch):
+    import tempfile
+
+    from spkver.gmm.engine import SPILL_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # its id now names no process (ids are not reused this soon)
+    dead = tmp_path / f"{SPILL_PREFIX}{finished.pid}-abc"
+    dead.mkdir()
+    (dead / "shard-3.npy").write_bytes(b"x" * 1000)  # a result in flight when the process was killed
+    alive = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-def"
+    unnamed = tmp_path / f"{SPILL_PREFIX}q1w2e3"  # spkver before folders carried the process id
+    for folder in (alive, unnamed):
+        folder.mkdir()
+    with Engine([np.zeros((60, 1))], workers=2, shards=[[(0, a, a + 5)] for a in range(0, 60, 5)]) as engine:
+        ours = Path(engine.spill_folder)
+        assert ours.parent == tmp_path and ours.name.startswith(f"{SPILL_PREFIX}{os.getpid()}-")
+        assert not dead.exists() and alive.exists() and unnamed.exists()
+    assert not ours.exists()
+
+
 def test_a_pool_process_hands_over_each_shard_as_soon_as_it_is_computed(monkeypatch):
     from spkver.gmm import engine as engine_module
 

@@ -186,6 +186,38 @@ def _statistics_task(arrays, shard, gmm, dtype, chunk_size) -> Statistics:
     return shard_statistics(gmm, arrays, shard, dtype, chunk_size)
 
 
+SPILL_PREFIX = "spkver-shards-"
+
+
+def spill_folder() -> str:
+    """A new folder in the temporary directory for shard results handed over by pool processes.
+
+    Its name carries this process's id. A process killed before it could
+    remove its folder (SIGKILL, power loss) leaves the folder behind with
+    whatever results were in flight, up to hundreds of MB each for T-matrix
+    accumulators, so the folders of processes that no longer exist are
+    removed here first (POSIX only: elsewhere a process cannot be probed
+    without signalling it).
+    """
+    if os.name == "posix":
+        root = tempfile.gettempdir()
+        for name in os.listdir(root):
+            owner = name[len(SPILL_PREFIX):].split("-")[0] if name.startswith(SPILL_PREFIX) else ""
+            if owner.isdigit() and not _process_exists(int(owner)):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class Engine:
     """Computes EM statistics of ``arrays`` for a mixture, with ``workers`` processes.
 
@@ -222,7 +254,7 @@ class Engine:
             context = process_context()
             self.workers = min(workers, len(self.shards))
             self.next_shard = context.Value("q", 0)
-            self.spill_folder = tempfile.mkdtemp(prefix="spkver-shards-")
+            self.spill_folder = spill_folder()
             self.pool = ProcessPoolExecutor(self.workers - 1, mp_context=context, initializer=_init_worker,
                                             initargs=(arrays, self.shards, self.next_shard, self.spill_folder))
 
