@@ -533,7 +533,7 @@ def _scorer(ubm: Model, speakers: list, top_c: int, backend: IvectorBackend | No
         if model.ivectors is None or model.meta.get("ivector_extractor") != backend.extractor_fingerprint:
             have = "without an i-vector back-end" if model.ivectors is None else "with another i-vector back-end"
             raise SpkverError(f"speaker {model.meta['speaker']!r} was enrolled {have}; re-enroll it with --ivector "
-                              "(the back-end given here)")
+                              "(the back-end given here)", model.source)
     return IvectorScorer(ubm.gmm, backend, [s.ivectors for s in speakers])
 
 

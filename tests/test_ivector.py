@@ -7,6 +7,7 @@ import json
 import shlex
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -970,7 +971,9 @@ def test_scoring_speakers_enrolled_without_the_backend_is_refused(trained, tmp_p
     t = trained
     result = run("score", "--ubm", t["ubm"], "--ivector", t["backend"], "--models", t["models"], "--trials",
                  t["trials"], "-o", tmp_path / "s.tsv")
-    one_error_line(result, "'alice'", "without an i-vector back-end", "--ivector")
+    # The error names the model file to re-enroll (spkver: error: <file>: <problem>).
+    one_error_line(result, f"error: {Path(t['models']) / 'alice.npz'}: ", "'alice'", "without an i-vector back-end",
+                   "--ivector")
     assert not (tmp_path / "s.tsv").exists()
     # ... or with another back-end of the same UBM.
     ubm = load_model(t["ubm"])
@@ -980,7 +983,7 @@ def test_scoring_speakers_enrolled_without_the_backend_is_refused(trained, tmp_p
     save_backend(tmp_path / "other.npz", other, ubm, meta["training"])
     result = run("verify", "--ubm", t["ubm"], "--ivector", tmp_path / "other.npz", "--models", t["ivmodels"],
                  "--speaker", "bob", t["corpus"] / "test" / "bob")
-    one_error_line(result, "'bob'", "another i-vector back-end")
+    one_error_line(result, f"error: {Path(t['ivmodels']) / 'bob.npz'}: ", "'bob'", "another i-vector back-end")
 
 
 def test_score_normalisation_with_the_backend_is_refused(trained, tmp_path):

@@ -40,6 +40,8 @@ class Model:
     cohort: list | None = None  # UBMs: speech segments of the training audio, (n_i, D) float16, for S-norm
     # Speakers enrolled with an i-vector extractor: one raw i-vector per enrollment recording, (n, R).
     ivectors: np.ndarray | None = None
+    # The file it was loaded from (None when built in memory): errors found later, when it is used, can name it.
+    source: Path | None = field(default=None, compare=False, repr=False)
     # (mixture, its fingerprint): a UBM's is asked once per speaker loaded, and hashing it costs ~10 ms.
     _fingerprint: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -270,7 +272,7 @@ def load_model(path, kind: str | None = None) -> Model:
         if (meta["kind"] != "speaker" or ivectors.ndim != 2 or len(ivectors) < 1 or not np.isfinite(ivectors).all()
                 or not isinstance(meta.get("ivector_extractor"), str)):
             raise SpkverError("model's enrollment i-vectors are damaged", path)
-    return Model(GMM(weights, means, variances), meta["kind"], config, meta, cohort, ivectors)
+    return Model(GMM(weights, means, variances), meta["kind"], config, meta, cohort, ivectors, source=path)
 
 
 def _cohort_segments(frames, lengths, dim, path) -> list:
