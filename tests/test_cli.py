@@ -152,6 +152,8 @@ def test_train_ubm_chooses_the_feature_rate_and_components_from_the_audio(tmp_pa
     frames = ubm.meta["training"]["frames"]
     assert ubm.gmm.n_components == auto_components(frames) == 16
     assert "components: 16 (auto" in result.stderr
+    # Not a terminal: the progress is one line when done, not a bar's bare label.
+    assert "features: 16 of 16 done (" in result.stderr and "features\n" not in result.stderr
     explicit = run("train-ubm", "-o", tmp_path / "u8.npz", "--components", 8, "--sample-rate", 16000,
                    "--iterations", 1, "--workers", 1, tmp_path / "phone")
     assert explicit.exit_code == 0 and load_model(tmp_path / "u8.npz").gmm.n_components == 8
