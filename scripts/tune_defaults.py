@@ -72,6 +72,16 @@ CANDIDATES = [
     ("no score normalisation (--score-norm none)", {}, {"norm": "none"}),
     ("S-norm, cohort of 50 segments", {}, {"cohort_size": 50}),
     ("S-norm, cohort of 200 segments", {}, {"cohort_size": 200}),
+    ("adaptive S-norm, top 50 of 100 segments", {}, {"top_n": 50}),
+    ("adaptive S-norm, top 100 of 200 segments", {}, {"cohort_size": 200, "top_n": 100}),
+    ("top-C 2 scoring", {}, {"top_c": 2}),
+    ("top-C 10 scoring", {}, {"top_c": 10}),
+    ("window 20 ms", {"window_ms": 20.0}, {}),
+    ("window 32 ms", {"window_ms": 32.0}, {}),
+    ("mel filterbank from 100 Hz", {"fmin": 100.0}, {}),
+    ("no cepstral mean normalisation", {"norm": "none"}, {}),
+    # Two changes: the best pair for the 16 kHz protocols (asc, asc-short) found by hand.
+    ("no log-mel floor and delta window ±1", {"top_db": None, "delta_window": 1}, {}),
 ]
 
 
@@ -104,18 +114,18 @@ def protocol_features(protocol, config, workdir: Path):
     return features
 
 
-def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor):
+def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor, top_n=None):
     """S-norm of a (tests, speakers) score matrix against cohort segments (as ``spkver score`` does)."""
-    z = cohort_statistics(np.array([scorer.scores(c) for c in cohort]).T)
+    z = cohort_statistics(np.array([scorer.scores(c) for c in cohort]).T, top_n)
     cohort_models = [map_adapt(ubm, accumulate(ubm, [c], np.float64), relevance, adapt, variance_floor=floor)
                      for c in cohort]
-    t_scorer = Scorer(ubm, cohort_models)
-    t = cohort_statistics(np.array([t_scorer.scores(f) for f in test_features]))
+    t_scorer = Scorer(ubm, cohort_models, scorer.top_c or ubm.n_components)
+    t = cohort_statistics(np.array([t_scorer.scores(f) for f in test_features]), top_n)
     return normalise_scores(scores, "s", (z[0][None, :], z[1][None, :]), (t[0][:, None], t[1][:, None]))
 
 
 def run(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
-        cohort_size=COHORT_SEGMENTS):
+        cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5):
     """EER and minDCF(0.01) of one UBM seed, with spkver's defaults unless told otherwise."""
     ubm_frames = [features[str(f)] for f in protocol.ubm]
     n_frames = sum(len(a) for a in ubm_frames)
@@ -127,12 +137,13 @@ def run(protocol, features, seed, frames_per_component=None, relevance=16.0, ada
     speakers = sorted(protocol.enroll)
     models = [map_adapt(ubm, accumulate(ubm, [features[str(f)] for f in protocol.enroll[s]], np.float64),
                         relevance, adapt, variance_floor=floor) for s in speakers]
-    scorer = Scorer(ubm, models)
+    scorer = Scorer(ubm, models, top_c)
     tests = [features[str(t)] for t in protocol.test]
     scores = np.array([scorer.scores(f) for f in tests])
     if norm == "s":
         cohort = cohort_segments(ubm_frames, cohort_size)  # what train-ubm stores in the UBM
-        scores = s_norm(scores, scorer, ubm, [c.astype(np.float32) for c in cohort], relevance, adapt, tests, floor)
+        scores = s_norm(scores, scorer, ubm, [c.astype(np.float32) for c in cohort], relevance, adapt, tests, floor,
+                        top_n)
     truth = np.array([[protocol.speaker_of(t) == s for s in speakers] for t in protocol.test])
     return eer(scores[truth], scores[~truth]), min_dcf(scores[truth], scores[~truth], 0.01)
 
