@@ -187,3 +187,27 @@ def test_train_on_feature_store_equals_train_on_audio(synthetic_corpus, tmp_path
     assert r1.exit_code == r2.exit_code == r3.exit_code == 0, r1.stderr + r2.stderr + r3.stderr
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes() == (tmp_path / "c.npz").read_bytes()
     assert any((tmp_path / "cache").rglob("index.json"))
+
+
+def test_extract_adds_to_a_store_with_its_own_settings(synthetic_corpus, tmp_path):
+    from spkver.features.store import FeatureStore
+
+    runner = CliRunner()
+    feats = tmp_path / "feats"
+    # A store written with settings other than today's defaults (as one from before pitch features).
+    first = runner.invoke(cli, ["extract", "-o", str(feats), "--no-pitch", str(synthetic_corpus / "background")])
+    assert first.exit_code == 0, first.stderr
+    entries = len(FeatureStore(feats).entries)
+    added = runner.invoke(cli, ["extract", "-o", str(feats), str(synthetic_corpus / "enroll")])
+    assert added.exit_code == 0, added.stderr
+    assert "adding with the store's feature settings (120-dim" in added.stderr
+    store = FeatureStore(feats)
+    assert store.config.pitch is False and len(store.entries) == entries + 6
+    assert {store.open(key).shape[1] for key in store.entries} == {120}
+    # An explicit option that differs is refused, naming the setting; the store is left as it was.
+    index = (feats / "index.json").read_bytes()
+    other = runner.invoke(cli, ["extract", "-o", str(feats), "--n-ceps", "13", str(synthetic_corpus / "test")])
+    errors = [line for line in other.stderr.splitlines() if line.startswith("spkver: error:")]
+    assert other.exit_code == 2 and len(errors) == 1, other.stderr
+    assert str(feats) in errors[0] and "n_ceps" in errors[0] and "give no feature option" in errors[0]
+    assert (feats / "index.json").read_bytes() == index

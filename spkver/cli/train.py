@@ -144,6 +144,9 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
 def extract_command(report, output, audio, list_file, data_dir, allow_pipes, workers, skip_bad, **feature_values):
     """Extract features of AUDIO into a feature store (re-runs skip unchanged files).
 
+    Adding to an existing store without feature options extracts with the
+    store's own settings; options that differ from them are refused.
+
     \b
     Example:
       spkver extract -o feats/ --list train.scp
@@ -152,7 +155,15 @@ def extract_command(report, output, audio, list_file, data_dir, allow_pipes, wor
     from spkver.features.store import FeatureStore
 
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
-    store = FeatureStore(output, training_feature_config(report, items, feature_values))
+    ctx = click.get_current_context()
+    options_given = any(ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+                        for name in feature_values)
+    if FeatureStore.exists(output) and not options_given:
+        store = FeatureStore(output)
+        report.log(f"{output}: adding with the store's feature settings ({store.config.dim}-dim features at "
+                   f"{store.config.sample_rate} Hz)")
+    else:
+        store = FeatureStore(output, training_feature_config(report, items, feature_values))
     kept = store.extract(items, run=report.run_options(workers, skip_bad))
     frames = sum(len(a) for _, a in kept)
     report.log(f"{output}: {len(kept)} of {len(items)} files, {frames} speech frames, "

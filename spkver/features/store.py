@@ -117,7 +117,11 @@ class FeatureStore:
             except (KeyError, TypeError, ValueError) as exc:
                 raise SpkverError(f"feature store index is damaged ({exc})", self.root) from None
             if config is not None and stored != config:
-                raise SpkverError("feature store holds features of other settings; use another folder",
+                from spkver.storage.models import identity_differences
+
+                differences = identity_differences(stored.to_dict(), config.to_dict())
+                raise SpkverError(f"feature store holds features of other settings ({differences}); give no "
+                                  "feature option to add to it with its own settings, or use another folder",
                                   self.root)
             self.config, self.entries = stored, dict(index.get("entries", {}))
 
@@ -131,6 +135,11 @@ class FeatureStore:
                 or not all(isinstance(e, dict) and isinstance(e.get("source"), str) for e in entries.values()):
             raise SpkverError("not a spkver feature store index (or a damaged one)", path)
         return index
+
+    @staticmethod
+    def exists(root) -> bool:
+        """Whether ``root`` holds a feature store (its index), damaged or not."""
+        return (Path(root) / INDEX).is_file()
 
     @staticmethod
     def source(item) -> str:
