@@ -115,18 +115,27 @@ def protocol_features(protocol, config, workdir: Path):
 
 
 def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor, top_n=None):
-    """S-norm of a (tests, speakers) score matrix against cohort segments (as ``spkver score`` does)."""
+    """S-norm of a (tests, speakers) score matrix against cohort segments (as ``spkver score`` does).
+
+    The cohort models are scored with the top-C of ``scorer``; ``top_n`` keeps only the N highest
+    cohort scores of each model and test (adaptive S-norm), None all of them.
+    """
     z = cohort_statistics(np.array([scorer.scores(c) for c in cohort]).T, top_n)
     cohort_models = [map_adapt(ubm, accumulate(ubm, [c], np.float64), relevance, adapt, variance_floor=floor)
                      for c in cohort]
-    t_scorer = Scorer(ubm, cohort_models, scorer.top_c or ubm.n_components)
+    t_scorer = Scorer(ubm, cohort_models, scorer.top_c)
     t = cohort_statistics(np.array([t_scorer.scores(f) for f in test_features]), top_n)
     return normalise_scores(scores, "s", (z[0][None, :], z[1][None, :]), (t[0][:, None], t[1][:, None]))
 
 
 def run(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
         cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5):
-    """EER and minDCF(0.01) of one UBM seed, with spkver's defaults unless told otherwise."""
+    """EER and minDCF(0.01) of one UBM seed, with spkver's defaults unless told otherwise.
+
+    ``frames_per_component`` (None: the ``auto`` rule), ``relevance``, ``adapt``, ``norm`` ("s" or
+    "none"), ``cohort_size`` (segments), ``top_n`` (adaptive S-norm) and ``top_c`` (components scored
+    per frame) are the settings of ``train-ubm``, ``enroll`` and ``score`` of those names.
+    """
     ubm_frames = [features[str(f)] for f in protocol.ubm]
     n_frames = sum(len(a) for a in ubm_frames)
     k = auto_components(n_frames) if frames_per_component is None else \

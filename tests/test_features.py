@@ -1,5 +1,6 @@
 """Features (spkver.features): MFCCs against librosa, normalisation, settings, extraction and the feature store."""
 
+import json
 import os
 import time
 
@@ -204,10 +205,33 @@ def test_extract_adds_to_a_store_with_its_own_settings(synthetic_corpus, tmp_pat
     store = FeatureStore(feats)
     assert store.config.pitch is False and len(store.entries) == entries + 6
     assert {store.open(key).shape[1] for key in store.entries} == {120}
-    # An explicit option that differs is refused, naming the setting; the store is left as it was.
+    # An option that agrees with the store is accepted; one that would change a setting is refused, named as
+    # typed, and the store is left as it was.
+    same = runner.invoke(cli, ["extract", "-o", str(feats), "--no-pitch", "--n-ceps", "40",
+                               str(synthetic_corpus / "test" / "alice")])
+    assert same.exit_code == 0, same.stderr
     index = (feats / "index.json").read_bytes()
-    other = runner.invoke(cli, ["extract", "-o", str(feats), "--n-ceps", "13", str(synthetic_corpus / "test")])
-    errors = [line for line in other.stderr.splitlines() if line.startswith("spkver: error:")]
-    assert other.exit_code == 2 and len(errors) == 1, other.stderr
-    assert str(feats) in errors[0] and "n_ceps" in errors[0] and "give no feature option" in errors[0]
+    # Run again: nothing to extract, so no progress line (off a terminal it would read "0 of 0").
+    again = runner.invoke(cli, ["extract", "-o", str(feats), str(synthetic_corpus / "test" / "alice")])
+    assert again.exit_code == 0 and "features:" not in again.stderr and "3 of 3 files" in again.stderr, again.stderr
     assert (feats / "index.json").read_bytes() == index
+    for options, named in [(["--n-ceps", "13"], "--n-ceps 13 where the store has --n-ceps 40"),
+                           (["--pitch"], "--pitch where the store has --no-pitch"),
+                           (["--feature-norm", "cmvn"], "--feature-norm cmvn where the store has --feature-norm cmn")]:
+        other = runner.invoke(cli, ["extract", "-o", str(feats), *options, str(synthetic_corpus / "test")])
+        errors = [line for line in other.stderr.splitlines() if line.startswith("spkver: error:")]
+        assert other.exit_code == 2 and len(errors) == 1, other.stderr
+        assert errors[0].startswith(f"spkver: error: {feats}: ") and named in errors[0], errors[0]
+        assert (feats / "index.json").read_bytes() == index
+    # An index that is not a readable file, or from a newer spkver, is refused before any extraction.
+    for damage, problem in [("folder", "not a readable file"), ("newer", "newer than this spkver reads")]:
+        broken = tmp_path / damage
+        if damage == "folder":
+            (broken / "index.json").mkdir(parents=True)
+        else:
+            broken.mkdir()
+            (broken / "index.json").write_text(json.dumps({"format": 99, "entries": {}}))
+        result = runner.invoke(cli, ["extract", "-o", str(broken), str(synthetic_corpus / "test")])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("spkver: error:")]
+        assert result.exit_code == 2 and len(errors) == 1 and problem in errors[0], result.stderr
+        assert not list(broken.rglob("*.npy"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -186,6 +187,42 @@ def make_feature_config(report, sample_rate, feature_norm, old_feature_norm, vad
         raise SpkverError(f"invalid feature settings: {exc}") from None
 
 
+def check_store_feature_options(report, stored: FeatureConfig, feature_values, store) -> None:
+    """Feature options given for an existing feature store must agree with its settings.
+
+    The store's settings are the defaults there: each option typed on the
+    command line is applied to them, and any that changes one is refused,
+    named with the store's value (``--n-ceps 13, the store has 40``).
+    """
+    given = given_on_command_line(feature_values)
+    changes = {}
+    for name in given:
+        if name in ("feature_norm", "old_feature_norm"):
+            changes["norm"] = deprecated_alias(report, "--norm", "--feature-norm", feature_values["old_feature_norm"],
+                                               feature_values["feature_norm"], stored.norm)
+        elif name in ("vad", "no_vad"):
+            vad, no_vad = feature_values["vad"], feature_values["no_vad"]
+            if no_vad and vad not in (None, "none"):
+                raise SpkverError(f"--no-vad contradicts --vad {vad}")
+            changes["vad"] = "none" if no_vad else vad
+        else:
+            changes[name] = feature_values[name]
+    try:
+        requested = replace(stored, **changes)
+    except ValueError as exc:
+        raise SpkverError(f"invalid feature settings: {exc}") from None
+    differing = [(field, value) for field, value in requested.to_dict().items() if stored.to_dict()[field] != value]
+    if differing:
+        def typed(field, value):  # as it would be typed: --n-ceps 13, --no-pitch, --feature-norm cmvn
+            name = {"norm": "feature-norm"}.get(field, field.replace("_", "-"))
+            return (f"--{name}" if value else f"--no-{name}") if isinstance(value, bool) else f"--{name} {value}"
+
+        shown = ", ".join(f"{typed(field, value)} where the store has {typed(field, stored.to_dict()[field])}"
+                          for field, value in differing)
+        raise SpkverError(f"feature store holds features of other settings ({shown}); leave those options out to "
+                          "add to it with its own settings, or use another folder", store)
+
+
 def training_feature_config(report, items, feature_values) -> FeatureConfig:
     """Feature settings for training on ``items``: the options, with the sample rate chosen from the audio."""
     from spkver.features.config import default_feature_config
@@ -261,10 +298,14 @@ def warn_ignored(report, names, reason: str) -> None:
     An option that changes nothing in the combination given is never silent: the
     user believes it did something.
     """
+    for name in given_on_command_line(names):
+        report.warn(f"--{name.replace('_', '-')} has no effect {reason}")
+
+
+def given_on_command_line(names) -> list:
+    """Those of the parameter ``names`` the user typed (not left at their defaults), in order."""
     ctx = click.get_current_context()
-    for name in names:
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
-            report.warn(f"--{name.replace('_', '-')} has no effect {reason}")
+    return [name for name in names if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
 
 
 def is_stdout(output) -> bool:

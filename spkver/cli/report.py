@@ -16,6 +16,9 @@ import click
 from spkver.errors import printable
 from spkver.run import RunOptions
 
+# Off a terminal, progress is a log line at most this often (and one at the end).
+PROGRESS_LOG_SECONDS = 60.0
+
 
 class Reporter:
     """Where logs and progress go: stderr, unless ``--quiet``."""
@@ -44,9 +47,10 @@ class Reporter:
     def progress(self, label):
         """A ``progress(iterator, length)`` wrapper drawing a bar over files.
 
-        On a terminal, a bar; otherwise (a log file, a pipe, a batch job) one
-        line when the work is done, e.g. ``features: 300 of 300 done (4.2 s)``,
-        where a bar would leave a bare label (click prints only that).
+        On a terminal, a bar. Otherwise (a log file, a pipe, a batch job),
+        where click would print only the bare label, a line such as
+        ``features: 120 of 300 done (61.0 s)`` at most once a minute and one
+        when the work is done; nothing when there was nothing to do.
         """
 
         def wrap(results, length):
@@ -54,11 +58,16 @@ class Reporter:
                 yield from results
                 return
             if not sys.stderr.isatty():
-                start, done = time.perf_counter(), 0
+                start = last = time.perf_counter()
+                done = 0
                 for result in results:
                     done += 1
                     yield result
-                self.log(f"{label}: {done} of {length} done ({time.perf_counter() - start:.1f} s)")
+                    if time.perf_counter() - last >= PROGRESS_LOG_SECONDS and done < length:
+                        last = time.perf_counter()
+                        self.log(f"{label}: {done} of {length} done ({last - start:.1f} s)")
+                if length:
+                    self.log(f"{label}: {done} of {length} done ({time.perf_counter() - start:.1f} s)")
                 return
             with click.progressbar(results, length=length, label=label, file=sys.stderr,
                                    show_pos=True) as bar:

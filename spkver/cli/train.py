@@ -13,6 +13,7 @@ from spkver.cli.options import (
     Finite,
     audio_inputs,
     audio_items,
+    check_store_feature_options,
     feature_cache,
     feature_options,
     read_speaker_list,
@@ -144,8 +145,8 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
 def extract_command(report, output, audio, list_file, data_dir, allow_pipes, workers, skip_bad, **feature_values):
     """Extract features of AUDIO into a feature store (re-runs skip unchanged files).
 
-    Adding to an existing store without feature options extracts with the
-    store's own settings; options that differ from them are refused.
+    Adding to an existing store extracts with the store's own settings;
+    feature options that would change them are refused.
 
     \b
     Example:
@@ -155,11 +156,9 @@ def extract_command(report, output, audio, list_file, data_dir, allow_pipes, wor
     from spkver.features.store import FeatureStore
 
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
-    ctx = click.get_current_context()
-    options_given = any(ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-                        for name in feature_values)
-    if FeatureStore.exists(output) and not options_given:
+    if FeatureStore.exists(output):
         store = FeatureStore(output)
+        check_store_feature_options(report, store.config, feature_values, output)
         report.log(f"{output}: adding with the store's feature settings ({store.config.dim}-dim features at "
                    f"{store.config.sample_rate} Hz)")
     else:

@@ -117,29 +117,31 @@ class FeatureStore:
             except (KeyError, TypeError, ValueError) as exc:
                 raise SpkverError(f"feature store index is damaged ({exc})", self.root) from None
             if config is not None and stored != config:
-                from spkver.storage.models import identity_differences
-
-                differences = identity_differences(stored.to_dict(), config.to_dict())
-                raise SpkverError(f"feature store holds features of other settings ({differences}); give no "
-                                  "feature option to add to it with its own settings, or use another folder",
-                                  self.root)
+                raise SpkverError("feature store holds features of other settings; use another folder", self.root)
             self.config, self.entries = stored, dict(index.get("entries", {}))
 
     def _read_index(self):
         path = self.root / INDEX
-        if not path.is_file():
+        if not self.exists(self.root):
             return None
+        if not path.is_file():  # a folder, or a link to nothing: refused before any extraction
+            raise SpkverError("feature store index is not a readable file", path)
         index = read_json(path, "feature store index")
+        version = index.get("format") if isinstance(index, dict) else None
+        if type(version) is int and version > FORMAT:
+            raise SpkverError(f"feature store format {version} is newer than this spkver reads ({FORMAT}); "
+                              "upgrade spkver", path)
         entries = index.get("entries", {}) if isinstance(index, dict) else None
-        if (index.get("format") if isinstance(index, dict) else None) != FORMAT or not isinstance(entries, dict) \
+        if version != FORMAT or not isinstance(entries, dict) \
                 or not all(isinstance(e, dict) and isinstance(e.get("source"), str) for e in entries.values()):
             raise SpkverError("not a spkver feature store index (or a damaged one)", path)
         return index
 
     @staticmethod
     def exists(root) -> bool:
-        """Whether ``root`` holds a feature store (its index), damaged or not."""
-        return (Path(root) / INDEX).is_file()
+        """Whether ``root`` holds a feature store index, readable or not (a damaged one is refused on opening)."""
+        index = Path(root) / INDEX
+        return index.exists() or index.is_symlink()
 
     @staticmethod
     def source(item) -> str:
