@@ -534,6 +534,9 @@ def _scorer(ubm: Model, speakers: list, top_c: int, backend: IvectorBackend | No
             have = "without an i-vector back-end" if model.ivectors is None else "with another i-vector back-end"
             raise SpkverError(f"speaker {model.meta['speaker']!r} was enrolled {have}; re-enroll it with --ivector "
                               "(the back-end given here)", model.source)
+        if model.ivectors.shape[1] != backend.tv.rank:
+            raise SpkverError(f"model's enrollment i-vectors have {model.ivectors.shape[1]} dimensions where the "
+                              f"back-end's have {backend.tv.rank}: they are damaged; re-enroll it", model.source)
     return IvectorScorer(ubm.gmm, backend, [s.ivectors for s in speakers])
 
 

@@ -210,6 +210,11 @@ def test_extract_adds_to_a_store_with_its_own_settings(synthetic_corpus, tmp_pat
     same = runner.invoke(cli, ["extract", "-o", str(feats), "--no-pitch", "--n-ceps", "40",
                                str(synthetic_corpus / "test" / "alice")])
     assert same.exit_code == 0, same.stderr
+    # The Nyquist frequency typed out is the store's "up to Nyquist"; both spellings of the norm: one warning.
+    typed = runner.invoke(cli, ["extract", "-o", str(feats), "--fmax", "8000", "--norm", "cmn", "--feature-norm",
+                                "cmn", str(synthetic_corpus / "test" / "alice")])
+    assert typed.exit_code == 0, typed.stderr
+    assert typed.stderr.count("spkver: warning:") == 1 and "--norm" in typed.stderr, typed.stderr
     index = (feats / "index.json").read_bytes()
     # Run again: nothing to extract, so no progress line (off a terminal it would read "0 of 0").
     again = runner.invoke(cli, ["extract", "-o", str(feats), str(synthetic_corpus / "test" / "alice")])

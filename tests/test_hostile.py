@@ -392,3 +392,61 @@ def test_stored_feature_settings_are_checked_where_they_enter(store, tmp_path, s
     meta = {**model.meta, "feature_config": {**model.feature_config.to_dict(), name: value}}
     (tmp_path / "bad.npz").write_bytes(npz_bytes(model.gmm, meta))  # as a hostile tool would write it
     one_error_line(run("info", tmp_path / "bad.npz"), "bad.npz", name)
+
+
+def test_a_speaker_model_cut_to_fewer_components_than_its_ubm_is_refused(store, tmp_path):
+    from dataclasses import replace
+
+    from spkver.gmm.model import GMM
+
+    alice = load_model(store / "models" / "alice.npz")
+    g = alice.gmm
+    cut = replace(alice, gmm=GMM(g.weights[:2] / g.weights[:2].sum(), g.means[:2], g.variances[:2]))
+    (tmp_path / "m").mkdir()
+    save_model(tmp_path / "m" / "alice.npz", cut)  # the same UBM fingerprint in its metadata
+    result = run("verify", "--ubm", store / "ubm.npz", "--models", tmp_path / "m", "--speaker", "alice",
+                 store / "ubm.npz")
+    one_error_line(result, str(tmp_path / "m" / "alice.npz"), "2 components where its UBM has 8")
+
+
+def test_a_subnormal_variance_is_refused_where_the_mixture_is_made(store, tmp_path):
+    from spkver.gmm.model import GMM
+
+    g = load_model(store / "models" / "alice.npz").gmm
+    variances = g.variances.copy()
+    variances[0, 0] = 1e-320  # positive, but its inverse is infinite
+    with pytest.raises(ValueError, match="too small to invert"):
+        GMM(g.weights, g.means, variances)
+
+
+def test_z_norm_refuses_a_cohort_of_one_recording(store, synthetic_corpus, tmp_path):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    wav = next((synthetic_corpus / "background" / "bg0").glob("*.wav"))
+    (cohort / "one.wav").write_bytes(wav.read_bytes())
+    trials = tmp_path / "trials"
+    trials.write_text(f"alice {next((synthetic_corpus / 'test' / 'alice').glob('*.wav'))}\n")
+    result = run("score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
+                 "--score-norm", "z", "--cohort", cohort, "-o", tmp_path / "s.tsv")
+    one_error_line(result, "at least two recordings")
+    assert not (tmp_path / "s.tsv").exists()
+
+
+@pytest.mark.parametrize("redirect", ["2>&-", "2>/dev/full"])
+def test_a_closed_or_full_stderr_never_fails_a_command(store, synthetic_corpus, redirect):
+    import shlex
+    import subprocess
+    import sys
+
+    if redirect.endswith("full") and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    test = next((synthetic_corpus / "test" / "alice").glob("*.wav"))
+    command = [sys.executable, "-m", "spkver", "verify", "--ubm", store / "ubm.npz", "--models", store / "models",
+               "--speaker", "alice", "--workers", 1, test]
+    done = subprocess.run(f"{shlex.join(map(str, command))} {redirect}", shell=True, capture_output=False,
+                          stdout=subprocess.PIPE, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("alice\t"), (done.returncode, done.stdout)
+    # An error whose line cannot be written still exits 2, not 1.
+    bad = [*command[:-1], test.parent / "missing.wav"]
+    failed = subprocess.run(f"{shlex.join(map(str, bad))} {redirect}", shell=True, stdout=subprocess.PIPE)
+    assert failed.returncode == 2

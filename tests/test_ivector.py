@@ -986,6 +986,18 @@ def test_scoring_speakers_enrolled_without_the_backend_is_refused(trained, tmp_p
     one_error_line(result, f"error: {Path(t['ivmodels']) / 'bob.npz'}: ", "'bob'", "another i-vector back-end")
 
 
+def test_enrollment_ivectors_of_another_width_are_refused_naming_the_model(trained, tmp_path):
+    from dataclasses import replace
+
+    t = trained
+    bob = load_model(Path(t["ivmodels"]) / "bob.npz")
+    (tmp_path / "m").mkdir()
+    save_model(tmp_path / "m" / "bob.npz", replace(bob, ivectors=np.zeros((2, bob.ivectors.shape[1] + 3))))
+    result = run("verify", "--ubm", t["ubm"], "--ivector", t["backend"], "--models", tmp_path / "m",
+                 "--speaker", "bob", t["corpus"] / "test" / "bob")
+    one_error_line(result, f"error: {tmp_path / 'm' / 'bob.npz'}: ", "dimensions where the back-end's have")
+
+
 def test_score_normalisation_with_the_backend_is_refused(trained, tmp_path):
     t = trained
     result = run("score", "--ubm", t["ubm"], "--ivector", t["backend"], "--models", t["ivmodels"], "--trials",

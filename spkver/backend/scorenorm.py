@@ -167,6 +167,8 @@ class Cohort:
             run = replace(self.run, skip_bad=True)  # a bad cohort file is left out, and said so
             extracted = extract_all(self.audio_items, self.ubm.feature_config, run=run)
             self._features = [frames for _, frames in extracted]
+        if len(self._features) < 2:  # Z-norm divides by the deviation of the cohort's scores
+            raise SpkverError("a cohort needs at least two recordings")
         return self._features
 
     def models(self):

@@ -83,6 +83,8 @@ class SpkverGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("spkver: interrupted", err=True)
             code = 130
+        except OSError:  # the error line itself could not be written (stderr on a full disk): still exit 2
+            code = 2
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):

@@ -198,8 +198,10 @@ def check_store_feature_options(report, stored: FeatureConfig, feature_values, s
     changes = {}
     for name in given:
         if name in ("feature_norm", "old_feature_norm"):
-            changes["norm"] = deprecated_alias(report, "--norm", "--feature-norm", feature_values["old_feature_norm"],
-                                               feature_values["feature_norm"], stored.norm)
+            if "norm" not in changes:  # both spellings given: one answer, one deprecation warning
+                changes["norm"] = deprecated_alias(report, "--norm", "--feature-norm",
+                                                   feature_values["old_feature_norm"], feature_values["feature_norm"],
+                                                   stored.norm)
         elif name in ("vad", "no_vad"):
             vad, no_vad = feature_values["vad"], feature_values["no_vad"]
             if no_vad and vad not in (None, "none"):
@@ -211,6 +213,9 @@ def check_store_feature_options(report, stored: FeatureConfig, feature_values, s
         requested = replace(stored, **changes)
     except ValueError as exc:
         raise SpkverError(f"invalid feature settings: {exc}") from None
+    if changes.get("fmax") == stored.sample_rate / 2 and stored.fmax is None:
+        del changes["fmax"]  # the Nyquist frequency typed out is what the store's "none" means
+        requested = replace(stored, **changes)
     differing = [(field, value) for field, value in requested.to_dict().items() if stored.to_dict()[field] != value]
     if differing:
         def typed(field, value):  # as it would be typed: --n-ceps 13, --no-pitch, --feature-norm cmvn

@@ -20,6 +20,14 @@ from spkver.run import RunOptions
 PROGRESS_LOG_SECONDS = 60.0
 
 
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that cannot take it (closed, a full disk) never fails the command."""
+    try:
+        click.echo(line, err=True)
+    except OSError:
+        pass
+
+
 class Reporter:
     """Where logs and progress go: stderr, unless ``--quiet``."""
 
@@ -30,14 +38,14 @@ class Reporter:
     def detail(self, message):
         """A per-file line, shown with --verbose only."""
         if self.verbose:
-            click.echo(printable(message), err=True)
+            _say(printable(message))
 
     def log(self, message):
         if not self.quiet:
-            click.echo(printable(message), err=True)
+            _say(printable(message))
 
     def warn(self, message):
-        click.echo(f"spkver: warning: {printable(message)}", err=True)
+        _say(f"spkver: warning: {printable(message)}")
 
     def run_options(self, workers=None, skip_bad=False, label="features") -> RunOptions:
         """The :class:`RunOptions` of a command: bad files and warnings reported here, a progress bar."""
@@ -57,7 +65,7 @@ class Reporter:
             if self.quiet or self.verbose:  # --verbose prints a line per file instead of a bar
                 yield from results
                 return
-            if not sys.stderr.isatty():
+            if sys.stderr is None or not sys.stderr.isatty():  # None: stderr closed (2>&-)
                 start = last = time.perf_counter()
                 done = 0
                 for result in results:

@@ -12,6 +12,10 @@ from spkver.gmm.chunks import iter_chunks
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+# The least variance a mixture may hold: the smallest normal float32, whose inverse is still finite.
+SMALLEST_VARIANCE = float(np.finfo(np.float32).tiny)
+
+
 @dataclass
 class GMM:
     """A diagonal-covariance Gaussian mixture.
@@ -41,8 +45,9 @@ class GMM:
         if not (np.isfinite(self.weights).all() and np.isfinite(self.means).all()
                 and np.isfinite(self.variances).all()):
             raise ValueError("mixture parameters are not finite")
-        if (self.variances <= 0).any() or (self.weights < 0).any():
-            raise ValueError("mixture has negative weights or non-positive variances")
+        # Variances are inverted in float32 too (the E-step's projection): a subnormal one would give inf.
+        if (self.variances < SMALLEST_VARIANCE).any() or (self.weights < 0).any():
+            raise ValueError("mixture has negative weights, or variances not positive or too small to invert")
 
     @property
     def n_components(self) -> int:
