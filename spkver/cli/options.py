@@ -174,15 +174,30 @@ def feature_options(func):
     return func
 
 
-def make_feature_config(report, sample_rate, feature_norm, old_feature_norm, vad, no_vad, **values) -> FeatureConfig:
+def feature_fields(report, values: dict, base: FeatureConfig) -> dict:
+    """The :class:`FeatureConfig` fields that feature option ``values`` (by parameter name) set.
+
+    The two spellings of the normalisation become ``norm``, and ``--vad`` /
+    ``--no-vad`` become ``vad``; where those options are left at None, ``base``
+    holds the value. Every other option is a field of its own name.
+    """
+    paired = ("feature_norm", "old_feature_norm", "vad", "no_vad")
+    fields = {name: value for name, value in values.items() if name not in paired}
+    if "feature_norm" in values or "old_feature_norm" in values:
+        fields["norm"] = deprecated_alias(report, "--norm", "--feature-norm", values.get("old_feature_norm"),
+                                          values.get("feature_norm"), base.norm)
+    if "vad" in values or "no_vad" in values:
+        vad, no_vad = values.get("vad"), values.get("no_vad", False)
+        if no_vad and vad not in (None, "none"):
+            raise SpkverError(f"--no-vad contradicts --vad {vad}")
+        fields["vad"] = "none" if no_vad else vad or base.vad
+    return fields
+
+
+def make_feature_config(report, **values) -> FeatureConfig:
     """The FeatureConfig of the feature options (``sample_rate`` already decided)."""
-    values["norm"] = deprecated_alias(report, "--norm", "--feature-norm", old_feature_norm, feature_norm,
-                                      FeatureConfig.norm)
-    if no_vad and vad not in (None, "none"):
-        raise SpkverError(f"--no-vad contradicts --vad {vad}")
-    values["vad"] = "none" if no_vad else vad or FeatureConfig.vad
     try:
-        return FeatureConfig(sample_rate=sample_rate, **values)
+        return FeatureConfig(**feature_fields(report, values, FeatureConfig()))
     except ValueError as exc:
         raise SpkverError(f"invalid feature settings: {exc}") from None
 
@@ -195,34 +210,21 @@ def check_store_feature_options(report, stored: FeatureConfig, feature_values, s
     named with the store's value (``--n-ceps 13, the store has 40``).
     """
     given = given_on_command_line(feature_values)
-    changes = {}
-    for name in given:
-        if name in ("feature_norm", "old_feature_norm"):
-            if "norm" not in changes:  # both spellings given: one answer, one deprecation warning
-                changes["norm"] = deprecated_alias(report, "--norm", "--feature-norm",
-                                                   feature_values["old_feature_norm"], feature_values["feature_norm"],
-                                                   stored.norm)
-        elif name in ("vad", "no_vad"):
-            vad, no_vad = feature_values["vad"], feature_values["no_vad"]
-            if no_vad and vad not in (None, "none"):
-                raise SpkverError(f"--no-vad contradicts --vad {vad}")
-            changes["vad"] = "none" if no_vad else vad
-        else:
-            changes[name] = feature_values[name]
+    changes = feature_fields(report, {name: feature_values[name] for name in given}, stored)
+    if changes.get("fmax") == stored.sample_rate / 2 and stored.fmax is None:
+        del changes["fmax"]  # the Nyquist frequency typed out is what the store's "none" means
     try:
         requested = replace(stored, **changes)
     except ValueError as exc:
         raise SpkverError(f"invalid feature settings: {exc}") from None
-    if changes.get("fmax") == stored.sample_rate / 2 and stored.fmax is None:
-        del changes["fmax"]  # the Nyquist frequency typed out is what the store's "none" means
-        requested = replace(stored, **changes)
-    differing = [(field, value) for field, value in requested.to_dict().items() if stored.to_dict()[field] != value]
+    have = stored.to_dict()
+    differing = [(field, value) for field, value in requested.to_dict().items() if have[field] != value]
     if differing:
         def typed(field, value):  # as it would be typed: --n-ceps 13, --no-pitch, --feature-norm cmvn
             name = {"norm": "feature-norm"}.get(field, field.replace("_", "-"))
             return (f"--{name}" if value else f"--no-{name}") if isinstance(value, bool) else f"--{name} {value}"
 
-        shown = ", ".join(f"{typed(field, value)} where the store has {typed(field, stored.to_dict()[field])}"
+        shown = ", ".join(f"{typed(field, value)} where the store has {typed(field, have[field])}"
                           for field, value in differing)
         raise SpkverError(f"feature store holds features of other settings ({shown}); leave those options out to "
                           "add to it with its own settings, or use another folder", store)
