@@ -604,7 +604,7 @@ def _load_speakers(ubm, store: SpeakerStore, trials, run: RunOptions, source) ->
         try:
             models[trial.speaker] = store.load(trial.speaker, ubm)
         except SpkverError as exc:
-            message = f"line {trial.line}: speaker {trial.speaker!r}: {exc}"
+            message = f"line {trial.line}: {exc}"  # the store's errors name the speaker or its model file
             if not run.skip_bad:
                 raise SpkverError(message, source) from None
             models[trial.speaker] = None

@@ -14,6 +14,7 @@ from spkver.audio.sources import find_audio
 from spkver.cli.main import cli
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig, feature_rate_for
+from spkver.features.extraction import low_rate_message
 from spkver.features.frontend import extract
 from spkver.features.mfcc import deltas, frame_signal, mel_filterbank, mfcc_and_energy, preemphasize, stream_frames
 from spkver.features.normalise import normalise, warp
@@ -111,6 +112,19 @@ def test_feature_rate_follows_the_training_audio():
     assert feature_rate_for([8000, 16000, 44100]) == 16000
     assert feature_rate_for([None, 6000]) == 8000
     assert feature_rate_for([None]) == 16000 and feature_rate_for([]) == 16000
+
+
+@pytest.mark.parametrize(("native", "advice"), [(8000, "--sample-rate 8000"), (4000, "--sample-rate 4000"),
+                                              (11025, "--sample-rate 11025"), (500, "at least 1000 Hz")])
+def test_low_rate_warning_advises_a_rate_that_fills_the_bands(native, advice):
+    # A rate above the audio's own would leave bands empty again, and one below 1000 Hz is refused.
+    message = low_rate_message("a.wav", native, 16000)
+    assert advice in message and message.count("--sample-rate") <= 1
+    if native < 1000:
+        with pytest.raises(ValueError, match="at least 1000 Hz"):
+            FeatureConfig(sample_rate=native)
+    else:
+        FeatureConfig(sample_rate=native)
 
 
 def test_feature_warping_matches_ranks_in_a_sliding_window():
@@ -240,3 +254,29 @@ def test_extract_adds_to_a_store_with_its_own_settings(synthetic_corpus, tmp_pat
         errors = [line for line in result.stderr.splitlines() if line.startswith("spkver: error:")]
         assert result.exit_code == 2 and len(errors) == 1 and problem in errors[0], result.stderr
         assert not list(broken.rglob("*.npy"))
+
+
+def test_extract_never_scatters_a_store_among_other_files(synthetic_corpus, tmp_path, monkeypatch):
+    runner = CliRunner()
+    audio = str(synthetic_corpus / "test" / "alice")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    (home / "a.npy").write_bytes(b"not ours")
+    for output, problem in [(home, "folder holds other files (a.npy and 1 more)"),
+                            (home / "notes.txt", "is a file, not a feature store folder")]:
+        result = runner.invoke(cli, ["extract", "-o", str(output), audio])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("spkver: error:")]
+        assert result.exit_code == 2 and len(errors) == 1 and problem in errors[0], result.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["a.npy", "notes.txt"]
+    # "-" is standard output, which cannot hold a folder: refused, and no folder named "-" appears.
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli, ["extract", "-o", "-", audio])
+    assert result.exit_code == 2 and "standard output" in result.stderr and not (tmp_path / "-").exists()
+    # A folder holding only a store's own files (a run killed before its first index) is taken up again.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ("0" * 24 + ".npy")).write_bytes(b"")
+    (killed / ".lock").write_bytes(b"")
+    result = runner.invoke(cli, ["extract", "-o", str(killed), audio])
+    assert result.exit_code == 0 and (killed / "index.json").is_file(), result.stderr

@@ -19,10 +19,11 @@ from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture
 
 from spkver.audio.sources import find_audio
+from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig
 from spkver.features.store import FeatureStore
 from spkver.gmm.chunks import default_chunk_size, iter_chunks
-from spkver.gmm.em import em_iterations, m_step, train
+from spkver.gmm.em import components_for, em_iterations, m_step, train
 from spkver.gmm.engine import Engine, make_shards, shard_size
 from spkver.gmm.estep import Statistics, accumulate
 from spkver.gmm.initialise import kmeans
@@ -575,3 +576,12 @@ def test_a_pool_process_hands_over_each_shard_as_soon_as_it_is_computed(monkeypa
     handed = [engine_module.unspill(*h) for h in handed]
     assert [list(h) for h in handed] == [[1], [2], [3], []]  # one shard per call, none when all are claimed
     assert np.array_equal(handed[0][1], np.full(4, 5.0))
+
+
+def test_too_little_speech_advises_only_what_was_not_given():
+    with pytest.raises(SpkverError, match="--allow-fewer-components"):
+        components_for(100, 64, allow_fewer=False)
+    assert components_for(100, 64, allow_fewer=True) == 10
+    with pytest.raises(SpkverError, match="even one component") as caught:
+        components_for(5, 64, allow_fewer=True)
+    assert "--allow-fewer-components" not in str(caught.value)

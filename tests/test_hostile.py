@@ -419,16 +419,19 @@ def test_a_subnormal_variance_is_refused_where_the_mixture_is_made(store, tmp_pa
         GMM(g.weights, g.means, variances)
 
 
-def test_z_norm_refuses_a_cohort_of_one_recording(store, synthetic_corpus, tmp_path):
+@pytest.mark.parametrize("copies", [1, 2])
+def test_z_norm_refuses_a_cohort_of_one_recording_or_its_copies(store, synthetic_corpus, tmp_path, copies):
+    # Copies of one recording score alike: the cohort's deviation of 0 would blow the scores up.
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     wav = next((synthetic_corpus / "background" / "bg0").glob("*.wav"))
-    (cohort / "one.wav").write_bytes(wav.read_bytes())
+    for i in range(copies):
+        (cohort / f"copy{i}.wav").write_bytes(wav.read_bytes())
     trials = tmp_path / "trials"
     trials.write_text(f"alice {next((synthetic_corpus / 'test' / 'alice').glob('*.wav'))}\n")
     result = run("score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
                  "--score-norm", "z", "--cohort", cohort, "-o", tmp_path / "s.tsv")
-    one_error_line(result, "at least two recordings")
+    one_error_line(result, "at least two different recordings")
     assert not (tmp_path / "s.tsv").exists()
 
 

@@ -115,3 +115,15 @@ def test_identify_with_a_calibration_decides_at_the_bayes_threshold(store, synth
     args = ["-q", "identify", "--ubm", store / "ubm.npz", "--models", store / "models", "--calibration", cal, test]
     header, _ = identify_rows(run(*args, "--p-target", "0.1"))
     assert header == f"# spkver identify: open set, 'unknown' below threshold {bayes_threshold(0.1):.6f}"
+
+
+def test_a_trial_of_an_unknown_speaker_names_its_line_and_the_speaker_once(store, synthetic_corpus, tmp_path):
+    test = next((synthetic_corpus / "test" / "alice").glob("*.wav"))
+    trials = tmp_path / "trials"
+    trials.write_text(f"alice {test}\ncarol {test}\n")
+    common = ["--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials]
+    line = one_error(run("score", *common, "-o", tmp_path / "s"), "trials: line 2: ",
+                     "speaker 'carol' is not enrolled")
+    assert line.count("carol") == 2  # the speaker and its missing model file, each once
+    skipped = run("score", *common, "--skip-bad", "-o", tmp_path / "s")
+    assert skipped.exit_code == 0 and skipped.stderr.count("'carol'") == 1, skipped.stderr

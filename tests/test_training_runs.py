@@ -122,11 +122,18 @@ def test_a_scheduler_without_a_shared_store_is_refused_before_any_work(synthetic
     assert result.exit_code == 2 and "--scheduler" in one_line(result) and "--no-cache" in one_line(result)
 
 
-def test_options_training_from_a_feature_store_cannot_use_say_so(synthetic_corpus, tmp_path):
+def test_training_from_a_feature_store_refuses_feature_options_it_does_not_match(synthetic_corpus, tmp_path):
     files = background(synthetic_corpus, 6)
     assert run_cli("-q", "extract", "-o", tmp_path / "feats", "--workers", 1, *files).exit_code == 0
-    result = run_cli("train-ubm", "-o", tmp_path / "u.npz", "--components", 4, "--iterations", 2, "--workers", 1,
-                     "--features", tmp_path / "feats", "--n-mels", 40, "--cache-dir", tmp_path / "c")
+    train = ["train-ubm", "-o", tmp_path / "u.npz", "--components", 4, "--iterations", 2, "--workers", 1,
+             "--features", tmp_path / "feats"]
+    result = run_cli(*train, "--n-mels", 64, "--pitch", "--cache-dir", tmp_path / "c")
     assert result.exit_code == 0, result.stderr
-    assert "--n-mels has no effect with --features" in result.stderr
     assert "--cache-dir has no effect with --features" in result.stderr
+    assert "--n-mels" not in result.stderr and "--pitch" not in result.stderr  # they agree with the store
+    # A feature option the store's features do not have is refused, as extract refuses it, before training.
+    for option, named in [(["--n-mels", 40], "--n-mels 40 where the store has --n-mels 64"),
+                          (["--no-pitch"], "--no-pitch where the store has --pitch")]:
+        result = run_cli(*train, "--force", *option)
+        assert result.exit_code == 2 and named in one_line(result) and "train on it" in one_line(result)
+    assert not (tmp_path / "u.npz.checkpoint.npz").exists()

@@ -69,6 +69,12 @@ def _finite_floats(value):
     return floats if all(math.isfinite(v) for v in floats) else None
 
 
+def distinct(arrays) -> int:
+    """How many of ``arrays`` differ: copies of one recording (or model) give every score the same
+    cohort score, whose deviation of 0 would blow normalised scores up."""
+    return len({sha256_hex([np.ascontiguousarray(a).tobytes()]) for a in arrays})
+
+
 def cohort_statistics(scores, top_n=None):
     """Mean and standard deviation of cohort scores (rows), optionally of the top N only."""
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
@@ -167,8 +173,8 @@ class Cohort:
             run = replace(self.run, skip_bad=True)  # a bad cohort file is left out, and said so
             extracted = extract_all(self.audio_items, self.ubm.feature_config, run=run)
             self._features = [frames for _, frames in extracted]
-        if len(self._features) < 2:  # Z-norm divides by the deviation of the cohort's scores
-            raise SpkverError("a cohort needs at least two recordings")
+        if distinct(self._features) < 2:  # Z-norm divides by the deviation of the cohort's scores
+            raise SpkverError("a cohort needs at least two different recordings")
         return self._features
 
     def models(self):
@@ -178,8 +184,8 @@ class Cohort:
                 self._models = [self.model_store.load(s, self.ubm).gmm for s in self.model_store.speakers()]
             else:
                 self._models = [adapt_to(self.ubm.gmm, [f], self.relevance, self.adapt)[0] for f in self.features()]
-            if len(self._models) < 2:
-                raise SpkverError("a cohort needs at least two models or recordings")
+            if distinct([m.means for m in self._models]) < 2:
+                raise SpkverError("a cohort needs at least two different models or recordings")
         return self._models
 
     def z_scores(self, speakers) -> np.ndarray:

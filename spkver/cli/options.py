@@ -202,12 +202,13 @@ def make_feature_config(report, **values) -> FeatureConfig:
         raise SpkverError(f"invalid feature settings: {exc}") from None
 
 
-def check_store_feature_options(report, stored: FeatureConfig, feature_values, store) -> None:
+def check_store_feature_options(report, stored: FeatureConfig, feature_values, store, use: str) -> None:
     """Feature options given for an existing feature store must agree with its settings.
 
     The store's settings are the defaults there: each option typed on the
     command line is applied to them, and any that changes one is refused,
-    named with the store's value (``--n-ceps 13, the store has 40``).
+    named with the store's value (``--n-ceps 13 where the store has --n-ceps 40``);
+    ``use`` says what leaving them out does ("add to it", "train on it").
     """
     given = given_on_command_line(feature_values)
     changes = feature_fields(report, {name: feature_values[name] for name in given}, stored)
@@ -227,7 +228,7 @@ def check_store_feature_options(report, stored: FeatureConfig, feature_values, s
         shown = ", ".join(f"{typed(field, value)} where the store has {typed(field, have[field])}"
                           for field, value in differing)
         raise SpkverError(f"feature store holds features of other settings ({shown}); leave those options out to "
-                          "add to it with its own settings, or use another folder", store)
+                          f"{use} with its own settings, or use another folder", store)
 
 
 def training_feature_config(report, items, feature_values) -> FeatureConfig:

@@ -16,6 +16,7 @@ from spkver.cli.options import (
     check_store_feature_options,
     feature_cache,
     feature_options,
+    is_stdout,
     read_speaker_list,
     speakers_of_data_dir,
     speakers_per_folder,
@@ -101,8 +102,12 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
     if features_dir is not None and (audio or list_file or data_dir):
         raise SpkverError("give either --features or AUDIO/--list/--data-dir, not both")
     if features_dir is not None:
-        warn_ignored(report, ["cache_dir", "no_cache", "skip_bad", "allow_pipes", *feature_values],
-                     "with --features (the store's features and their settings are used)")
+        from spkver.features.store import FeatureStore
+
+        warn_ignored(report, ["cache_dir", "no_cache", "skip_bad", "allow_pipes"],
+                     "with --features (the store's features are used)")
+        check_store_feature_options(report, FeatureStore(features_dir).config, feature_values, features_dir,
+                                    "train on it")
     elif no_cache:
         warn_ignored(report, ["cache_dir"], "with --no-cache")
     items = config = None
@@ -155,10 +160,12 @@ def extract_command(report, output, audio, list_file, data_dir, allow_pipes, wor
     """
     from spkver.features.store import FeatureStore
 
+    if is_stdout(output):
+        raise SpkverError("a feature store is a folder, it cannot go to standard output; name a folder", output)
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     if FeatureStore.exists(output):
         store = FeatureStore(output)
-        check_store_feature_options(report, store.config, feature_values, output)
+        check_store_feature_options(report, store.config, feature_values, output, "add to it")
         report.log(f"{output}: adding with the store's feature settings ({store.config.dim}-dim features at "
                    f"{store.config.sample_rate} Hz)")
     else:

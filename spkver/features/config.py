@@ -21,6 +21,8 @@ MAX_VAD_BANDS = 40
 
 # Native rates at or below this are telephone-band: their features are computed at 8 kHz.
 TELEPHONE_RATE = 8000
+# The lowest feature rate: below it a 25 ms frame holds too few samples for the mel bands.
+MIN_SAMPLE_RATE = 1000
 
 
 def feature_rate_for(native_rates) -> int:
@@ -171,16 +173,16 @@ class FeatureConfig:
         _check_setting_types(self)
         # The automatic band and cepstrum counts are resolved here and stored as numbers, so a
         # model keeps its settings even if a later version changes the rule.
-        if self.n_mels is None and self.sample_rate >= 1000:
+        if self.n_mels is None and self.sample_rate >= MIN_SAMPLE_RATE:
             span = htk_mel(self.nyquist_fmax) - htk_mel(self.fmin)
             object.__setattr__(self, "n_mels", max(1, int(round(span / MEL_BAND_WIDTH))))
         if self.n_ceps is None and self.n_mels is not None:
             object.__setattr__(self, "n_ceps", min(DEFAULT_CEPSTRA, self.n_mels))
-        if self.vad_bands is None and self.sample_rate >= 1000:
+        if self.vad_bands is None and self.sample_rate >= MIN_SAMPLE_RATE:
             object.__setattr__(self, "vad_bands", min(MAX_VAD_BANDS, int(round(self.sample_rate / 400))))
         problems = []
-        if self.sample_rate < 1000:
-            problems.append("sample rate must be at least 1000 Hz")
+        if self.sample_rate < MIN_SAMPLE_RATE:
+            problems.append(f"sample rate must be at least {MIN_SAMPLE_RATE} Hz")
         if self.window_ms <= 0 or self.hop_ms <= 0:
             problems.append("window and hop must be positive")
         if self.n_mels is None or self.n_mels < 1 or self.n_ceps is None or not 1 <= self.n_ceps <= self.n_mels:

@@ -9,7 +9,7 @@ import numpy as np
 from spkver.audio.decode import iter_item_blocks, open_recording
 from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError
-from spkver.features.config import FeatureConfig
+from spkver.features.config import MIN_SAMPLE_RATE, FeatureConfig
 from spkver.features.frontend import extract_blocks
 from spkver.run import RunOptions, default_workers, init_worker_process, process_context
 
@@ -78,9 +78,12 @@ def recording_groups(items) -> list[list[AudioItem]]:
 
 def low_rate_message(path, native_rate: int, feature_rate: int) -> str:
     """The warning for audio recorded below the feature rate: its upper band is empty, silently."""
+    # The advice names the audio's own rate: any higher feature rate leaves bands empty again.
+    advice = (f"for such audio train a UBM at --sample-rate {native_rate}" if native_rate >= MIN_SAMPLE_RATE
+              else f"features need audio of at least {MIN_SAMPLE_RATE} Hz")
     return (f"{path}: recorded at {native_rate} Hz, below the model's {feature_rate} Hz features, so the bands "
-            f"above {native_rate // 2} Hz are empty and scores suffer; for such audio train a UBM at "
-            f"--sample-rate {8000 if native_rate <= 8000 else native_rate} (further files like this are not reported)")
+            f"above {native_rate // 2} Hz are empty and scores suffer; {advice} (further files like this are not "
+            "reported)")
 
 
 def iter_features(items, config: FeatureConfig, workers: int | None = None):

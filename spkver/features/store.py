@@ -24,19 +24,22 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from spkver.audio.sources import AudioItem
-from spkver.errors import SpkverError
+from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
 from spkver.features.extraction import usable_features
 from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, sha256_hex, write_atomic
 from spkver.run import RunOptions
 
 INDEX = "index.json"
+# What a store writes besides its index: an array per entry, the lock, atomic writes' temporary files.
+OWN_FILE = re.compile(r"[0-9a-f]{24}\.npy|\.lock|\..+\.tmp")
 FORMAT = 1
 
 
@@ -110,6 +113,7 @@ class FeatureStore:
         if index is None:
             if config is None:
                 raise SpkverError("not a feature store (no index.json)", self.root)
+            self._refuse_foreign_folder()
             self.config, self.entries = config, {}
         else:
             try:
@@ -136,6 +140,21 @@ class FeatureStore:
                 or not all(isinstance(e, dict) and isinstance(e.get("source"), str) for e in entries.values()):
             raise SpkverError("not a spkver feature store index (or a damaged one)", path)
         return index
+
+    def _refuse_foreign_folder(self):
+        """A new store goes into a new or empty folder, or one holding only its own files (a run killed
+        before its first index): never scattered among a user's files."""
+        if self.root.exists() and not self.root.is_dir():
+            raise SpkverError("is a file, not a feature store folder", self.root)
+        try:
+            foreign = sorted(p.name for p in self.root.iterdir() if not OWN_FILE.fullmatch(p.name)) \
+                if self.root.is_dir() else []
+        except OSError as exc:
+            raise SpkverError(f"cannot read the folder ({os_problem(exc)})", self.root) from None
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise SpkverError(f"folder holds other files ({printable(foreign[0])}{more}) and no feature store "
+                              "(no index.json); give a new or empty folder", self.root)
 
     @staticmethod
     def exists(root) -> bool:

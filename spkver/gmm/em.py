@@ -222,6 +222,9 @@ def components_for(n_frames: int, requested, allow_fewer: bool) -> int:
         return requested
     if allow_fewer and n_frames >= MIN_FRAMES_PER_COMPONENT:
         return max(1, n_frames // MIN_FRAMES_PER_COMPONENT)
+    if allow_fewer:  # not even one component can be trained: only more audio helps
+        raise SpkverError(f"{n_frames} speech frames are too few for even one component (need "
+                          f"{MIN_FRAMES_PER_COMPONENT}); give more audio")
     raise SpkverError(
         f"{n_frames} speech frames are too few for {requested} components: need at least {needed} "
         f"({MIN_FRAMES_PER_COMPONENT} per component); give more audio, lower --components, "
