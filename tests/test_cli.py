@@ -194,3 +194,20 @@ def test_old_norm_spellings_still_work_with_a_warning(trained, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "--norm is deprecated" in result.stderr and "--score-norm" in result.stderr
     assert "# spkver: normalisation z" in (tmp_path / "s.tsv").read_text()
+
+
+def test_enrolling_from_a_fraction_of_a_second_of_speech_warns(trained, tmp_path):
+    ubm, _, corpus = trained
+    clip = sorted((corpus / "enroll" / "alice").glob("*.wav"))[0]
+    audio, rate = sf.read(clip)
+    short = tmp_path / "short.wav"
+    sf.write(short, audio[: rate // 2], rate)  # half a second, so under 1 s of speech
+    for args in (["--speaker", "carol", short], ["--per-folder", tmp_path / "speakers"]):
+        (tmp_path / "speakers" / "dave").mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "speakers" / "dave" / "short.wav", audio[: rate // 2], rate)
+        result = run("enroll", "--ubm", ubm, "--models", tmp_path / "m", *args)
+        warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+        assert result.exit_code == 0 and len(warnings) == 1 and "s of speech" in warnings[0], result.stderr
+    # Several seconds of speech: no warning.
+    result = run("enroll", "--ubm", ubm, "--models", tmp_path / "m", "--speaker", "erin", corpus / "enroll" / "alice")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
