@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluation runner: drives the spkver CLI on the protocols and prints EER, minDCF, identification.
 
-    python scripts/evaluate.py [--protocol asc ...] [--defaults] [--workdir DIR] [--det PNG]
+    python scripts/evaluate.py [--protocol asc ...] [--defaults] [--fusion] [--workdir DIR] [--det PNG]
 
 Every step is a real ``spkver`` command (train-ubm, enroll per speaker,
 score, evaluate) given nothing but the audio, so the numbers are what a user
@@ -94,10 +94,23 @@ def run_protocol(protocol, workdir: Path, train_options=(), enroll_options=(), s
     if "--score-norm" in options:
         options += ["--cohort", write_list(workdir / "cohort.lst", protocol.cohort)]
     spkver("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", scores, *options)
+    return measured(protocol, scores, time.perf_counter() - start) | {"ubm": ubm, "models": models}
+
+
+def measured(protocol, scores: Path, seconds: float):
+    """The metrics row of a score file."""
     metrics = json.loads(spkver("evaluate", scores, "--json"))
     return {"eer": metrics["eer"], "min_dcf": metrics["min_dcf"]["0.01"], "targets": metrics["targets"],
             "nontargets": metrics["nontargets"], "id_accuracy": identification_accuracy(scores, protocol),
-            "seconds": time.perf_counter() - start, "scores": scores, "ubm": ubm, "models": models}
+            "seconds": seconds, "scores": scores}
+
+
+def run_fusion(protocol, workdir: Path, rows):
+    """The README's two-system recipe: the systems' S-normed scores (``rows``) averaged by ``fuse --mean``."""
+    start = time.perf_counter()
+    fused = workdir / "scores-fused.tsv"
+    spkver("fuse", "--mean", *(row["scores"] for row in rows), "-o", fused)
+    return measured(protocol, fused, time.perf_counter() - start + sum(row["seconds"] for row in rows))
 
 
 # (label, train-ubm options, enroll options, score options): the defaults, then one change at a time.
@@ -121,8 +134,15 @@ CONFIGURATIONS = [
 ]
 
 
-def configurations(defaults_only):
-    return CONFIGURATIONS[:1] if defaults_only else CONFIGURATIONS
+# The second system of the README's two-system recipe (--fusion), fused with the defaults.
+FUSION_PARTNER = "feature warping, 3 s"
+FUSION_LABEL = "defaults + feature warping (fuse --mean)"
+
+
+def configurations(defaults_only, fusion):
+    if not defaults_only:
+        return CONFIGURATIONS
+    return [c for c in CONFIGURATIONS if c[0] == "default" or (fusion and c[0] == FUSION_PARTNER)]
 
 
 def resolve_components(options, default_ubm: Path):
@@ -147,6 +167,9 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--defaults", action="store_true", help="spkver's defaults only.")
     parser.add_argument("--det", type=Path, help="DET plot of each protocol's default scores.")
+    parser.add_argument("--fusion", action="store_true",
+                        help="Also the two-system recipe: the defaults and --feature-norm warp, fused by "
+                             "`spkver fuse --mean`.")
     args = parser.parse_args()
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="spkver-eval-"))
     names = args.protocol or list(PROTOCOLS)
@@ -155,12 +178,15 @@ def main():
     det_inputs, pivot = [], defaultdict(dict)
     for name in names:
         protocol = PROTOCOLS[name](args.data, args.build_dir)
-        default_ubm = None
-        for label, train_options, enroll_options, score_options in configurations(args.defaults):
+        default_ubm, rows = None, {}
+        for label, train_options, enroll_options, score_options in configurations(args.defaults, args.fusion):
             if default_ubm is not None:
                 train_options = resolve_components(train_options, default_ubm)
-            row = run_protocol(protocol, workroot / name, train_options, enroll_options, score_options)
-            default_ubm = default_ubm or row["ubm"]
+            rows[label] = run_protocol(protocol, workroot / name, train_options, enroll_options, score_options)
+            default_ubm = default_ubm or rows[label]["ubm"]
+        if args.fusion:
+            rows[FUSION_LABEL] = run_fusion(protocol, workroot / name, [rows["default"], rows[FUSION_PARTNER]])
+        for label, row in rows.items():
             pivot[label][name] = row["eer"]
             if label == "default":
                 det_inputs.append((name, row["scores"]))

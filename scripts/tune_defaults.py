@@ -82,6 +82,13 @@ CANDIDATES = [
     ("no cepstral mean normalisation", {"norm": "none"}, {}),
     # Two changes: the best pair for the 16 kHz protocols (asc, asc-short) found by hand.
     ("no log-mel floor and delta window ±1", {"top_db": None, "delta_window": 1}, {}),
+    # Two subsystems on the same frames, each its own UBM, models and S-norm; the mean of their scores.
+    ("fusion: defaults and a feature-warping subsystem", [{}, {"norm": "warp"}], {}),
+    ("fusion: defaults and no-pitch subsystem", [{}, {"pitch": False}], {}),
+    ("fusion: defaults and no log-mel floor, delta window ±1", [{}, {"top_db": None, "delta_window": 1}], {}),
+    ("fusion: defaults, feature warping, and no log-mel floor with delta window ±1",
+     [{}, {"norm": "warp"}, {"top_db": None, "delta_window": 1}], {}),
+    ("one system on the cepstra of both normalisations (CMN and warping)", ({}, {"norm": "warp"}), {}),
 ]
 
 
@@ -114,6 +121,19 @@ def protocol_features(protocol, config, workdir: Path):
     return features
 
 
+def candidate_features(protocol, settings, workdir: Path) -> list:
+    """Features of each subsystem of a candidate: one settings dict is one system; a list of them is a
+    fusion of systems (their S-normed scores averaged); a tuple is one system on the cepstra of each
+    setting side by side (the pitch columns once, from the first)."""
+    if isinstance(settings, dict):
+        return [protocol_features(protocol, feature_config(protocol, settings), workdir)]
+    if isinstance(settings, list):
+        return [f for s in settings for f in candidate_features(protocol, s, workdir)]
+    parts = [candidate_features(protocol, s, workdir)[0] for s in settings]
+    n_ceps = 3 * feature_config(protocol, {}).n_ceps
+    return [{f: np.hstack([parts[0][f]] + [p[f][:, :n_ceps] for p in parts[1:]]) for f in parts[0]}]
+
+
 def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor, top_n=None):
     """S-norm of a (tests, speakers) score matrix against cohort segments (as ``spkver score`` does).
 
@@ -128,9 +148,20 @@ def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor, 
     return normalise_scores(scores, "s", (z[0][None, :], z[1][None, :]), (t[0][:, None], t[1][:, None]))
 
 
-def run(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
-        cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5):
-    """EER and minDCF(0.01) of one UBM seed, with spkver's defaults unless told otherwise.
+def run(protocol, features, seed, **options):
+    """EER and minDCF(0.01) of one UBM seed, with spkver's defaults unless ``options`` say otherwise."""
+    return metrics(protocol, scores_of(protocol, features, seed, **options))
+
+
+def metrics(protocol, scores):
+    """EER and minDCF(0.01) of a (tests, speakers) score matrix of ``protocol``."""
+    truth = np.array([[protocol.speaker_of(t) == s for s in sorted(protocol.enroll)] for t in protocol.test])
+    return eer(scores[truth], scores[~truth]), min_dcf(scores[truth], scores[~truth], 0.01)
+
+
+def scores_of(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
+              cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5):
+    """The (tests, speakers) scores of one UBM seed, with spkver's defaults unless told otherwise.
 
     ``frames_per_component`` (None: the ``auto`` rule), ``relevance``, ``adapt``, ``norm`` ("s" or
     "none"), ``cohort_size`` (segments), ``top_n`` (adaptive S-norm) and ``top_c`` (components scored
@@ -153,8 +184,7 @@ def run(protocol, features, seed, frames_per_component=None, relevance=16.0, ada
         cohort = cohort_segments(ubm_frames, cohort_size)  # what train-ubm stores in the UBM
         scores = s_norm(scores, scorer, ubm, [c.astype(np.float32) for c in cohort], relevance, adapt, tests, floor,
                         top_n)
-    truth = np.array([[protocol.speaker_of(t) == s for s in speakers] for t in protocol.test])
-    return eer(scores[truth], scores[~truth]), min_dcf(scores[truth], scores[~truth], 0.01)
+    return scores
 
 
 def main():
@@ -180,9 +210,10 @@ def main():
             continue
         row = {}
         for name, protocol in protocols.items():
-            features = protocol_features(protocol, feature_config(protocol, settings), args.workdir)
+            features = candidate_features(protocol, settings, args.workdir)
             seeds = range(args.first_seed, args.first_seed + args.seeds)
-            results = np.array([run(protocol, features, seed, **options) for seed in seeds])
+            results = np.array([metrics(protocol, np.mean([scores_of(protocol, f, seed, **options) for f in features],
+                                                          axis=0)) for seed in seeds])
             row[name] = results.mean(axis=0)
         baseline = baseline or row
         better = sum(row[n][0] < baseline[n][0] for n in names)

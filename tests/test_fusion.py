@@ -238,3 +238,31 @@ def test_fused_scores_that_overflow_are_refused_not_written(files, tmp_path):
     out = tmp_path / "fused.tsv"
     one_error_line(run("fuse", huge, "--fusion", fusion_path, "-o", out), "overflow")
     assert not out.exists()
+
+
+def test_mean_of_s_normed_systems_needs_no_development_set(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = trials(200, 2000)
+    a, b = system_scores(rows, rng, 2.0), system_scores(rows, rng, 2.0)
+    first = write_spkver(tmp_path / "cmn.tsv", rows, a, "s")
+    second = write_spkver(tmp_path / "warp.tsv", rows[::-1], b[::-1], "s")  # another order: matched by trial
+    result = run("fuse", "--mean", first, second, "-o", tmp_path / "fused.tsv")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+    fused = read_scores(tmp_path / "fused.tsv")
+    assert not fused.calibrated and fused.normalisation == "mean of 2: s + s"
+    expected = {(s, t): (x + y) / 2 for (s, t, _), x, y in zip(rows, a, b)}
+    assert len(fused.scores) == len(rows)
+    assert all(abs(s.score - expected[s.speaker, s.test]) < 1e-5 for s in fused.scores)
+    # Two independent systems of equal strength: their mean separates the classes better than either.
+    assert evaluated(tmp_path / "fused.tsv")["eer"] < min(evaluated(first)["eer"], evaluated(second)["eer"])
+
+
+def test_mean_warns_on_unnormalised_scores_and_refuses_what_it_cannot_average(files, tmp_path):
+    rows = trials(20, 200)
+    raw = write_spkver(tmp_path / "raw.tsv", rows, system_scores(rows, np.random.default_rng(1), 2.0))
+    result = run("fuse", "--mean", raw, files["dev", "gmm"], "-o", tmp_path / "m.tsv")
+    assert result.exit_code == 0 and "scales may differ" in result.stderr, result.stderr
+    one_error_line(run("fuse", "--mean", files["dev", "gmm"], "-o", tmp_path / "one.tsv"), "two or more systems")
+    one_error_line(run("fuse", "--mean", "--fusion", tmp_path / "f.json", raw, raw, "-o", tmp_path / "x.tsv"),
+                   "--mean or --fusion")
+    assert not (tmp_path / "one.tsv").exists() and not (tmp_path / "x.tsv").exists()

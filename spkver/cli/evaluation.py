@@ -182,9 +182,7 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
         scored = score_pairs(ubm, trials, relevance=relevance, adapt=adapt, **options)
     else:
         scored = score_trials(ubm, store, trials, utterances=utterances, **options)
-    lines = score_file_header(calibration is not None, normalisation)
-    lines += [format_score(s.speaker, s.test, s.score, s.label) for s in scored]
-    where = write_output(output, ("\n".join(lines) + "\n").encode())
+    where = write_score_file(output, calibration is not None, normalisation, scored, [s.score for s in scored])
     report.log(f"scored {len(scored)} of {len(trials)} trials -> {where}")
 
 
@@ -315,8 +313,11 @@ def llr_quality(llr_tar, llr_non, min_cllr_value, p_target) -> str:
               help="The fusion file to write, or with --fusion the fused score file ('-': standard output).")
 @click.option("--p-target", type=Finite(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="Prior the fusion is optimised for.")
+@click.option("--mean", is_flag=True,
+              help="Write the mean of the SCORES instead, learning nothing: for systems whose scores share a scale "
+                   "(S-normed, as `score` writes by default); no development set needed.")
 @click.pass_obj
-def fuse_command(report, scores_paths, fusion_path, key, output, p_target):
+def fuse_command(report, scores_paths, fusion_path, key, output, p_target, mean):
     """Fuse several systems' scores of the same trials into one calibrated log-likelihood ratio.
 
     Learns llr = w1*score1 + w2*score2 + ... + offset on development SCORES (one file per system, in any format
@@ -324,11 +325,20 @@ def fuse_command(report, scores_paths, fusion_path, key, output, p_target):
     given in the same order, and writes a calibrated score file. Trials are matched by speaker and test; those
     not in every file are left out with a warning.
 
+    With --mean, writes the mean of each trial's scores (a score file, not calibrated LLRs).
+
     \b
     Example:
       spkver fuse dev_gmm.tsv dev_other.tsv --key dev_trials -o fusion.json
       spkver fuse eval_gmm.tsv eval_other.tsv --fusion fusion.json -o fused.tsv
+      spkver fuse --mean cmn.tsv warp.tsv -o fused.tsv
     """
+    if mean:
+        if fusion_path is not None:
+            raise SpkverError("--mean learns nothing and applies no fusion: give --mean or --fusion, not both")
+        warn_ignored(report, ["key", "p_target"], "with --mean (nothing is learnt)")
+        mean_scores(report, scores_paths, output)
+        return
     if fusion_path is None:
         learn_fusion(report, scores_paths, key, output, p_target)
         return
@@ -339,10 +349,7 @@ def fuse_command(report, scores_paths, fusion_path, key, output, p_target):
 def learn_fusion(report, scores_paths, key_path, output, p_target):
     """``spkver fuse`` without ``--fusion``: learn a fusion on development scores and write it."""
     refuse_to_replace(output, is_fusion_file, "fusion file")
-    files = [read_scores(path) for path in scores_paths]
-    for path, score_file in zip(scores_paths, files):
-        if printable(score_file.normalisation) != score_file.normalisation:
-            raise SpkverError("the header's normalisation holds control characters", path)
+    files = read_system_scores(scores_paths)
     key = read_labels(key_path)
     labelled = [label_trials(score_file.scores, key, str(path), on_note=report.warn)
                 for path, score_file in zip(scores_paths, files)]
@@ -379,6 +386,46 @@ def learn_fusion(report, scores_paths, key_path, output, p_target):
     report.log(f"  fused: {llr_quality(llr_tar, llr_non, min_cllr(llr_tar, llr_non), p_target)}")
 
 
+def read_system_scores(scores_paths) -> list:
+    """The score files of several systems; a header whose normalisation holds control characters is refused
+    (it would be copied into the fused file's header)."""
+    files = [read_scores(path) for path in scores_paths]
+    for path, score_file in zip(scores_paths, files):
+        if printable(score_file.normalisation) != score_file.normalisation:
+            raise SpkverError("the header's normalisation holds control characters", path)
+    return files
+
+
+def write_score_file(output, calibrated: bool, normalisation: str, trials, values) -> str:
+    """A score file of ``trials`` (each with speaker, test and label) and their ``values``; returns where it
+    went (``-``: stdout)."""
+    lines = score_file_header(calibrated, normalisation)
+    lines += [format_score(trial.speaker, trial.test, value, trial.label) for trial, value in zip(trials, values)]
+    return write_output(output, ("\n".join(lines) + "\n").encode())
+
+
+def mean_scores(report, scores_paths, output):
+    """``spkver fuse --mean``: the mean of several systems' scores of the same trials, into a score file."""
+    refuse_to_replace(output, is_score_file, "score file")
+    if len(scores_paths) < 2:
+        raise SpkverError("--mean needs the score files of two or more systems", scores_paths[0])
+    files = read_system_scores(scores_paths)
+    for path, score_file in zip(scores_paths, files):
+        if score_file.calibrated != files[0].calibrated:
+            raise SpkverError(f"holds {'calibrated LLRs' if score_file.calibrated else 'raw scores'} where "
+                              f"{scores_paths[0]} holds {'calibrated LLRs' if files[0].calibrated else 'raw scores'}: "
+                              "a mean needs scores of one kind", path)
+    if len({f.normalisation for f in files}) > 1 or files[0].normalisation == "none":
+        report.warn("the scores were not all S-normed alike, so their scales may differ and the mean may favour one "
+                    "system: score each with the same --score-norm (S-norm by default), or learn weights with --key")
+    aligned = align_scores([f.scores for f in files], [str(path) for path in scores_paths], on_note=report.warn)
+    means = np.array(aligned.scores, dtype=np.float64).mean(axis=1)
+    # The header says the scores are a mean, so a calibration of one system's scores is not applied to them.
+    normalisation = f"mean of {len(files)}: " + " + ".join(f.normalisation for f in files)
+    where = write_score_file(output, files[0].calibrated, normalisation, aligned.trials, means)
+    report.log(f"mean of {len(files)} systems' scores over {len(means)} trials -> {where}")
+
+
 def apply_fusion(report, scores_paths, fusion_path, output):
     """``spkver fuse --fusion``: fuse score files, one per system of the fusion, into a calibrated score file."""
     refuse_to_replace(output, is_score_file, "score file")
@@ -394,9 +441,7 @@ def apply_fusion(report, scores_paths, fusion_path, output):
         trial = aligned.trials[int(np.flatnonzero(~np.isfinite(llrs))[0])]
         raise SpkverError(f"line {trial.line}: the fused score of {printable(trial.speaker)} {printable(trial.test)} "
                           "overflows: its scores are far beyond those the fusion was learnt on", scores_paths[0])
-    lines = score_file_header(True, fusion.normalisation)
-    lines += [format_score(trial.speaker, trial.test, llr, trial.label) for trial, llr in zip(aligned.trials, llrs)]
-    where = write_output(output, ("\n".join(lines) + "\n").encode())
+    where = write_score_file(output, True, fusion.normalisation, aligned.trials, llrs)
     systems = f"{len(files)} system{'s' if len(files) > 1 else ''}"
     report.log(f"fused {len(llrs)} trials of {systems} ({fusion.describe_systems()}) -> {where}")
 
