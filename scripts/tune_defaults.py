@@ -129,9 +129,9 @@ def candidate_features(protocol, settings, workdir: Path) -> list:
         return [protocol_features(protocol, feature_config(protocol, settings), workdir)]
     if isinstance(settings, list):
         return [f for s in settings for f in candidate_features(protocol, s, workdir)]
-    parts = [candidate_features(protocol, s, workdir)[0] for s in settings]
-    n_ceps = 3 * feature_config(protocol, {}).n_ceps
-    return [{f: np.hstack([parts[0][f]] + [p[f][:, :n_ceps] for p in parts[1:]]) for f in parts[0]}]
+    parts = [(candidate_features(protocol, s, workdir)[0], feature_config(protocol, s)) for s in settings]
+    return [{f: np.hstack([parts[0][0][f]] + [p[f][:, :(1 + c.deltas) * c.n_ceps] for p, c in parts[1:]])
+             for f in parts[0][0]}]
 
 
 def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor, top_n=None):
@@ -146,11 +146,6 @@ def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor, 
     t_scorer = Scorer(ubm, cohort_models, scorer.top_c)
     t = cohort_statistics(np.array([t_scorer.scores(f) for f in test_features]), top_n)
     return normalise_scores(scores, "s", (z[0][None, :], z[1][None, :]), (t[0][:, None], t[1][:, None]))
-
-
-def run(protocol, features, seed, **options):
-    """EER and minDCF(0.01) of one UBM seed, with spkver's defaults unless ``options`` say otherwise."""
-    return metrics(protocol, scores_of(protocol, features, seed, **options))
 
 
 def metrics(protocol, scores):

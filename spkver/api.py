@@ -36,7 +36,6 @@ from spkver.backend.scorenorm import (
     COHORT_SEGMENTS,
     Cohort,
     cohort_segments,
-    cohort_statistics,
     describe_normalisation,
     normalise_scores,
 )
@@ -405,18 +404,27 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
     validate_speaker_id(speaker)
     extracted = extract_all(items, ubm.feature_config, run=run)
     return adapt_model(ubm, [frames for _, frames in extracted], speaker, relevance=relevance, adapt=adapt,
-                       backend=backend)
+                       backend=backend, on_note=run.on_note)
+
+
+# Less speech than this moves the UBM so little that the model accepts and rejects almost at random.
+SHORT_ENROLLMENT_SECONDS = 1.0
 
 
 def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
-                backend: IvectorBackend | None = None) -> Model:
+                backend: IvectorBackend | None = None, on_note=None) -> Model:
     """MAP-adapt ``ubm`` to feature ``arrays`` (each (n_i, D)): the model :func:`enroll` and pair trials make.
 
     ``speaker`` is recorded in the model's metadata as it is (it is checked
     only where a model is stored). With ``backend``, the model also keeps
-    one i-vector per array.
+    one i-vector per array. ``on_note`` is told when there was less than
+    :data:`SHORT_ENROLLMENT_SECONDS` of speech.
     """
     gmm, stats = adapt_to(ubm.gmm, arrays, relevance, adapt)
+    seconds = stats.n_frames * ubm.feature_config.hop_ms / 1000
+    if seconds < SHORT_ENROLLMENT_SECONDS and on_note is not None:
+        on_note(f"speaker {speaker!r}: enrolled from only {seconds:.2f} s of speech; the model barely differs from "
+                f"the UBM and will decide poorly (enroll {3 * SHORT_ENROLLMENT_SECONDS:g} s or more)")
     meta = {
         "speaker": speaker,
         "relevance": relevance,
@@ -513,7 +521,8 @@ def _enrolled_in_order(ubm: Model, speakers: dict, relevance: float, adapt: str,
         if remaining[owner]:
             continue
         if arrays[owner]:
-            yield adapt_model(ubm, arrays.pop(owner), owner, relevance=relevance, adapt=adapt, backend=backend)
+            yield adapt_model(ubm, arrays.pop(owner), owner, relevance=relevance, adapt=adapt, backend=backend,
+                              on_note=run.on_note)
         else:
             if run.on_skip is not None:
                 run.on_skip(f"speaker {owner!r}: no usable audio left; not enrolled")
@@ -764,7 +773,7 @@ def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[tu
     scorer = _scorer(ubm, [speakers[name] for name in loaded], top_c, backend)
     z_stats = None
     if cohort is not None and norm in ("z", "s") and loaded:
-        z_stats = cohort_statistics(cohort.z_scores([speakers[name] for name in loaded]), top_n)
+        z_stats = cohort.statistics(cohort.z_scores([speakers[name] for name in loaded]), top_n)
     scores: dict[int, float] = {}
     for audio, indices in by_test.items():
         frames = features[audio]
@@ -775,7 +784,7 @@ def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[tu
         if z_stats is not None:
             z = (z_stats[0][columns], z_stats[1][columns])
         if cohort is not None and norm in ("t", "s"):
-            mean, std = cohort_statistics(cohort.t_scores(items[indices[0]].identity(), frames), top_n)
+            mean, std = cohort.statistics(cohort.t_scores(items[indices[0]].identity(), frames), top_n)
             t = (mean[0], std[0])
         final = normalise_scores(raw, norm, z, t)
         if calibration is not None:

@@ -18,7 +18,7 @@ from spkver.fileio import os_problem, write_atomic
 from spkver.run import RunOptions
 from spkver.storage.models import load_model, save_model
 from spkver.storage.speakers import SpeakerStore
-from spkver.storage.trials import format_score, score_file_header
+from spkver.storage.trials import score_file_bytes
 from spkver.synth import WORDS, Voice, utterance
 
 N_BACKGROUND, N_ENROLLED = 10, 6
@@ -118,13 +118,13 @@ def _run(root: Path, seed, echo, progress, kept: bool):
 
 def write_trials_and_scores(root: Path, trials, labels) -> None:
     """``trials`` (every test file against every speaker, labelled) and the demo's raw scores beside it."""
-    lines, scores = [], score_file_header(False, "none")
+    lines, rows = [], []
     for t, label in zip(trials, labels):
         test = Path(t.test).relative_to(root).as_posix()
         lines.append(f"{t.speaker} {test} {'target' if label else 'nontarget'}")
-        scores.append(format_score(t.speaker, test, t.score, label))
+        rows.append((t.speaker, test, t.score, label))
     write_atomic(root / "trials", ("\n".join(lines) + "\n").encode())
-    write_atomic(root / "demo-scores.tsv", ("\n".join(scores) + "\n").encode())
+    write_atomic(root / "demo-scores.tsv", score_file_bytes(False, "none", rows))
 
 
 def next_commands(root: Path, speakers) -> list[str]:

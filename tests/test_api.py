@@ -69,3 +69,22 @@ def test_the_api_examples_run():
             runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 20 and result.failed == 0
+
+
+def test_enrolling_from_under_a_second_of_speech_is_told_to_on_note(synthetic_corpus, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    run = spkver.RunOptions(workers=1)
+    ubm = spkver.train_ubm(spkver.find_audio([synthetic_corpus / "background"]), n_components=4, iterations=1, run=run)
+    clip = sorted((synthetic_corpus / "enroll" / "alice").glob("*.wav"))[0]
+    audio, rate = sf.read(clip)
+    sf.write(tmp_path / "short.wav", audio[: rate // 2], rate)
+    notes: list[str] = []
+    told = spkver.RunOptions(workers=1, on_note=notes.append)
+    spkver.enroll(ubm, spkver.find_audio([tmp_path / "short.wav"]), "carol", run=told)
+    assert len(notes) == 1 and "speaker 'carol': enrolled from only" in notes[0]
+    batch = list(spkver.enroll_many(ubm, {"dave": spkver.find_audio([tmp_path / "short.wav"])}, run=told))
+    assert len(batch) == 1 and len(notes) == 2 and "'dave'" in notes[1]
+    spkver.enroll(ubm, spkver.find_audio([synthetic_corpus / "enroll" / "alice"]), "erin", run=told)
+    assert len(notes) == 2 and np.isfinite(batch[0].gmm.means).all()

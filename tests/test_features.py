@@ -263,11 +263,20 @@ def test_extract_never_scatters_a_store_among_other_files(synthetic_corpus, tmp_
     home.mkdir()
     (home / "notes.txt").write_text("mine")
     (home / "a.npy").write_bytes(b"not ours")
+    # Names a store uses do not make a link or a folder the store's own.
+    linked, nested = tmp_path / "linked", tmp_path / "nested"
+    linked.mkdir()
+    (linked / ("a" * 24 + ".npy")).symlink_to(home / "notes.txt")
+    (nested / ".index.json.x.tmp").mkdir(parents=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for output, problem in [(home, "folder holds other files (a.npy and 1 more)"),
-                            (home / "notes.txt", "is a file, not a feature store folder")]:
+                            (home / "notes.txt", "is a file, not a feature store folder"),
+                            (linked, "folder holds other files"), (nested, "folder holds other files"),
+                            (tmp_path / "dangling", "is a link to nothing")]:
         result = runner.invoke(cli, ["extract", "-o", str(output), audio])
-        errors = [line for line in result.stderr.splitlines() if line.startswith("spkver: error:")]
-        assert result.exit_code == 2 and len(errors) == 1 and problem in errors[0], result.stderr
+        # Refused before any audio is read: the error is the only line.
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"spkver: error: {output}: {problem}"), result.stderr
     assert sorted(p.name for p in home.iterdir()) == ["a.npy", "notes.txt"]
     # "-" is standard output, which cannot hold a folder: refused, and no folder named "-" appears.
     monkeypatch.chdir(tmp_path)

@@ -263,6 +263,35 @@ def test_mean_warns_on_unnormalised_scores_and_refuses_what_it_cannot_average(fi
     result = run("fuse", "--mean", raw, files["dev", "gmm"], "-o", tmp_path / "m.tsv")
     assert result.exit_code == 0 and "scales may differ" in result.stderr, result.stderr
     one_error_line(run("fuse", "--mean", files["dev", "gmm"], "-o", tmp_path / "one.tsv"), "two or more systems")
+    # One system given twice, an input as the output, a mean of means: refused, the input intact.
+    copy = tmp_path / "again.tsv"
+    copy.symlink_to(raw)
+    one_error_line(run("fuse", "--mean", raw, copy, "-o", tmp_path / "twice.tsv"), "again.tsv", "given twice")
+    before = raw.read_bytes()
+    one_error_line(run("fuse", "--mean", raw, files["dev", "gmm"], "-o", raw), "both an input and the output")
+    assert raw.read_bytes() == before
+    assert run("fuse", "--mean", files["dev", "gmm"], files["eval", "gmm"], "-o", tmp_path / "m1.tsv").exit_code == 0
+    one_error_line(run("fuse", "--mean", tmp_path / "m1.tsv", files["dev", "gmm"], "-o", tmp_path / "m2.tsv"),
+                   "already a mean")
+    # A mean of scores is not a score `score` can make: calibrate refuses it and names the route that works.
+    one_error_line(run("calibrate", tmp_path / "m.tsv", "-o", tmp_path / "cal.json"), "one-system fusion")
+    assert not (tmp_path / "cal.json").exists()
     one_error_line(run("fuse", "--mean", "--fusion", tmp_path / "f.json", raw, raw, "-o", tmp_path / "x.tsv"),
                    "--mean or --fusion")
     assert not (tmp_path / "one.tsv").exists() and not (tmp_path / "x.tsv").exists()
+
+
+def test_mean_of_huge_scores_stays_finite_and_of_llrs_is_no_llr(tmp_path):
+    rows = trials(3, 3)
+    huge = [write_spkver(tmp_path / f"huge{k}.tsv", rows, [1.7e308] * len(rows), "s") for k in range(2)]
+    result = run("fuse", "--mean", *huge, "-o", tmp_path / "huge.tsv")
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+    assert all(s.score == 1.7e308 for s in read_scores(tmp_path / "huge.tsv").scores)
+    llrs = []
+    for k in range(2):
+        path = write_spkver(tmp_path / f"llr{k}.tsv", rows, system_scores(rows, np.random.default_rng(k), 2.0), "s")
+        path.write_text("# spkver: calibrated log-likelihood ratios\n" + path.read_text())
+        assert read_scores(path).calibrated
+        llrs.append(path)
+    assert run("fuse", "--mean", *llrs, "-o", tmp_path / "llr.tsv").exit_code == 0
+    assert not read_scores(tmp_path / "llr.tsv").calibrated  # a mean of LLRs is not an LLR

@@ -270,7 +270,9 @@ def test_calibrating_astronomical_scores_stays_finite(tmp_path):
         assert np.isfinite([data["scale"], data["offset"]]).all()
     else:
         one_error_line(result, "dev.tsv")
-    result = run("fuse", scores, scores, "-o", tmp_path / "fusion.json")
+    twin = tmp_path / "twin.tsv"  # a second system with the same scores (one file given twice is refused)
+    twin.write_bytes(scores.read_bytes())
+    result = run("fuse", scores, twin, "-o", tmp_path / "fusion.json")
     assert result.exit_code == 0, result.stderr
     data = json.loads((tmp_path / "fusion.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert np.isfinite([*data["weights"], data["offset"]]).all()
@@ -419,19 +421,24 @@ def test_a_subnormal_variance_is_refused_where_the_mixture_is_made(store, tmp_pa
         GMM(g.weights, g.means, variances)
 
 
-@pytest.mark.parametrize("copies", [1, 2])
-def test_z_norm_refuses_a_cohort_of_one_recording_or_its_copies(store, synthetic_corpus, tmp_path, copies):
-    # Copies of one recording score alike: the cohort's deviation of 0 would blow the scores up.
+@pytest.mark.parametrize(("copies", "gain", "norm", "problem"), [
+    (1, 1.0, "z", "at least two different recordings"), (2, 1.0, "z", "at least two different recordings"),
+    (2, 1.0001, "z", "scores barely vary"), (2, 1.0001, "t", "scores barely vary")])
+def test_score_norm_refuses_a_cohort_of_one_recording_or_its_copies(store, synthetic_corpus, tmp_path, copies, gain,
+                                                                      norm, problem):
+    # Copies of one recording, even a slightly louder one, score alike: dividing by the cohort's deviation of
+    # (nearly) 0 would blow the scores up into the thousands.
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     wav = next((synthetic_corpus / "background" / "bg0").glob("*.wav"))
+    audio, rate = sf.read(wav)
     for i in range(copies):
-        (cohort / f"copy{i}.wav").write_bytes(wav.read_bytes())
+        sf.write(cohort / f"copy{i}.wav", audio * gain**i, rate, subtype="FLOAT")
     trials = tmp_path / "trials"
     trials.write_text(f"alice {next((synthetic_corpus / 'test' / 'alice').glob('*.wav'))}\n")
     result = run("score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
-                 "--score-norm", "z", "--cohort", cohort, "-o", tmp_path / "s.tsv")
-    one_error_line(result, "at least two different recordings")
+                 "--score-norm", norm, "--cohort", cohort, "-o", tmp_path / "s.tsv")
+    one_error_line(result, f"{cohort}: ", problem)
     assert not (tmp_path / "s.tsv").exists()
 
 

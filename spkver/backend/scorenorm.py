@@ -75,6 +75,11 @@ def distinct(arrays) -> int:
     return len({sha256_hex([np.ascontiguousarray(a).tobytes()]) for a in arrays})
 
 
+# Cohort scores that vary less than this (average frame LLR) come from copies, or near-copies, of one
+# recording or model: normalising by so small a deviation would blow every score up.
+MIN_COHORT_DEVIATION = 1e-3
+
+
 def cohort_statistics(scores, top_n=None):
     """Mean and standard deviation of cohort scores (rows), optionally of the top N only."""
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
@@ -111,12 +116,15 @@ class Cohort:
         Cohort segments as features (a UBM's ``model.cohort``) instead of audio.
     run : RunOptions
         Workers and progress for extracting the cohort recordings (bad ones are skipped).
+    source : str or path, optional
+        What the cohort came from (``--cohort``, or the UBM holding it), for messages.
     """
 
     def __init__(self, ubm: Model, audio_items=(), model_store: SpeakerStore | None = None, *, top_c: int = 5,
                  cache_dir=None, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT, frames=None,
-                 run: RunOptions = RunOptions()):
+                 run: RunOptions = RunOptions(), source=None):
         self.ubm, self.audio_items, self.model_store = ubm, list(audio_items), model_store
+        self.source = source
         self.top_c, self.relevance, self.run = top_c, relevance, run
         self.adapt = adapt
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -174,7 +182,7 @@ class Cohort:
             extracted = extract_all(self.audio_items, self.ubm.feature_config, run=run)
             self._features = [frames for _, frames in extracted]
         if distinct(self._features) < 2:  # Z-norm divides by the deviation of the cohort's scores
-            raise SpkverError("a cohort needs at least two different recordings")
+            raise SpkverError("a cohort needs at least two different recordings", self.source)
         return self._features
 
     def models(self):
@@ -185,8 +193,16 @@ class Cohort:
             else:
                 self._models = [adapt_to(self.ubm.gmm, [f], self.relevance, self.adapt)[0] for f in self.features()]
             if distinct([m.means for m in self._models]) < 2:
-                raise SpkverError("a cohort needs at least two different models or recordings")
+                raise SpkverError("a cohort needs at least two different models or recordings", self.source)
         return self._models
+
+    def statistics(self, scores, top_n=None) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`cohort_statistics` of raw cohort scores (rows); a cohort whose scores barely vary is refused."""
+        mean, std = cohort_statistics(scores, top_n)
+        if std.size and std.min() < MIN_COHORT_DEVIATION:
+            raise SpkverError(f"the cohort's scores barely vary (deviation {std.min():.2g}): its recordings or models "
+                              "are (nearly) copies of one another; give a cohort of different speakers", self.source)
+        return mean, std
 
     def z_scores(self, speakers) -> np.ndarray:
         """Scores of the cohort recordings against each speaker model, (S, cohort size)."""

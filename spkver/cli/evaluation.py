@@ -46,14 +46,13 @@ from spkver.storage.trials import (
     LABEL_CHOICES,
     SPKVER_SCORES,
     align_scores,
-    format_score,
     is_score_file,
     label_trials,
     labelled_scores,
     read_key,
     read_scores,
     read_trials,
-    score_file_header,
+    score_file_bytes,
 )
 
 
@@ -65,7 +64,7 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
     cache_dir = cohort_cache_dir(models_dir) if models_dir is not None else None
     if not cohort_paths:
         return Cohort(ubm, top_c=top_c, cache_dir=cache_dir, frames=ubm.cohort,
-                      run=report.run_options(workers, label="cohort"))
+                      run=report.run_options(workers, label="cohort"), source=ubm.source)
     audio, model_store = [], None
     for raw in cohort_paths:
         path = Path(raw)
@@ -78,7 +77,7 @@ def build_cohort(ubm, models_dir, cohort_paths, top_c, workers, report):
         else:
             audio.extend(find_audio([path]))
     return Cohort(ubm, audio, model_store, top_c=top_c, cache_dir=cache_dir,
-                  run=report.run_options(workers, label="cohort"))
+                  run=report.run_options(workers, label="cohort"), source=" ".join(map(str, cohort_paths)))
 
 
 @click.command("score")
@@ -285,6 +284,12 @@ def calibrate_command(report, scores_path, key_path, output, p_target):
     scores, calibrated, normalisation = read_scores(scores_path)
     if calibrated:
         raise SpkverError("scores are already calibrated; calibrate raw scores", scores_path)
+    try:  # a calibration is applied by `score`, which must be able to make its scores the same way
+        parse_normalisation(normalisation)
+    except ValueError:
+        raise SpkverError(f"scores normalised as '{normalisation}', which `score` cannot make, so a calibration "
+                          "of them could not be applied: calibrate them as a one-system fusion (spkver fuse FILE "
+                          "--key KEY -o cal.json, applied by spkver fuse --fusion cal.json)", scores_path) from None
     tar, non, _, _ = labelled_scores(scores, read_labels(key_path), str(scores_path), on_note=report.warn)
     for warning in calibration_warnings(tar, non, p_target):
         report.warn(f"{scores_path}: {warning}")
@@ -318,7 +323,7 @@ def llr_quality(llr_tar, llr_non, min_cllr_value, p_target) -> str:
                    "(S-normed, as `score` writes by default); no development set needed.")
 @click.pass_obj
 def fuse_command(report, scores_paths, fusion_path, key, output, p_target, mean):
-    """Fuse several systems' scores of the same trials into one calibrated log-likelihood ratio.
+    """Fuse several systems' scores of the same trials into one calibrated log-likelihood ratio, or their mean.
 
     Learns llr = w1*score1 + w2*score2 + ... + offset on development SCORES (one file per system, in any format
     evaluate reads) by calibrate's prior-weighted logistic regression; with --fusion, applies it to other SCORES
@@ -349,7 +354,7 @@ def fuse_command(report, scores_paths, fusion_path, key, output, p_target, mean)
 def learn_fusion(report, scores_paths, key_path, output, p_target):
     """``spkver fuse`` without ``--fusion``: learn a fusion on development scores and write it."""
     refuse_to_replace(output, is_fusion_file, "fusion file")
-    files = read_system_scores(scores_paths)
+    files = read_system_scores(scores_paths, output)
     key = read_labels(key_path)
     labelled = [label_trials(score_file.scores, key, str(path), on_note=report.warn)
                 for path, score_file in zip(scores_paths, files)]
@@ -386,22 +391,34 @@ def learn_fusion(report, scores_paths, key_path, output, p_target):
     report.log(f"  fused: {llr_quality(llr_tar, llr_non, min_cllr(llr_tar, llr_non), p_target)}")
 
 
-def read_system_scores(scores_paths) -> list:
-    """The score files of several systems; a header whose normalisation holds control characters is refused
-    (it would be copied into the fused file's header)."""
+def read_system_scores(scores_paths, output) -> list:
+    """The score files of several systems, one file each, none of them ``output``.
+
+    A file given twice would count one system twice, and an output that is an
+    input would be overwritten by what was read from it; a header whose
+    normalisation holds control characters is refused (it would be copied into
+    the fused file's header).
+    """
     files = [read_scores(path) for path in scores_paths]
-    for path, score_file in zip(scores_paths, files):
+    for k, (path, score_file) in enumerate(zip(scores_paths, files)):
         if printable(score_file.normalisation) != score_file.normalisation:
             raise SpkverError("the header's normalisation holds control characters", path)
+        if any(Path(path).samefile(earlier) for earlier in scores_paths[:k]):
+            raise SpkverError("is given twice: give each system's scores once", path)
+        if Path(output).exists() and Path(path).samefile(output):
+            raise SpkverError("is both an input and the output (-o): write the output to another file", path)
     return files
 
 
 def write_score_file(output, calibrated: bool, normalisation: str, trials, values) -> str:
     """A score file of ``trials`` (each with speaker, test and label) and their ``values``; returns where it
     went (``-``: stdout)."""
-    lines = score_file_header(calibrated, normalisation)
-    lines += [format_score(trial.speaker, trial.test, value, trial.label) for trial, value in zip(trials, values)]
-    return write_output(output, ("\n".join(lines) + "\n").encode())
+    rows = ((trial.speaker, trial.test, value, trial.label) for trial, value in zip(trials, values))
+    return write_output(output, score_file_bytes(calibrated, normalisation, rows))
+
+
+# How `fuse --mean` names its scores' normalisation: "mean of 2: s + s".
+MEAN_MARK = "mean of "
 
 
 def mean_scores(report, scores_paths, output):
@@ -409,21 +426,26 @@ def mean_scores(report, scores_paths, output):
     refuse_to_replace(output, is_score_file, "score file")
     if len(scores_paths) < 2:
         raise SpkverError("--mean needs the score files of two or more systems", scores_paths[0])
-    files = read_system_scores(scores_paths)
+    files = read_system_scores(scores_paths, output)
     for path, score_file in zip(scores_paths, files):
         if score_file.calibrated != files[0].calibrated:
             raise SpkverError(f"holds {'calibrated LLRs' if score_file.calibrated else 'raw scores'} where "
                               f"{scores_paths[0]} holds {'calibrated LLRs' if files[0].calibrated else 'raw scores'}: "
                               "a mean needs scores of one kind", path)
+        if score_file.normalisation.startswith(MEAN_MARK):  # a mean of means would weigh its systems unequally
+            raise SpkverError("is already a mean of several systems: give each system's own scores", path)
     if len({f.normalisation for f in files}) > 1 or files[0].normalisation == "none":
         report.warn("the scores were not all S-normed alike, so their scales may differ and the mean may favour one "
                     "system: score each with the same --score-norm (S-norm by default), or learn weights with --key")
     aligned = align_scores([f.scores for f in files], [str(path) for path in scores_paths], on_note=report.warn)
-    means = np.array(aligned.scores, dtype=np.float64).mean(axis=1)
-    # The header says the scores are a mean, so a calibration of one system's scores is not applied to them.
-    normalisation = f"mean of {len(files)}: " + " + ".join(f.normalisation for f in files)
-    where = write_score_file(output, files[0].calibrated, normalisation, aligned.trials, means)
-    report.log(f"mean of {len(files)} systems' scores over {len(means)} trials -> {where}")
+    # Each score divided first: the mean of finite scores stays finite, however large they are.
+    means = (np.array(aligned.scores, dtype=np.float64) / len(files)).sum(axis=1)
+    # The header names the mean, so neither `score` nor a fusion takes these for one system's scores; a mean of
+    # LLRs is no LLR, so it is never marked calibrated.
+    normalisation = f"{MEAN_MARK}{len(files)}: " + " + ".join(f.normalisation for f in files)
+    where = write_score_file(output, False, normalisation, aligned.trials, means)
+    report.log(f"mean of {len(files)} systems' scores over {len(means)} trial{'s' if len(means) > 1 else ''} "
+               f"-> {where}")
 
 
 def apply_fusion(report, scores_paths, fusion_path, output):
@@ -431,7 +453,7 @@ def apply_fusion(report, scores_paths, fusion_path, output):
     refuse_to_replace(output, is_score_file, "score file")
     fusion = load_fusion(fusion_path)
     fusion.require_systems(len(scores_paths))
-    files = [read_scores(path) for path in scores_paths]
+    files = read_system_scores(scores_paths, output)
     for k, (path, score_file) in enumerate(zip(scores_paths, files)):
         fusion.require(k, score_file.normalisation, score_file.calibrated, path)
     aligned = align_scores([f.scores for f in files], [str(path) for path in scores_paths], on_note=report.warn)

@@ -32,7 +32,7 @@ COMMANDS = {
     "score": ("evaluation", "score_command", "Score a trial list (S-norm by default) into a score file."),
     "evaluate": ("evaluation", "evaluate_command", "EER, minDCF, Cllr of score files; DET curves."),
     "calibrate": ("evaluation", "calibrate_command", "Fit a score-to-LLR calibration on a development set."),
-    "fuse": ("evaluation", "fuse_command", "Fuse several systems' scores into one calibrated LLR."),
+    "fuse": ("evaluation", "fuse_command", "Fuse several systems' scores: a learnt, calibrated LLR, or their mean."),
     "info": ("info", "info_command", "Describe a model file."),
     "demo": ("info", "demo_command", "The whole recipe on synthetic voices, in seconds."),
     "cache": ("cache", "cache_group", "Show or empty the caches spkver keeps."),

@@ -85,7 +85,7 @@ def enroll_command(report, ubm_path, models_dir, speaker, per_folder, speaker_li
         items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     model = enroll_speaker(ubm, items, speaker, relevance=relevance, adapt=adapt, backend=backend,
                            run=report.run_options(workers, skip_bad))
-    save_speaker(report, store, speaker, model, force)
+    save_speaker(store, speaker, model, force)
     report.log(f"enrolled {speaker}: {model.meta['training']['frames']} speech frames from "
                f"{model.meta['training']['files']} files -> {store.path(speaker)}")
 
@@ -104,22 +104,13 @@ def refuse_enrolled(store, speakers, force):
                           store.root)
 
 
-# Less speech than this moves the UBM so little that the model accepts and rejects almost at random.
-SHORT_ENROLLMENT_SECONDS = 1.0
-
-
-def save_speaker(report, store, speaker, model, force):
-    """Write one speaker's model atomically, re-checking under its lock that no other run enrolled it meanwhile;
-    warn when it was made from too little speech to tell its speaker apart."""
+def save_speaker(store, speaker, model, force):
+    """Write one speaker's model atomically, re-checking under its lock that no other run enrolled it meanwhile."""
     with store.locked(speaker):
         if store.exists(speaker) and not force:
             raise SpkverError(f"speaker {speaker!r} was enrolled meanwhile; pass --force to replace it",
                               store.path(speaker))
         save_model(store.path(speaker), model)
-    seconds = model.meta["training"]["frames"] * model.feature_config.hop_ms / 1000
-    if seconds < SHORT_ENROLLMENT_SECONDS:
-        report.warn(f"{store.path(speaker)}: enrolled from only {seconds:.2f} s of speech; the model barely differs "
-                    f"from the UBM and will decide poorly (enroll {SHORT_ENROLLMENT_SECONDS * 3:g} s or more)")
 
 
 def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevance, adapt, ivector_path, force, audio,
@@ -147,7 +138,7 @@ def enroll_batch(report, ubm_path, models_dir, per_folder, speaker_list, relevan
     try:
         for model in enroll_many(ubm, speakers, relevance=relevance, adapt=adapt, backend=backend,
                                  run=report.run_options(workers, skip_bad, label="speakers")):
-            save_speaker(report, store, model.meta["speaker"], model, force)
+            save_speaker(store, model.meta["speaker"], model, force)
             written += 1
     except SpkverError as exc:
         if written:

@@ -162,6 +162,8 @@ def extract_command(report, output, audio, list_file, data_dir, allow_pipes, wor
 
     if is_stdout(output):
         raise SpkverError("a feature store is a folder, it cannot go to standard output; name a folder", output)
+    if not FeatureStore.exists(output):
+        FeatureStore.check_new_folder(output)  # before any audio is read
     items = audio_items(report, audio, list_file, data_dir, allow_pipes)
     if FeatureStore.exists(output):
         store = FeatureStore(output)

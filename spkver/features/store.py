@@ -38,8 +38,9 @@ from spkver.fileio import content_hash, file_signature, locked, os_problem, read
 from spkver.run import RunOptions
 
 INDEX = "index.json"
-# What a store writes besides its index: an array per entry, the lock, atomic writes' temporary files.
-OWN_FILE = re.compile(r"[0-9a-f]{24}\.npy|\.lock|\..+\.tmp")
+# What a store writes: an array per entry, the lock, the temporary files of atomic writes, and the index
+# (which another run may have just written).
+OWN_FILE = re.compile(r"[0-9a-f]{24}\.npy|\.lock|\.(index\.json|[0-9a-f]{24}\.npy)\.[^/]+\.tmp|index\.json")
 FORMAT = 1
 
 
@@ -113,7 +114,7 @@ class FeatureStore:
         if index is None:
             if config is None:
                 raise SpkverError("not a feature store (no index.json)", self.root)
-            self._refuse_foreign_folder()
+            self.check_new_folder(self.root)
             self.config, self.entries = config, {}
         else:
             try:
@@ -141,20 +142,25 @@ class FeatureStore:
             raise SpkverError("not a spkver feature store index (or a damaged one)", path)
         return index
 
-    def _refuse_foreign_folder(self):
-        """A new store goes into a new or empty folder, or one holding only its own files (a run killed
-        before its first index): never scattered among a user's files."""
-        if self.root.exists() and not self.root.is_dir():
-            raise SpkverError("is a file, not a feature store folder", self.root)
+    @staticmethod
+    def check_new_folder(root) -> None:
+        """Refuse to start a store in ``root`` unless it is new, empty, or holds only a store's own files (a run
+        killed before its first index): a store is never scattered among a user's files."""
+        root = Path(root)
+        if root.is_symlink() and not root.exists():
+            raise SpkverError("is a link to nothing, not a feature store folder", root)
+        if root.exists() and not root.is_dir():
+            raise SpkverError("is a file, not a feature store folder", root)
         try:
-            foreign = sorted(p.name for p in self.root.iterdir() if not OWN_FILE.fullmatch(p.name)) \
-                if self.root.is_dir() else []
+            foreign = sorted(p.name for p in root.iterdir()
+                             if not (OWN_FILE.fullmatch(p.name) and p.is_file() and not p.is_symlink())) \
+                if root.is_dir() else []
         except OSError as exc:
-            raise SpkverError(f"cannot read the folder ({os_problem(exc)})", self.root) from None
+            raise SpkverError(f"cannot read the folder ({os_problem(exc)})", root) from None
         if foreign:
             more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
             raise SpkverError(f"folder holds other files ({printable(foreign[0])}{more}) and no feature store "
-                              "(no index.json); give a new or empty folder", self.root)
+                              "(no index.json); give a new or empty folder", root)
 
     @staticmethod
     def exists(root) -> bool:

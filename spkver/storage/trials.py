@@ -511,3 +511,9 @@ def format_score(speaker, test, score, label=None) -> str:
     if label is not None:
         text += "\ttarget" if label else "\tnontarget"
     return text
+
+
+def score_file_bytes(calibrated: bool, normalisation: str, rows) -> bytes:
+    """A whole score file: its header, then one line per ``(speaker, test, score, label)`` of ``rows``."""
+    lines = score_file_header(calibrated, normalisation) + [format_score(*row) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
