@@ -240,7 +240,7 @@ def test_fused_scores_that_overflow_are_refused_not_written(files, tmp_path):
     assert not out.exists()
 
 
-def test_mean_of_s_normed_systems_needs_no_development_set(tmp_path):
+def test_mean_of_s_normed_systems_needs_no_development_set(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
     rows = trials(200, 2000)
     a, b = system_scores(rows, rng, 2.0), system_scores(rows, rng, 2.0)
@@ -253,6 +253,12 @@ def test_mean_of_s_normed_systems_needs_no_development_set(tmp_path):
     expected = {(s, t): (x + y) / 2 for (s, t, _), x, y in zip(rows, a, b)}
     assert len(fused.scores) == len(rows)
     assert all(abs(s.score - expected[s.speaker, s.test]) < 1e-5 for s in fused.scores)
+    # "-" is standard output, even beside a file of that name.
+    (tmp_path / "-").write_text("not a score file")
+    monkeypatch.chdir(tmp_path)
+    to_stdout = run("fuse", "--mean", first, second, "-o", "-")
+    assert to_stdout.exit_code == 0 and to_stdout.stdout.startswith("# spkver: normalisation mean of 2"), \
+        to_stdout.stderr
     # Two independent systems of equal strength: their mean separates the classes better than either.
     assert evaluated(tmp_path / "fused.tsv")["eer"] < min(evaluated(first)["eer"], evaluated(second)["eer"])
 

@@ -29,6 +29,7 @@ from spkver.backend.scorenorm import (
 from spkver.cli.options import (
     Finite,
     deprecated_alias,
+    is_stdout,
     ivector_backend,
     ivector_option,
     load_store,
@@ -405,7 +406,7 @@ def read_system_scores(scores_paths, output) -> list:
             raise SpkverError("the header's normalisation holds control characters", path)
         if any(Path(path).samefile(earlier) for earlier in scores_paths[:k]):
             raise SpkverError("is given twice: give each system's scores once", path)
-        if Path(output).exists() and Path(path).samefile(output):
+        if not is_stdout(output) and Path(output).exists() and Path(path).samefile(output):
             raise SpkverError("is both an input and the output (-o): write the output to another file", path)
     return files
 
