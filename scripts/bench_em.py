@@ -133,7 +133,7 @@ def big_run():
             np.save(os.path.join(tmp, f"{i:024d}.npy"), frames)
             entries[f"{i:024d}"] = {"source": f"/big/{i}", "size": 1, "mtime_ns": 1, "frames": 500_000}
         with open(os.path.join(tmp, "index.json"), "w") as handle:
-            config = FeatureConfig(n_ceps=20, pitch=False)  # D = 60 dimensions: 20 cepstra + Δ + ΔΔ
+            config = FeatureConfig(n_ceps=20, pitch=False, norm="cmn")  # D = 60: 20 cepstra + Δ + ΔΔ, one system
             json.dump({"format": 1, "feature_config": config.to_dict(), "entries": entries}, handle)
         times = []
         peak_before = gemm_gflops()

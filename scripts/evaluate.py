@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluation runner: drives the spkver CLI on the protocols and prints EER, minDCF, identification.
 
-    python scripts/evaluate.py [--protocol asc ...] [--defaults] [--fusion] [--workdir DIR] [--det PNG]
+    python scripts/evaluate.py [--protocol asc ...] [--defaults] [--workdir DIR] [--det PNG]
 
 Every step is a real ``spkver`` command (train-ubm, enroll per speaker,
 score, evaluate) given nothing but the audio, so the numbers are what a user
@@ -105,14 +105,6 @@ def measured(protocol, scores: Path, seconds: float):
             "seconds": seconds, "scores": scores}
 
 
-def run_fusion(protocol, workdir: Path, rows):
-    """The README's two-system recipe: the systems' S-normed scores (``rows``) averaged by ``fuse --mean``."""
-    start = time.perf_counter()
-    fused = workdir / "scores-fused.tsv"
-    spkver("fuse", "--mean", *(row["scores"] for row in rows), "-o", fused)
-    return measured(protocol, fused, time.perf_counter() - start + sum(row["seconds"] for row in rows))
-
-
 # (label, train-ubm options, enroll options, score options): the defaults, then one change at a time.
 CONFIGURATIONS = [
     ("default", [], [], []),
@@ -121,8 +113,9 @@ CONFIGURATIONS = [
     ("20 cepstra", ["--n-ceps", "20"], [], []),
     ("30 cepstra", ["--n-ceps", "30"], [], []),
     ("c0 replaced by log energy", ["--log-energy"], [], []),
-    ("CMVN", ["--feature-norm", "cmvn"], [], []),
-    ("feature warping, 3 s", ["--feature-norm", "warp"], [], []),
+    ("one system: CMN (--feature-norm cmn, the default before 0.5)", ["--feature-norm", "cmn"], [], []),
+    ("one system: feature warping (--feature-norm warp)", ["--feature-norm", "warp"], [], []),
+    ("systems: CMN and CMVN (--feature-norm cmn+cmvn)", ["--feature-norm", "cmn+cmvn"], [], []),
     ("components x 1/2", ["--components", "half"], [], []),
     ("components x 2", ["--components", "double"], [], []),
     ("relevance 8", [], ["--relevance", "8"], []),
@@ -134,15 +127,8 @@ CONFIGURATIONS = [
 ]
 
 
-# The second system of the README's two-system recipe (--fusion), fused with the defaults.
-FUSION_PARTNER = "feature warping, 3 s"
-FUSION_LABEL = "defaults + feature warping (fuse --mean)"
-
-
-def configurations(defaults_only, fusion):
-    if not defaults_only:
-        return CONFIGURATIONS
-    return [c for c in CONFIGURATIONS if c[0] == "default" or (fusion and c[0] == FUSION_PARTNER)]
+def configurations(defaults_only):
+    return [CONFIGURATIONS[0]] if defaults_only else CONFIGURATIONS
 
 
 def resolve_components(options, default_ubm: Path):
@@ -167,9 +153,6 @@ def main():
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--defaults", action="store_true", help="spkver's defaults only.")
     parser.add_argument("--det", type=Path, help="DET plot of each protocol's default scores.")
-    parser.add_argument("--fusion", action="store_true",
-                        help="Also the two-system recipe: the defaults and --feature-norm warp, fused by "
-                             "`spkver fuse --mean`.")
     args = parser.parse_args()
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="spkver-eval-"))
     names = args.protocol or list(PROTOCOLS)
@@ -179,13 +162,11 @@ def main():
     for name in names:
         protocol = PROTOCOLS[name](args.data, args.build_dir)
         default_ubm, rows = None, {}
-        for label, train_options, enroll_options, score_options in configurations(args.defaults, args.fusion):
+        for label, train_options, enroll_options, score_options in configurations(args.defaults):
             if default_ubm is not None:
                 train_options = resolve_components(train_options, default_ubm)
             rows[label] = run_protocol(protocol, workroot / name, train_options, enroll_options, score_options)
             default_ubm = default_ubm or rows[label]["ubm"]
-        if args.fusion:
-            rows[FUSION_LABEL] = run_fusion(protocol, workroot / name, [rows["default"], rows[FUSION_PARTNER]])
         for label, row in rows.items():
             pivot[label][name] = row["eer"]
             if label == "default":

@@ -55,8 +55,9 @@ CANDIDATES = [
     ("40 / 30 mel bands", {"n_mels": "narrow"}, {}),
     ("80 / 60 mel bands", {"n_mels": "wide"}, {}),
     ("c0 replaced by log energy", {"log_energy": True}, {}),
-    ("CMVN", {"norm": "cmvn"}, {}),
-    ("feature warping, 3 s", {"norm": "warp"}, {}),
+    ("one system: CMN (the default before 0.5)", {"norm": "cmn"}, {}),
+    ("one system: CMVN", {"norm": "cmvn"}, {}),
+    ("one system: feature warping, 3 s", {"norm": "warp"}, {}),
     ("deltas: Δ only", {"deltas": 1}, {}),
     ("delta window ±1", {"delta_window": 1}, {}),
     ("delta window ±3", {"delta_window": 3}, {}),
@@ -79,16 +80,22 @@ CANDIDATES = [
     ("window 20 ms", {"window_ms": 20.0}, {}),
     ("window 32 ms", {"window_ms": 32.0}, {}),
     ("mel filterbank from 100 Hz", {"fmin": 100.0}, {}),
-    ("no cepstral mean normalisation", {"norm": "none"}, {}),
+    ("one system: no cepstral normalisation", {"norm": "none"}, {}),
     # Two changes: the best pair for the 16 kHz protocols (asc, asc-short) found by hand.
     ("no log-mel floor and delta window ±1", {"top_db": None, "delta_window": 1}, {}),
-    # Two subsystems on the same frames, each its own UBM, models and S-norm; the mean of their scores.
-    ("fusion: defaults and a feature-warping subsystem", [{}, {"norm": "warp"}], {}),
-    ("fusion: defaults and no-pitch subsystem", [{}, {"pitch": False}], {}),
-    ("fusion: defaults and no log-mel floor, delta window ±1", [{}, {"top_db": None, "delta_window": 1}], {}),
-    ("fusion: defaults, feature warping, and no log-mel floor with delta window ±1",
-     [{}, {"norm": "warp"}, {"top_db": None, "delta_window": 1}], {}),
-    ("one system on the cepstra of both normalisations (CMN and warping)", ({}, {"norm": "warp"}), {}),
+    # Other systems than the default pair (each its own UBM and models; their raw scores averaged, then S-norm).
+    ("systems: CMN and CMVN", {"norm": "cmn+cmvn"}, {}),
+    ("systems: CMVN and feature warping", {"norm": "cmvn+warp"}, {}),
+    ("systems: CMN, CMVN and feature warping", {"norm": "cmn+cmvn+warp"}, {}),
+    # Fusions of separate models (S-normed scores averaged, as `spkver fuse --mean`), measured before the
+    # default had two systems: the one-system CMN model with another.
+    ("fusion: CMN and feature warping", [{"norm": "cmn"}, {"norm": "warp"}], {}),
+    ("fusion: CMN and no-pitch CMN", [{"norm": "cmn"}, {"norm": "cmn", "pitch": False}], {}),
+    ("fusion: CMN and CMN without log-mel floor, delta window ±1",
+     [{"norm": "cmn"}, {"norm": "cmn", "top_db": None, "delta_window": 1}], {}),
+    ("fusion: CMN, feature warping, and CMN without log-mel floor with delta window ±1",
+     [{"norm": "cmn"}, {"norm": "warp"}, {"norm": "cmn", "top_db": None, "delta_window": 1}], {}),
+    ("one system on the cepstra of both normalisations (CMN and warping)", ({"norm": "cmn"}, {"norm": "warp"}), {}),
 ]
 
 
@@ -107,7 +114,14 @@ def feature_config(protocol, settings) -> FeatureConfig:
 
 
 def protocol_features(protocol, config, workdir: Path):
-    """Features of every file of the protocol, extracted once per config (cached in ``workdir``)."""
+    """Features of every file of the protocol, extracted once per config (cached in ``workdir``).
+
+    Several systems' features are their one-system features side by side (as extraction makes them,
+    tests/test_features.py), so each normalisation is extracted and cached once.
+    """
+    if len(config.norms) > 1:
+        parts = [protocol_features(protocol, replace(config, norm=norm), workdir) for norm in config.norms]
+        return {f: np.hstack([part[f] for part in parts]) for f in parts[0]}
     files = sorted({str(f) for f in [*protocol.ubm, *protocol.test, *protocol.cohort,
                                      *(f for fs in protocol.enroll.values() for f in fs)]})
     key = hashlib.sha256((protocol.name + config.fingerprint() + "\n".join(files)).encode()).hexdigest()[:16]
@@ -122,30 +136,18 @@ def protocol_features(protocol, config, workdir: Path):
 
 
 def candidate_features(protocol, settings, workdir: Path) -> list:
-    """Features of each subsystem of a candidate: one settings dict is one system; a list of them is a
-    fusion of systems (their S-normed scores averaged); a tuple is one system on the cepstra of each
+    """``(features, views)`` of each model of a candidate: one settings dict is one spkver model (of the
+    systems its ``norm`` names, ``views`` their columns); a list of them is a fusion of models (their
+    S-normed scores averaged, as ``spkver fuse --mean``); a tuple is one system on the cepstra of each
     setting side by side (the pitch columns once, from the first)."""
     if isinstance(settings, dict):
-        return [protocol_features(protocol, feature_config(protocol, settings), workdir)]
+        config = feature_config(protocol, settings)
+        return [(protocol_features(protocol, config, workdir), config.views)]
     if isinstance(settings, list):
         return [f for s in settings for f in candidate_features(protocol, s, workdir)]
-    parts = [(candidate_features(protocol, s, workdir)[0], feature_config(protocol, s)) for s in settings]
-    return [{f: np.hstack([parts[0][0][f]] + [p[f][:, :(1 + c.deltas) * c.n_ceps] for p, c in parts[1:]])
-             for f in parts[0][0]}]
-
-
-def s_norm(scores, scorer, ubm, cohort, relevance, adapt, test_features, floor, top_n=None):
-    """S-norm of a (tests, speakers) score matrix against cohort segments (as ``spkver score`` does).
-
-    The cohort models are scored with the top-C of ``scorer``; ``top_n`` keeps only the N highest
-    cohort scores of each model and test (adaptive S-norm), None all of them.
-    """
-    z = cohort_statistics(np.array([scorer.scores(c) for c in cohort]).T, top_n)
-    cohort_models = [map_adapt(ubm, accumulate(ubm, [c], np.float64), relevance, adapt, variance_floor=floor)
-                     for c in cohort]
-    t_scorer = Scorer(ubm, cohort_models, scorer.top_c)
-    t = cohort_statistics(np.array([t_scorer.scores(f) for f in test_features]), top_n)
-    return normalise_scores(scores, "s", (z[0][None, :], z[1][None, :]), (t[0][:, None], t[1][:, None]))
+    parts = [(candidate_features(protocol, s, workdir)[0][0], feature_config(protocol, s)) for s in settings]
+    return [({f: np.hstack([parts[0][0][f]] + [p[f][:, :(1 + c.deltas) * c.n_ceps] for p, c in parts[1:]])
+              for f in parts[0][0]}, (slice(None),))]
 
 
 def metrics(protocol, scores):
@@ -155,31 +157,43 @@ def metrics(protocol, scores):
 
 
 def scores_of(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
-              cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5):
+              cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5, views=(slice(None),)):
     """The (tests, speakers) scores of one UBM seed, with spkver's defaults unless told otherwise.
 
     ``frames_per_component`` (None: the ``auto`` rule), ``relevance``, ``adapt``, ``norm`` ("s" or
     "none"), ``cohort_size`` (segments), ``top_n`` (adaptive S-norm) and ``top_c`` (components scored
-    per frame) are the settings of ``train-ubm``, ``enroll`` and ``score`` of those names.
+    per frame) are the settings of ``train-ubm``, ``enroll`` and ``score`` of those names. ``views``
+    are the columns of each system (``FeatureConfig.views``): each has its own UBM and models, and
+    the raw scores, test and cohort alike, are the mean over the systems (``SystemsScorer``).
     """
     ubm_frames = [features[str(f)] for f in protocol.ubm]
     n_frames = sum(len(a) for a in ubm_frames)
     k = auto_components(n_frames) if frames_per_component is None else \
         int(np.clip(2 ** round(np.log2(max(n_frames / frames_per_component, 1))), 16, 2048))
-    with Engine(ubm_frames, 2) as engine:
-        ubm = train(ubm_frames, k, seed=seed, engine=engine).gmm
-    floor = ubm.variances.min(axis=0) * 1e-2  # as pipeline.enroll
     speakers = sorted(protocol.enroll)
-    models = [map_adapt(ubm, accumulate(ubm, [features[str(f)] for f in protocol.enroll[s]], np.float64),
-                        relevance, adapt, variance_floor=floor) for s in speakers]
-    scorer = Scorer(ubm, models, top_c)
-    tests = [features[str(t)] for t in protocol.test]
-    scores = np.array([scorer.scores(f) for f in tests])
-    if norm == "s":
-        cohort = cohort_segments(ubm_frames, cohort_size)  # what train-ubm stores in the UBM
-        scores = s_norm(scores, scorer, ubm, [c.astype(np.float32) for c in cohort], relevance, adapt, tests, floor,
-                        top_n)
-    return scores
+    cohort = [c.astype(np.float32) for c in cohort_segments(ubm_frames, cohort_size)]  # what train-ubm stores
+    raw = z_cohort = t_cohort = 0.0
+    for view in views:
+        frames = [a[:, view] for a in ubm_frames]
+        with Engine(frames, 2) as engine:
+            ubm = train(frames, k, seed=seed, engine=engine).gmm
+        floor = ubm.variances.min(axis=0) * 1e-2  # as adapt_to
+        models = [map_adapt(ubm, accumulate(ubm, [features[str(f)][:, view] for f in protocol.enroll[s]],
+                                            np.float64), relevance, adapt, variance_floor=floor) for s in speakers]
+        scorer = Scorer(ubm, models, top_c)
+        tests = [features[str(t)][:, view] for t in protocol.test]
+        raw = raw + np.array([scorer.scores(f) for f in tests]) / len(views)
+        if norm == "s":
+            segments = [c[:, view] for c in cohort]
+            z_cohort = z_cohort + np.array([scorer.scores(c) for c in segments]).T / len(views)
+            cohort_models = [map_adapt(ubm, accumulate(ubm, [c], np.float64), relevance, adapt, variance_floor=floor)
+                             for c in segments]
+            t_scorer = Scorer(ubm, cohort_models, top_c)
+            t_cohort = t_cohort + np.array([t_scorer.scores(f) for f in tests]) / len(views)
+    if norm != "s":
+        return raw
+    z, t = cohort_statistics(z_cohort, top_n), cohort_statistics(t_cohort, top_n)
+    return normalise_scores(raw, "s", (z[0][None, :], z[1][None, :]), (t[0][:, None], t[1][:, None]))
 
 
 def main():
@@ -207,8 +221,8 @@ def main():
         for name, protocol in protocols.items():
             features = candidate_features(protocol, settings, args.workdir)
             seeds = range(args.first_seed, args.first_seed + args.seeds)
-            results = np.array([metrics(protocol, np.mean([scores_of(protocol, f, seed, **options) for f in features],
-                                                          axis=0)) for seed in seeds])
+            results = np.array([metrics(protocol, np.mean([scores_of(protocol, f, seed, views=views, **options)
+                                                           for f, views in features], axis=0)) for seed in seeds])
             row[name] = results.mean(axis=0)
         baseline = baseline or row
         better = sum(row[n][0] < baseline[n][0] for n in names)

@@ -39,7 +39,7 @@ from spkver.backend.scorenorm import (
     describe_normalisation,
     normalise_scores,
 )
-from spkver.backend.scoring import Scorer, checked_scores
+from spkver.backend.scoring import SystemsScorer, checked_scores
 from spkver.errors import SpkverError
 from spkver.features.config import FeatureConfig, default_feature_config
 from spkver.features.extraction import checked_features, extract_all, usable_features
@@ -47,11 +47,11 @@ from spkver.features.store import FeatureStore, cache_store_path
 from spkver.fileio import array_parts, sha256_hex
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
 from spkver.gmm.engine import Engine
-from spkver.gmm.map import DEFAULT_ADAPT, adapt_to
+from spkver.gmm.map import DEFAULT_ADAPT, adapt_views
 from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS, DEFAULT_WCCN
 from spkver.ivector.backend import IvectorBackend
 from spkver.run import RunOptions, default_workers
-from spkver.storage.models import Model, checkpoint_writer, load_checkpoint
+from spkver.storage.models import Model, checkpoint_writer, load_checkpoint, system_summary, ubm_checkpoint_writer
 from spkver.storage.speakers import SpeakerStore, validate_speaker_id
 from spkver.storage.trials import Score, Trial
 
@@ -144,9 +144,12 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     Returns
     -------
     Model
-        ``kind == "ubm"``; ``model.gmm`` has (K,) weights and (K, D) means and
-        variances, ``model.cohort`` the kept segments, ``model.meta["training"]``
-        a summary.
+        ``kind == "ubm"``; ``model.gmms`` holds one mixture per system of
+        ``config.norm`` (``model.gmm`` is the first), each with (K,) weights
+        and (K, D) means and variances, D = ``config.system_dim``;
+        ``model.cohort`` the kept segments ((n_i, ``config.dim``) each),
+        ``model.meta["training"]`` a summary (``"systems"``: each system's,
+        when there are several).
 
     Raises
     ------
@@ -180,35 +183,56 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     identity = None if checkpoint is None else {  # hashing every frame is only worth it for a checkpoint
         "training data": data_identity(arrays), "feature settings": config.fingerprint(),
         "components": k, "init": init, "seed": seed, "tol": tol, "variance floor ratio": variance_floor_ratio}
-    state = resumed_state(load_checkpoint, checkpoint, identity, resume, restart, iterations, "EM iteration", on_note)
-    save = checkpoint_writer(checkpoint, identity, on_note) if identity is not None else None
-    with Engine(arrays, run.workers or default_workers(), scheduler, paths) as engine:
-        result = train(arrays, k, iterations=iterations, init=init, seed=seed, tol=tol,
-                       variance_floor_ratio=variance_floor_ratio, on_iteration=on_iteration, engine=engine,
-                       resume=state, on_checkpoint=save)
+    if identity is not None and len(config.views) > 1:  # a system finished before the interruption ran this many
+        identity["iterations"] = iterations
+    resumed = resumed_state(load_checkpoint, checkpoint, identity, resume, restart, iterations, "EM iteration",
+                            on_note)
+    if resumed is not None and (len(resumed.trained) >= len(config.views) or [
+            s["norm"] for s in resumed.summaries] != list(config.norms[:len(resumed.trained)])):
+        raise SpkverError(f"checkpoint is damaged (its trained systems do not fit the {len(config.views)} of "
+                          f"{config.norm}); delete it, or pass --force to start over", checkpoint)
+    trained = list(resumed.trained) if resumed is not None else []
+    summaries = list(resumed.summaries) if resumed is not None else []
+    save = None if identity is None else ubm_checkpoint_writer(checkpoint, identity, trained, summaries, on_note)
+    for index in range(len(trained), len(config.views)):  # those before were finished by an interrupted run
+        if len(config.views) > 1 and on_log:
+            on_log(f"system {index + 1} of {len(config.views)}: cepstra normalised by {config.norms[index]}")
+        state = resumed.state if resumed is not None and index == len(resumed.trained) else None
+        # Every system starts from the same seed: each is the model a one-system run of its normalisation gives.
+        view = config.views[index]
+        with Engine(arrays, run.workers or default_workers(), scheduler, paths, columns=view) as engine:
+            result = train([a[:, view] for a in arrays], k, iterations=iterations, init=init, seed=seed, tol=tol,
+                           variance_floor_ratio=variance_floor_ratio, on_iteration=on_iteration, engine=engine,
+                           resume=state, on_checkpoint=save)
+        if result.reseeded and on_note:
+            on_note(f"{result.reseeded} components lost their frames and were re-seeded")
+        trained.append(result.gmm)
+        summaries.append(system_summary(config.norms[index], result))
     if checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
-    if result.reseeded and on_note:
-        on_note(f"{result.reseeded} components lost their frames and were re-seeded")
+    first = summaries[0]
     meta = {
         "training": {
             "files": len(arrays),
             "frames": n_frames,
             "components": k,
-            "iterations": len(result.history) - 1,
-            "converged": result.converged,
-            "average_log_likelihood": result.history[-1],
-            "log_likelihood_history": result.history,
+            "iterations": first["iterations"],
+            "converged": first["converged"],
+            "average_log_likelihood": first["average_log_likelihood"],
+            "log_likelihood_history": first["log_likelihood_history"],
             "init": init,
             "seed": seed,
             "tolerance": tol,
             "variance_floor_ratio": variance_floor_ratio,
-            "reseeded_components": result.reseeded,
+            "reseeded_components": first["reseeded_components"],
             "spkver_version": __version__,
         }
     }
+    if len(config.views) > 1:
+        meta["training"]["systems"] = summaries
     segment_frames = int(round(COHORT_SECONDS * 1000 / config.hop_ms))
-    return Model(result.gmm, "ubm", config, meta, cohort_segments(arrays, cohort_size, segment_frames))
+    return Model(trained[0], "ubm", config, meta, cohort_segments(arrays, cohort_size, segment_frames),
+                 further=tuple(trained[1:]))
 
 
 def _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart) -> None:
@@ -338,8 +362,9 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
         folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="spkver-ivector-", dir=folder) as scratch:
         stats_path = Path(scratch) / "statistics.npy"
+        # The back-end models the first system's columns (all of them, for a one-system UBM).
         rows = write_statistics(ubm.gmm, arrays, pieces, stats_path, workers=workers, scheduler=scheduler,
-                                paths=paths)
+                                paths=paths, columns=ubm.feature_config.views[0])
         k, d = ubm.gmm.n_components, ubm.gmm.dim
         result = train_extractor(rows, stats_path, k, d, rank=rank, iterations=iterations, seed=seed,
                                  workers=workers, scheduler=scheduler, state=state, on_iteration=on_iteration,
@@ -389,8 +414,8 @@ def enroll(ubm: Model, items, speaker: str, *, relevance: float = 16.0, adapt: s
     Returns
     -------
     Model
-        ``kind == "speaker"``, with the UBM's (K,) and (K, D) shapes and
-        ``meta["ubm_fingerprint"]`` tying it to its UBM.
+        ``kind == "speaker"``, one mixture per system with the UBM's (K,) and
+        (K, D) shapes, and ``meta["ubm_fingerprint"]`` tying it to its UBM.
 
     Examples
     --------
@@ -413,14 +438,15 @@ SHORT_ENROLLMENT_SECONDS = 1.0
 
 def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
                 backend: IvectorBackend | None = None, on_note=None) -> Model:
-    """MAP-adapt ``ubm`` to feature ``arrays`` (each (n_i, D)): the model :func:`enroll` and pair trials make.
+    """MAP-adapt ``ubm`` to feature ``arrays`` (each (n_i, ``ubm.feature_config.dim``)), every system to its
+    columns: the model :func:`enroll` and pair trials make.
 
     ``speaker`` is recorded in the model's metadata as it is (it is checked
     only where a model is stored). With ``backend``, the model also keeps
     one i-vector per array. ``on_note`` is told when there was less than
     :data:`SHORT_ENROLLMENT_SECONDS` of speech.
     """
-    gmm, stats = adapt_to(ubm.gmm, arrays, relevance, adapt)
+    gmms, stats = adapt_views(ubm.gmms, ubm.feature_config.views, arrays, relevance, adapt)
     seconds = stats.n_frames * ubm.feature_config.hop_ms / 1000
     if seconds < SHORT_ENROLLMENT_SECONDS and on_note is not None:
         on_note(f"speaker {speaker!r}: enrolled from only {seconds:.2f} s of speech; the model barely differs from "
@@ -442,9 +468,10 @@ def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, ad
         from spkver.ivector.extractor import extract_ivectors
         from spkver.ivector.statistics import statistics_rows
 
-        ivectors = extract_ivectors(backend.tv, statistics_rows(ubm.gmm, arrays))
+        first = ubm.feature_config.views[0]  # the back-end models the first system's columns
+        ivectors = extract_ivectors(backend.tv, statistics_rows(ubm.gmm, [a[:, first] for a in arrays]))
         meta["ivector_extractor"] = backend.extractor_fingerprint
-    return Model(gmm, "speaker", ubm.feature_config, meta, ivectors=ivectors)
+    return Model(gmms[0], "speaker", ubm.feature_config, meta, ivectors=ivectors, further=gmms[1:])
 
 
 def enroll_many(ubm: Model, speakers: dict, *, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
@@ -535,7 +562,7 @@ def _scorer(ubm: Model, speakers: list, top_c: int, backend: IvectorBackend | No
     Raises SpkverError for a speaker enrolled without this back-end's extractor.
     """
     if backend is None:
-        return Scorer(ubm.gmm, [s.gmm for s in speakers], top_c)
+        return SystemsScorer(ubm.gmms, [s.gmms for s in speakers], ubm.feature_config.views, top_c)
     from spkver.ivector.backend import IvectorScorer
 
     for model in speakers:
@@ -546,7 +573,7 @@ def _scorer(ubm: Model, speakers: list, top_c: int, backend: IvectorBackend | No
         if model.ivectors.shape[1] != backend.tv.rank:
             raise SpkverError(f"model's enrollment i-vectors have {model.ivectors.shape[1]} dimensions where the "
                               f"back-end's have {backend.tv.rank}: they are damaged; re-enroll it", model.source)
-    return IvectorScorer(ubm.gmm, backend, [s.ivectors for s in speakers])
+    return IvectorScorer(ubm.gmm, backend, [s.ivectors for s in speakers], ubm.feature_config.views[0])
 
 
 def verify(ubm: Model, speakers, items, *, threshold: float = 0.0, top_c: int = 5,

@@ -113,7 +113,7 @@ def test_score_normalises_against_the_ubms_own_cohort_by_default(enrolled, tmp_p
 
     work, ubm, models, trials, corpus = enrolled
     stored = load_model(ubm).cohort
-    assert stored and all(segment.shape == (300, 124) and segment.dtype == np.float16 for segment in stored)
+    assert stored and all(segment.shape == (300, 248) and segment.dtype == np.float16 for segment in stored)
     result = run("score", "--ubm", ubm, "--models", models, "--trials", trials, "-o", tmp_path / "s")
     assert result.exit_code == 0 and result.stderr.count("warning") == 0
     default = read_scores(tmp_path / "s")

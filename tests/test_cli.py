@@ -47,9 +47,12 @@ def test_verify_json_and_threshold(trained, tmp_path):
 
 def test_info_shows_the_model(trained):
     ubm, models, _ = trained
-    assert "ubm model, 16 components, 124 dimensions" in run("info", ubm).stdout
+    shown = run("info", ubm).stdout
+    assert "ubm model, 2 systems (cmn, warp) of 16 components, 124 dimensions each, format 2" in shown
+    assert "\nsystem 1 (cmn): average_log_likelihood=" in shown and "\nsystem 2 (warp): average_log" in shown
     meta = json.loads(run("info", "--json", models / "alice.npz").stdout)
     assert meta["speaker"] == "alice" and meta["relevance"] == 16.0 and meta["kind"] == "speaker"
+    assert meta["systems"] == 2 and meta["dim"] == 124 and meta["feature_config"]["norm"] == "cmn+warp"
 
 
 def test_enroll_refuses_to_overwrite_without_force(trained):
@@ -110,9 +113,9 @@ def test_allow_fewer_components(synthetic_corpus, tmp_path):
 def test_pitch_features_are_on_by_default_and_no_pitch_turns_them_off(synthetic_corpus, tmp_path):
     audio = synthetic_corpus / "enroll" / "alice"
     default = run("train-ubm", "-o", tmp_path / "p.npz", "--components", 4, "--iterations", 1, audio)
-    assert default.exit_code == 0 and "124-dim features" in default.stderr and ", pitch," in default.stderr
+    assert default.exit_code == 0 and "248-dim features" in default.stderr and ", pitch," in default.stderr
     plain = run("train-ubm", "-o", tmp_path / "n.npz", "--components", 4, "--iterations", 1, "--no-pitch", audio)
-    assert plain.exit_code == 0 and "120-dim features" in plain.stderr and ", pitch," not in plain.stderr
+    assert plain.exit_code == 0 and "240-dim features" in plain.stderr and ", pitch," not in plain.stderr
     assert json.loads(run("info", "--json", tmp_path / "n.npz").stdout)["feature_config"]["pitch"] is False
 
 

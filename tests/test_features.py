@@ -78,11 +78,17 @@ def test_deltas_of_a_ramp_are_its_slope_inside_and_reduced_at_edges():
     np.testing.assert_allclose(d[0], [0.5, -1.0], atol=1e-6)
 
 
-def test_default_features_are_124_dimensional_float32_cepstra_mean_normalised_pitch_not():
+def test_default_features_are_two_systems_of_124_columns_each_what_its_normalisation_alone_gives():
     rng = np.random.default_rng(1)
     voice = Voice.random(rng)
     signal = synthesize(voice, ["a", "s", "e"], 16000, rng)
-    feats = extract(signal)
+    both = extract(signal)
+    assert both.shape[1] == 248 and both.dtype == np.float32
+    assert FeatureConfig().views == (slice(0, 124), slice(124, 248))
+    feats = extract(signal, FeatureConfig(norm="cmn"))
+    np.testing.assert_array_equal(both[:, :124], feats)
+    np.testing.assert_array_equal(both[:, 124:], extract(signal, FeatureConfig(norm="warp")))
+    np.testing.assert_array_equal(extract(signal, FeatureConfig(norm="warp+cmn"))[:, 124:], feats)
     assert feats.shape[1] == 124 and feats.dtype == np.float32
     np.testing.assert_allclose(feats[:, :120].mean(0), 0.0, atol=1e-4)
     cmvn = extract(signal, FeatureConfig(norm="cmvn"))
@@ -93,7 +99,7 @@ def test_default_features_are_124_dimensional_float32_cepstra_mean_normalised_pi
     assert 0.25 < voiced.mean() < 0.75
     assert abs(np.median(log_f0[voiced]) - np.log(voice.f0)) < np.log(1.06)
     np.testing.assert_array_equal(cmvn[:, 120:], feats[:, 120:])
-    without = extract(signal, FeatureConfig(pitch=False))
+    without = extract(signal, FeatureConfig(pitch=False, norm="cmn"))
     np.testing.assert_array_equal(without, feats[:, :120])
 
 
@@ -139,8 +145,15 @@ def test_feature_warping_matches_ranks_in_a_sliding_window():
         start = min(max(0, t - 150), 700 - 301)
         rank = rankdata(x[start : start + 301], axis=0)[t - start]
         np.testing.assert_allclose(warped[t], ndtri((rank - 0.5) / 301), atol=1e-6)
-    short = warp(x[:50], 301)  # shorter than the window: ranks over the whole utterance
+    short = warp(x[:50], 301)  # shorter than the window: ranks over the whole utterance (by sorting)
     np.testing.assert_allclose(np.sort(short[:, 1]), ndtri((np.arange(50) + 0.5) / 50), atol=1e-6)
+    for n in (1, 2, 7, 300, 301, 302):  # every frame, ties and constant columns, at and around the window
+        y = x[:n].copy()
+        y[:, 2] = 1.0
+        start = np.clip(np.arange(n) - 150, 0, max(n - 301, 0))
+        width = min(n, 301)
+        expected = [ndtri((rankdata(y[s:s + width], axis=0)[t - s] - 0.5) / width) for t, s in enumerate(start)]
+        np.testing.assert_allclose(warp(y, 301), expected, atol=1e-6)
     assert abs(extract(synthesize(Voice.random(rng), ["a", "s", "e"], 16000, rng),
                        FeatureConfig(norm="warp")).mean()) < 0.05
 
@@ -215,18 +228,18 @@ def test_extract_adds_to_a_store_with_its_own_settings(synthetic_corpus, tmp_pat
     entries = len(FeatureStore(feats).entries)
     added = runner.invoke(cli, ["extract", "-o", str(feats), str(synthetic_corpus / "enroll")])
     assert added.exit_code == 0, added.stderr
-    assert "adding with the store's feature settings (120-dim" in added.stderr
+    assert "adding with the store's feature settings (240-dim" in added.stderr
     store = FeatureStore(feats)
     assert store.config.pitch is False and len(store.entries) == entries + 6
-    assert {store.open(key).shape[1] for key in store.entries} == {120}
+    assert {store.open(key).shape[1] for key in store.entries} == {240}
     # An option that agrees with the store is accepted; one that would change a setting is refused, named as
     # typed, and the store is left as it was.
     same = runner.invoke(cli, ["extract", "-o", str(feats), "--no-pitch", "--n-ceps", "40",
                                str(synthetic_corpus / "test" / "alice")])
     assert same.exit_code == 0, same.stderr
     # The Nyquist frequency typed out is the store's "up to Nyquist"; both spellings of the norm: one warning.
-    typed = runner.invoke(cli, ["extract", "-o", str(feats), "--fmax", "8000", "--norm", "cmn", "--feature-norm",
-                                "cmn", str(synthetic_corpus / "test" / "alice")])
+    typed = runner.invoke(cli, ["extract", "-o", str(feats), "--fmax", "8000", "--norm", "cmn+warp",
+                                "--feature-norm", "cmn+warp", str(synthetic_corpus / "test" / "alice")])
     assert typed.exit_code == 0, typed.stderr
     assert typed.stderr.count("spkver: warning:") == 1 and "--norm" in typed.stderr, typed.stderr
     index = (feats / "index.json").read_bytes()
@@ -236,7 +249,8 @@ def test_extract_adds_to_a_store_with_its_own_settings(synthetic_corpus, tmp_pat
     assert (feats / "index.json").read_bytes() == index
     for options, named in [(["--n-ceps", "13"], "--n-ceps 13 where the store has --n-ceps 40"),
                            (["--pitch"], "--pitch where the store has --no-pitch"),
-                           (["--feature-norm", "cmvn"], "--feature-norm cmvn where the store has --feature-norm cmn")]:
+                           (["--feature-norm", "cmvn"],
+                            "--feature-norm cmvn where the store has --feature-norm cmn+warp")]:
         other = runner.invoke(cli, ["extract", "-o", str(feats), *options, str(synthetic_corpus / "test")])
         errors = [line for line in other.stderr.splitlines() if line.startswith("spkver: error:")]
         assert other.exit_code == 2 and len(errors) == 1, other.stderr

@@ -29,7 +29,7 @@ from spkver.synth import Voice, synthesize
 # SPKVER_FUZZ_EXAMPLES=3000 for a deeper run than the suite's.
 FUZZ = settings(max_examples=int(os.environ.get("SPKVER_FUZZ_EXAMPLES", 150)), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
-SMALL = FeatureConfig(sample_rate=8000, n_mels=8, n_ceps=4, deltas=0)
+SMALL = FeatureConfig(sample_rate=8000, n_mels=8, n_ceps=4, deltas=0, norm="cmn")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
@@ -120,11 +120,14 @@ def test_fuzz_model_files_load_cleanly_or_are_refused(tmp_path, data):
         except SpkverError:
             continue
         if isinstance(result, Model):
-            gmm = result.gmm
-            assert np.isfinite(gmm.means).all() and np.isfinite(gmm.variances).all() and (gmm.variances > 0).all()
-            assert result.feature_config.dim == gmm.dim
+            for gmm in result.gmms:
+                assert np.isfinite(gmm.means).all() and np.isfinite(gmm.variances).all()
+                assert (gmm.variances > 0).all() and result.feature_config.system_dim == gmm.dim
+            assert len(result.gmms) == len(result.feature_config.views)
         elif result is not None:
-            assert np.isfinite(result.gmm.means).all() and np.isfinite(result.history).all()
+            state = result.state
+            assert np.isfinite(state.gmm.means).all() and np.isfinite(state.history).all()
+            assert all(np.isfinite(g.means).all() and g.means.shape == state.gmm.means.shape for g in result.trained)
 
 
 @FUZZ

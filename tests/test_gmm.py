@@ -343,7 +343,7 @@ def test_one_and_many_workers_give_bit_identical_statistics_and_models():
 
 def test_em_streams_a_memory_mapped_store_with_bounded_memory(tmp_path):
     """EM over 600 000 frames (144 MB on disk) allocates a small fraction of that (after the JIT warm-up)."""
-    config = FeatureConfig(n_ceps=20, deltas=2, pitch=False)  # 60 dimensions
+    config = FeatureConfig(n_ceps=20, deltas=2, pitch=False, norm="cmn")  # 60 dimensions
     rng = np.random.default_rng(0)
     entries = {}
     for i in range(4):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from helpers import PRINT_PEAK_KIB, make_store, one_error_line, python_output
 
 from spkver.cli.main import cli
+from spkver.features.config import FeatureConfig
 from spkver.storage.models import load_model, save_model
 from spkver.synth import Voice, synthesize
 
@@ -204,6 +205,11 @@ def write_streamed_npz_member(archive, name, shape, fill=0.0):
             remaining -= take
 
 
+# The metadata of a one-system UBM of 60 dimensions: the arrays' sizes, not the metadata, are what is refused.
+VALID_META = json.dumps({"format_version": 1, "kind": "ubm",
+                         "feature_config": FeatureConfig(n_ceps=20, pitch=False, norm="cmn").to_dict()})
+
+
 def test_a_deflated_npz_bomb_is_refused_before_it_is_read(tmp_path):
     bomb = tmp_path / "bomb.npz"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -211,7 +217,7 @@ def test_a_deflated_npz_bomb_is_refused_before_it_is_read(tmp_path):
         write_streamed_npz_member(archive, "means", (3_300_000, 60))
         write_streamed_npz_member(archive, "variances", (3_300_000, 60), 1.0)
         with archive.open("meta.npy", "w") as member:
-            np.lib.format.write_array(member, np.array("{}"))
+            np.lib.format.write_array(member, np.array(VALID_META))
     assert bomb.stat().st_size < 8_000_000
     code = ("import sys; from spkver.storage.models import load_model; from spkver.errors import SpkverError\n"
             "try: load_model(sys.argv[1])\nexcept SpkverError as e: print('refused:', e)\n" + PRINT_PEAK_KIB)
@@ -223,7 +229,8 @@ def test_a_deflated_npz_bomb_is_refused_before_it_is_read(tmp_path):
 def test_a_header_declaring_a_huge_array_is_refused(tmp_path):
     path = tmp_path / "liar.npz"
     with zipfile.ZipFile(path, "w") as archive:
-        for name, array in {"weights": np.ones(1), "variances": np.ones((1, 120)), "meta": np.array("{}")}.items():
+        for name, array in {"weights": np.ones(1), "variances": np.ones((1, 120)),
+                            "meta": np.array(VALID_META)}.items():
             with archive.open(f"{name}.npy", "w") as member:
                 np.lib.format.write_array(member, array)
         with archive.open("means.npy", "w") as member:  # a header only: the data would be 8 TB
@@ -345,19 +352,24 @@ def test_resume_refuses_a_checkpoint_past_the_iterations_asked_for(synthetic_cor
     import spkver.storage.models as models
     from spkver.storage.models import save_checkpoint
 
-    def stop_after_six(path, state, identity):  # a run killed after its sixth iteration
-        save_checkpoint(path, state, identity)
+    def stop_after_six(path, state, identity, **systems_trained):  # a run killed after its sixth iteration
+        save_checkpoint(path, state, identity, **systems_trained)
         if state.step == 6:
             raise KeyboardInterrupt
 
     files = sorted((synthetic_corpus / "background").rglob("*.wav"))[:10]
     out = tmp_path / "u.npz"
-    common = ["train-ubm", "-o", out, "--components", 4, "--workers", 1, "--no-cache", "--tol", 0, *files]
-    monkeypatch.setattr(models, "save_checkpoint", stop_after_six)
-    assert run(*common, "--iterations", 60).exit_code == 130
-    monkeypatch.undo()
-    assert (tmp_path / "u.npz.checkpoint.npz").exists()
-    one_error_line(run(*common, "--iterations", 5, "--resume"), "checkpoint", "6 iterations", "--iterations 5")
+    for norm, refusal in [("cmn", ("6 iterations", "--iterations 5")),
+                          # Two systems: the first may have finished with 60, so the count must match.
+                          ("cmn+warp", ("run with iterations 60 (now 5)", "--force"))]:
+        common = ["train-ubm", "-o", out, "--components", 4, "--workers", 1, "--no-cache", "--tol", 0,
+                  "--feature-norm", norm, *files]
+        monkeypatch.setattr(models, "save_checkpoint", stop_after_six)
+        assert run(*common, "--iterations", 60).exit_code == 130
+        monkeypatch.undo()
+        assert (tmp_path / "u.npz.checkpoint.npz").exists()
+        one_error_line(run(*common, "--iterations", 5, "--resume"), "checkpoint", *refusal)
+        (tmp_path / "u.npz.checkpoint.npz").unlink()
     assert not out.exists()
     result = run(*common, "--iterations", 8, "--resume")
     assert result.exit_code == 0, result.stderr
@@ -402,8 +414,8 @@ def test_a_speaker_model_cut_to_fewer_components_than_its_ubm_is_refused(store, 
     from spkver.gmm.model import GMM
 
     alice = load_model(store / "models" / "alice.npz")
-    g = alice.gmm
-    cut = replace(alice, gmm=GMM(g.weights[:2] / g.weights[:2].sum(), g.means[:2], g.variances[:2]))
+    first, *further = (GMM(g.weights[:2] / g.weights[:2].sum(), g.means[:2], g.variances[:2]) for g in alice.gmms)
+    cut = replace(alice, gmm=first, further=tuple(further))  # every system cut to its first two components
     (tmp_path / "m").mkdir()
     save_model(tmp_path / "m" / "alice.npz", cut)  # the same UBM fingerprint in its metadata
     result = run("verify", "--ubm", store / "ubm.npz", "--models", tmp_path / "m", "--speaker", "alice",

@@ -554,13 +554,14 @@ def test_scores_use_every_enrollment_ivector():
 
 # Back-end files -------------------------------------------------------------------------------------------------
 
-DIM = FeatureConfig().dim
+ONE_SYSTEM = FeatureConfig(norm="cmn")
+DIM = ONE_SYSTEM.dim
 
 
 def small_ubm(seed=0, k=4):
     rng = np.random.default_rng(seed)
     return Model(GMM(np.full(k, 1 / k), rng.normal(size=(k, DIM)), rng.uniform(0.5, 2, (k, DIM))), "ubm",
-                 FeatureConfig(), {})
+                 ONE_SYSTEM, {})
 
 
 def small_backend(seed=0, k=4, rank=6, lda_dim=4, float32=True):
@@ -1008,10 +1009,12 @@ def test_score_normalisation_with_the_backend_is_refused(trained, tmp_path):
 
 def bad_inputs(t, tmp_path):
     """Each case: a command line that must end in one error line (with these needles) and exit 2."""
+    from dataclasses import replace
+
     corpus = t["corpus"]
     ubm_model = load_model(t["ubm"])
-    other_ubm = Model(GMM(ubm_model.gmm.weights, ubm_model.gmm.means + 0.01, ubm_model.gmm.variances), "ubm",
-                      ubm_model.feature_config, dict(ubm_model.meta))
+    other_ubm = replace(ubm_model, gmm=GMM(ubm_model.gmm.weights, ubm_model.gmm.means + 0.01,
+                                           ubm_model.gmm.variances))
     backend, meta = load_backend(t["backend"])
     save_backend(tmp_path / "foreign.npz", backend, other_ubm, meta["training"])
     truncated = tmp_path / "truncated.npz"

@@ -81,8 +81,8 @@ def test_noise_and_silence_are_aperiodic_and_give_finite_frequencies():
 
 
 def test_model_settings_from_before_pitch_read_as_without_it():
-    stored = FeatureConfig(pitch=False).to_dict()
+    stored = FeatureConfig(pitch=False, norm="cmn").to_dict()
     del stored["pitch"]
     old = FeatureConfig.from_dict(stored)
     assert old.pitch is False and old.dim == 120
-    assert FeatureConfig.from_dict(FeatureConfig().to_dict()).pitch is True and FeatureConfig().dim == 124
+    assert FeatureConfig.from_dict(FeatureConfig().to_dict()).pitch is True and FeatureConfig().system_dim == 124

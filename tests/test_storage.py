@@ -16,11 +16,13 @@ from spkver.storage.models import Model, fingerprint, load_model, save_model
 from spkver.storage.speakers import SpeakerStore, validate_speaker_id
 from spkver.storage.trials import read_scores, read_trials
 
+ONE_SYSTEM = FeatureConfig(norm="cmn")
 
-def small_model(kind="ubm", dim=FeatureConfig().dim, **meta):
+
+def small_model(kind="ubm", dim=ONE_SYSTEM.dim, **meta):
     rng = np.random.default_rng(0)
     gmm = GMM(np.full(4, 0.25), rng.normal(size=(4, dim)), rng.uniform(0.5, 2, (4, dim)))
-    return Model(gmm, kind, FeatureConfig(), dict(meta))
+    return Model(gmm, kind, ONE_SYSTEM, dict(meta))
 
 
 def test_round_trip_keeps_arrays_and_metadata(tmp_path):
@@ -29,7 +31,7 @@ def test_round_trip_keeps_arrays_and_metadata(tmp_path):
     loaded = load_model(tmp_path / "ubm.npz", kind="ubm")
     assert np.array_equal(loaded.gmm.means, model.gmm.means)
     assert loaded.meta["training"] == {"frames": 10} and loaded.meta["format_version"] == 1
-    assert loaded.feature_config == FeatureConfig()
+    assert loaded.feature_config == ONE_SYSTEM
     assert loaded.fingerprint == fingerprint(model.gmm)
     assert [p.name for p in tmp_path.iterdir()] == ["ubm.npz"]  # no temporary file left
 
@@ -42,7 +44,7 @@ def write_npz(path, **arrays):
 
 def test_pickled_content_is_refused_not_unpickled(tmp_path):
     good = small_model()
-    meta = json.dumps({"format_version": 1, "kind": "ubm", "feature_config": FeatureConfig().to_dict()})
+    meta = json.dumps({"format_version": 1, "kind": "ubm", "feature_config": ONE_SYSTEM.to_dict()})
     write_npz(tmp_path / "evil.npz", weights=np.array([object()], dtype=object), means=good.gmm.means,
               variances=good.gmm.variances, meta=np.array(meta))
     with pytest.raises(SpkverError, match="pickled"):
@@ -56,7 +58,7 @@ def test_pickled_content_is_refused_not_unpickled(tmp_path):
 ])
 def test_bad_metadata_is_refused(tmp_path, mutate, message):
     model = small_model()
-    meta = {"format_version": 1, "kind": "ubm", "feature_config": FeatureConfig().to_dict()}
+    meta = {"format_version": 1, "kind": "ubm", "feature_config": ONE_SYSTEM.to_dict()}
     mutate(meta)
     write_npz(tmp_path / "m.npz", weights=model.gmm.weights, means=model.gmm.means,
               variances=model.gmm.variances, meta=np.array(json.dumps(meta)))
@@ -77,7 +79,7 @@ def test_truncated_corrupted_and_wrong_kind(tmp_path):
         load_model(tmp_path / "ubm.npz", kind="speaker")
     with zipfile.ZipFile(tmp_path / "empty.npz", "w"):
         pass
-    with pytest.raises(SpkverError, match="no weights array"):
+    with pytest.raises(SpkverError, match="no meta array"):
         load_model(tmp_path / "empty.npz")
 
 

@@ -25,8 +25,8 @@ def common(corpus, output):
 def interrupt_after(step, exception=KeyboardInterrupt):
     """A save_checkpoint that stops the run right after writing iteration ``step``."""
 
-    def save(path, state, identity):
-        save_checkpoint(path, state, identity)
+    def save(path, state, identity, **systems_trained):
+        save_checkpoint(path, state, identity, **systems_trained)
         if state.step == step:
             raise exception
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spkver.backend.scoring import Scorer
+from spkver.backend.scoring import SystemsScorer
 from spkver.errors import SpkverError
 from spkver.features.extraction import extract_all
 from spkver.fileio import file_identity, read_json, sha256_hex, write_atomic
-from spkver.gmm.map import DEFAULT_ADAPT, adapt_to
+from spkver.gmm.map import DEFAULT_ADAPT, adapt_views
 from spkver.gmm.model import GMM
 from spkver.run import RunOptions
 from spkver.storage.models import Model
@@ -129,8 +129,8 @@ class Cohort:
         self.adapt = adapt
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._features = None if frames is None else [np.asarray(f, dtype=np.float32) for f in frames]
-        self._models: list[GMM] | None = None
-        self._t_scorer: Scorer | None = None
+        self._models: list[tuple[GMM, ...]] | None = None  # each cohort model's mixtures, one per system
+        self._t_scorer: SystemsScorer | None = None
         identity = [ubm.fingerprint, str(top_c), str(relevance), adapt]
         audio_identities = [item.identity() for item in self.audio_items]
         if None in audio_identities:  # a command's output has no identity: its scores cannot be cached safely
@@ -189,12 +189,17 @@ class Cohort:
         """Cohort models: the given store, else one MAP model per cohort recording."""
         if self._models is None:
             if self.model_store is not None and self.model_store.speakers():
-                self._models = [self.model_store.load(s, self.ubm).gmm for s in self.model_store.speakers()]
+                self._models = [self.model_store.load(s, self.ubm).gmms for s in self.model_store.speakers()]
             else:
-                self._models = [adapt_to(self.ubm.gmm, [f], self.relevance, self.adapt)[0] for f in self.features()]
-            if distinct([m.means for m in self._models]) < 2:
+                self._models = [adapt_views(self.ubm.gmms, self.ubm.feature_config.views, [f], self.relevance,
+                                            self.adapt)[0] for f in self.features()]
+            if distinct([m[0].means for m in self._models]) < 2:
                 raise SpkverError("a cohort needs at least two different models or recordings", self.source)
         return self._models
+
+    def _scorer(self, models) -> SystemsScorer:
+        """The scorer of ``models`` (each a tuple of mixtures, one per system) against the UBM."""
+        return SystemsScorer(self.ubm.gmms, models, self.ubm.feature_config.views, self.top_c)
 
     def statistics(self, scores, top_n=None) -> tuple[np.ndarray, np.ndarray]:
         """:func:`cohort_statistics` of raw cohort scores (rows); a cohort whose scores barely vary is refused."""
@@ -208,7 +213,7 @@ class Cohort:
         """Scores of the cohort recordings against each speaker model, (S, cohort size)."""
         missing = [m for m in speakers if m.fingerprint not in self._cache["z"]]
         if missing:
-            scorer = Scorer(self.ubm.gmm, [m.gmm for m in missing], self.top_c)
+            scorer = self._scorer([m.gmms for m in missing])
             table = np.array([scorer.scores(f) for f in self.features()]).T
             for model, row in zip(missing, table):
                 self._cache["z"][model.fingerprint] = row.tolist()
@@ -218,7 +223,7 @@ class Cohort:
         """Scores of one test recording against every cohort model (kept under ``test_key`` unless None)."""
         if test_key is None or test_key not in self._cache["t"]:
             if self._t_scorer is None:
-                self._t_scorer = Scorer(self.ubm.gmm, self.models(), self.top_c)
+                self._t_scorer = self._scorer(self.models())
             scores = self._t_scorer.scores(frames).tolist()
             if test_key is None:
                 return np.array(scores)

@@ -42,17 +42,27 @@ def info_command(model_path, as_json):
     meta.pop("feature_config", None)
     if as_json:
         meta.update(feature_config=model.feature_config.to_dict(), fingerprint=model.fingerprint,
-                    components=model.gmm.n_components, dim=model.gmm.dim)
+                    components=model.gmm.n_components, dim=model.gmm.dim, systems=len(model.gmms),
+                    feature_dim=model.feature_config.dim)
         click.echo(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False))
         return
-    click.echo(f"{printable(model_path)}: {model.kind} model, {model.gmm.n_components} components, "
-               f"{model.gmm.dim} dimensions, format {meta.pop('format_version')}")
+    systems = model.feature_config.norms
+    shape = f"{model.gmm.n_components} components, {model.gmm.dim} dimensions"
+    if len(systems) > 1:
+        shape = f"{len(systems)} systems ({', '.join(systems)}) of {shape} each"
+    click.echo(f"{printable(model_path)}: {model.kind} model, {shape}, format {meta.pop('format_version')}")
     click.echo(f"fingerprint: {model.fingerprint}")
     for key in ("speaker", "relevance", "adapt", "ubm_fingerprint", "ivector_extractor"):
         if key in meta:
             click.echo(f"{key}: {printable(meta[key])}")
-    training = {k: v for k, v in meta.get("training", {}).items() if k != "log_likelihood_history"}
+    training = {k: v for k, v in meta.get("training", {}).items() if k not in ("log_likelihood_history", "systems")}
     click.echo("training: " + printable(", ".join(f"{k}={v}" for k, v in training.items())))
+    systems_trained = meta.get("training", {}).get("systems")
+    for number, system in enumerate(systems_trained if isinstance(systems_trained, list) else [], start=1):
+        if isinstance(system, dict):  # its normalisation first, as the features line names the systems
+            shown = {k: v for k, v in system.items() if k not in ("log_likelihood_history", "norm")}
+            click.echo(printable(f"system {number} ({system.get('norm')}): "
+                                 + ", ".join(f"{k}={v}" for k, v in shown.items())))
     click.echo("features: " + ", ".join(f"{k}={v}" for k, v in model.feature_config.to_dict().items()))
 
 

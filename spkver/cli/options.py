@@ -123,6 +123,24 @@ class AutoOrPositiveInt(click.ParamType):
         return number
 
 
+class FeatureNorms(click.ParamType):
+    """A feature normalisation, or several joined by ``+`` (one system each): ``cmn``, ``cmn+warp``."""
+
+    name = "|".join(FEATURE_NORMS) + "[+...]"
+
+    def get_metavar(self, param, *args, **kwargs):
+        return self.name  # lower case, as typed
+
+    def convert(self, value, param, ctx):
+        norms = [part.strip() for part in str(value).lower().split("+")]
+        unknown = [n for n in norms if n not in FEATURE_NORMS]
+        if unknown:
+            self.fail(f"{unknown[0]!r} is not one of {', '.join(FEATURE_NORMS)} (join several with +)", param, ctx)
+        if len(set(norms)) < len(norms):
+            self.fail(f"{value!r} names a normalisation twice", param, ctx)
+        return "+".join(norms)
+
+
 def deprecated_alias(report, old, new, old_value, new_value, default):
     """The value of option ``new``, taking a deprecated ``old`` spelling (with a warning) when given."""
     if old_value is None:
@@ -156,10 +174,11 @@ def feature_options(func):
         click.option("--fmax", type=Finite(min=1), default=None, help="[default: Nyquist]"),
         click.option("--deltas", type=click.IntRange(0, 2), default=d.deltas, show_default=True,
                      help="Derivatives appended to the cepstra: 0 none, 1 Δ, 2 Δ and ΔΔ."),
-        click.option("--feature-norm", type=click.Choice(FEATURE_NORMS), default=None,
-                     help=f"Per-recording feature normalisation: cepstral mean (cmn), mean and variance (cmvn), "
-                          f"feature warping over 3 s (warp) or none [default: {d.norm}]."),
-        click.option("--norm", "old_feature_norm", type=click.Choice(FEATURE_NORMS), default=None, hidden=True),
+        click.option("--feature-norm", type=FeatureNorms(), default=None,
+                     help=f"Per-recording normalisation of the cepstra: cepstral mean (cmn), mean and variance "
+                          f"(cmvn), feature warping over 3 s (warp) or none; several joined by + train one system "
+                          f"each and average their scores [default: {d.norm}, two systems]."),
+        click.option("--norm", "old_feature_norm", type=FeatureNorms(), default=None, hidden=True),
         click.option("--vad", type=click.Choice(VAD_METHODS), default=None,
                      help=f"Voice-activity detection: per-band excess over the noise floor (spectral), within "
                           f"--vad-range-db of the loudest frame (energy, before 0.3), or none [default: {d.vad}]."),

@@ -27,7 +27,7 @@ from spkver.cli.report import command_line, stop_with, terminate_as_interrupt
 from spkver.errors import SpkverError
 from spkver.fileio import folder_usage, locked, megabytes
 from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS, DEFAULT_WCCN
-from spkver.storage.models import checkpoint_step, load_model, save_model
+from spkver.storage.models import checkpoint_step, checkpoint_systems_trained, load_model, save_model
 
 
 def check_output(output: Path, force: bool, users: str) -> None:
@@ -47,7 +47,9 @@ def stop_interrupted(ctx, interrupt, checkpoint: Path, step_name: str, kept: str
     code = getattr(interrupt, "exit_code", 130)
     step = checkpoint_step(checkpoint) if checkpoint.exists() else None
     if step is not None:
-        stop_with(ctx, code, f"spkver: interrupted after {step_name} {step}; its state is in {checkpoint}. "
+        finished = checkpoint_systems_trained(checkpoint)
+        system = f" of system {finished + 1}" if finished else ""
+        stop_with(ctx, code, f"spkver: interrupted after {step_name} {step}{system}; its state is in {checkpoint}. "
                              f"To continue: {command_line(ctx, '--resume')}")
     stop_with(ctx, code, f"spkver: interrupted before the first {step_name} ended: nothing to resume{kept}. "
                          "Run the same command again.")
@@ -114,7 +116,8 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
     if features_dir is None:
         items = audio_items(report, audio, list_file, data_dir, allow_pipes)
         config = training_feature_config(report, items, feature_values)
-        report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({config.n_ceps} cepstra of "
+        systems = f"{len(config.norms)} systems ({', '.join(config.norms)}) of " if len(config.norms) > 1 else ""
+        report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({systems}{config.n_ceps} cepstra of "
                    f"{config.n_mels} mel bands at {config.sample_rate} Hz{', pitch' if config.pitch else ''}, "
                    f"VAD {config.vad})")
     cache, cache_created = (None, False) if no_cache or features_dir is not None else feature_cache(report, cache_dir)
@@ -138,8 +141,10 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
         report.log(f"features of the training audio are cached in {cache} ({megabytes(folder_usage(cache)[1])}) "
                    "so that re-runs skip extraction; `spkver cache info` shows it, `spkver cache clear` empties it")
     summary = model.meta["training"]
-    report.log(f"wrote {output}: {summary['components']} components, {summary['frames']} frames, "
-               f"average log-likelihood {summary['average_log_likelihood']:.4f}")
+    likelihoods = ", ".join(f"{s['average_log_likelihood']:.4f} ({s['norm']})" for s in summary["systems"]) \
+        if "systems" in summary else f"{summary['average_log_likelihood']:.4f}"
+    report.log(f"wrote {output}: {summary['components']} components{' per system' if 'systems' in summary else ''}, "
+               f"{summary['frames']} frames, average log-likelihood {likelihoods}")
 
 
 @click.command("extract")

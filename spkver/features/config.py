@@ -110,7 +110,7 @@ class FeatureConfig:
         Log-mel floor below each utterance's maximum, 80 dB (librosa's
         ``power_to_db`` default); None disables it.
     deltas : int
-        0, 1 or 2: append Δ, or Δ and ΔΔ (default 2: 120 cepstral dimensions, 124 with pitch).
+        0, 1 or 2: append Δ, or Δ and ΔΔ (default 2: 120 cepstral dimensions, 124 with pitch, per system).
     delta_window : int
         Half-width N of the regression window for deltas, 2 (HTK, Kaldi).
     vad : str
@@ -131,16 +131,22 @@ class FeatureConfig:
         Energy VAD: keep frames within this many dB of the loudest (30), and
         never those quieter than this (−65 dBFS).
     norm : str
-        Per-utterance normalisation over speech frames: ``"cmn"`` (cepstral
-        mean, default), ``"cmvn"`` (mean and variance), ``"warp"`` (feature
-        warping to a standard normal over a sliding ``warp_window_s`` window,
-        Pelecanos and Sridharan 2001) or ``"none"``.
+        Per-utterance normalisation of the cepstra over speech frames:
+        ``"cmn"`` (cepstral mean), ``"cmvn"`` (mean and variance), ``"warp"``
+        (feature warping to a standard normal over a sliding ``warp_window_s``
+        window, Pelecanos and Sridharan 2001) or ``"none"``; or several joined
+        by ``+``, one *system* each (:attr:`norms`, :attr:`views`). The
+        default, ``"cmn+warp"``, is two systems: the features hold the cepstra
+        normalised each way (each followed by the pitch columns), a model
+        holds one mixture per system, and a score is the mean of the systems'
+        scores. It lowered the EER on all five protocols against CMN alone
+        (README, "Two systems"). Model files from before it read as ``"cmn"``.
     warp_window_s : float
         Window of feature warping, 3 s.
     pitch : bool
         Append the frame's log fundamental frequency (YIN, 62.5-400 Hz, on the
         unemphasised audio), its deltas as set above, and YIN's aperiodicity
-        (near 0 when voiced): 4 more dimensions by default. On by default: it
+        (near 0 when voiced): 4 more dimensions per system by default. On by default: it
         lowered the EER on all five protocols (README). These dimensions are
         never normalised, since a speaker's mean pitch is the cue and no
         channel changes it. Model files from before it existed read as off.
@@ -165,7 +171,7 @@ class FeatureConfig:
     vad_bands: int | None = None
     vad_range_db: float = 30.0
     vad_floor_db: float = -65.0
-    norm: str = "cmn"
+    norm: str = "cmn+warp"
     warp_window_s: float = 3.0
     pitch: bool = True
 
@@ -191,8 +197,10 @@ class FeatureConfig:
             problems.append("deltas must be 0, 1 or 2")
         if self.delta_window < 1:
             problems.append("delta window must be at least 1")
-        if self.norm not in FEATURE_NORMS:
-            problems.append(f"norm must be one of {', '.join(FEATURE_NORMS)}")
+        norms = self.norm.split("+")
+        if not all(n in FEATURE_NORMS for n in norms) or len(set(norms)) < len(norms):
+            problems.append(f"norm must be one of {', '.join(FEATURE_NORMS)}, or several of them joined by + "
+                            "(one system each, none twice)")
         if self.vad not in VAD_METHODS:
             problems.append(f"vad must be one of {', '.join(VAD_METHODS)}")
         if self.vad_bands is None or self.vad_bands < 1:
@@ -223,9 +231,25 @@ class FeatureConfig:
         return float(self.fmax if self.fmax is not None else self.sample_rate / 2)
 
     @property
-    def dim(self) -> int:
-        """Feature dimension: cepstra and, with pitch, log F0, each with its deltas; then the aperiodicity."""
+    def norms(self) -> tuple[str, ...]:
+        """The normalisation of each system, in column order (``("cmn", "warp")`` by default)."""
+        return tuple(self.norm.split("+"))
+
+    @property
+    def system_dim(self) -> int:
+        """Columns of one system: cepstra and, with pitch, log F0, each with its deltas; then the aperiodicity."""
         return (self.n_ceps + self.pitch) * (1 + self.deltas) + self.pitch
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension: :attr:`system_dim` for each system."""
+        return self.system_dim * len(self.norms)
+
+    @property
+    def views(self) -> tuple[slice, ...]:
+        """The columns of each system: the features a one-system config of its normalisation would give."""
+        width = self.system_dim
+        return tuple(slice(i * width, (i + 1) * width) for i in range(len(self.norms)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,6 +265,7 @@ class FeatureConfig:
         if isinstance(values.get("vad"), bool):  # before 0.3: on/off, and "on" was the energy rule
             values["vad"] = "energy" if values["vad"] else "none"
         values.setdefault("pitch", False)  # files from before pitch features were computed without them
+        values.setdefault("norm", "cmn")  # and before two systems, with the cepstral mean
         return cls(**values)
 
     def fingerprint(self) -> str:

@@ -29,9 +29,10 @@ def extract_blocks(blocks, config: FeatureConfig = FeatureConfig()):
     Returns
     -------
     numpy.ndarray, shape (n_speech_frames, config.dim), float32
-        Empty (0 rows) when the VAD finds no speech. Columns: cepstra, their
-        Δ and ΔΔ (normalised by ``config.norm``); with ``config.pitch``, then
-        log F0, its Δ and ΔΔ, and the aperiodicity (not normalised).
+        Empty (0 rows) when the VAD finds no speech. Columns, for each
+        normalisation of ``config.norms`` (a system, ``config.views``): the
+        cepstra, their Δ and ΔΔ, normalised that way; with ``config.pitch``,
+        then log F0, its Δ and ΔΔ, and the aperiodicity (not normalised).
     """
     spectra = spectra_blocks(blocks, config)
     mask = speech_mask(spectra, config)
@@ -39,11 +40,20 @@ def extract_blocks(blocks, config: FeatureConfig = FeatureConfig()):
     if config.log_energy:
         first[:, 0] = spectra.energy_db
     warp_window = max(1, int(round(1000.0 * config.warp_window_s / config.hop_ms)))
-    features = normalise(with_deltas(first, config)[mask], config.norm, warp_window)
+    cepstral = with_deltas(first, config)[mask]
+    pitch = None
     if spectra.pitch is not None:
-        pitch = [with_deltas(spectra.pitch[:, :1], config), spectra.pitch[:, 1:]]
-        features = np.hstack([features, *(part[mask] for part in pitch)])
-    return np.ascontiguousarray(features, dtype=np.float32)
+        pitch = np.hstack([with_deltas(spectra.pitch[:, :1], config), spectra.pitch[:, 1:]])[mask]
+    del spectra, first  # every frame's spectra: an hour of audio's are 150 MB, no longer needed
+    # One block per system (config.views): its cepstra normalised its way, then the pitch columns, written
+    # in place, so that an hour of audio holds its speech frames' cepstra and its features at most.
+    features = np.empty((len(cepstral), config.dim), dtype=np.float32)
+    width = cepstral.shape[1]
+    for view, norm in zip(config.views, config.norms):
+        normalise(cepstral, norm, warp_window, out=features[:, view.start:view.start + width])
+        if pitch is not None:
+            features[:, view.start + width:view.stop] = pitch
+    return features
 
 
 def with_deltas(static, config: FeatureConfig):

@@ -238,7 +238,15 @@ def cepstra(log_mel, config: FeatureConfig):
     """MFCCs (n, n_ceps) of log-mel energies: ``top_db`` floor, then DCT-II (orthonormal)."""
     if config.top_db is not None and log_mel.size:
         log_mel = np.maximum(log_mel, log_mel.max() - config.top_db)
-    return (log_mel.astype(np.float64) @ dct_matrix(log_mel.shape[1], config.n_ceps)).astype(np.float32)
+    basis = dct_matrix(log_mel.shape[1], config.n_ceps)
+    out = np.empty((len(log_mel), config.n_ceps), dtype=np.float32)
+    # In float64, a block of frames at a time: an hour of audio in one product would take 300 MB more.
+    for start in range(0, len(log_mel), CEPSTRA_BLOCK):
+        out[start:start + CEPSTRA_BLOCK] = log_mel[start:start + CEPSTRA_BLOCK].astype(np.float64) @ basis
+    return out
+
+
+CEPSTRA_BLOCK = 1 << 15
 
 
 def mfcc_and_energy_blocks(blocks, config: FeatureConfig, frames_per_step=2048):

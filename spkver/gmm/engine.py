@@ -176,8 +176,8 @@ def open_shared(path: str) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def _dask_task(task, shard, paths, args):
-    arrays = {piece[0]: open_shared(paths[piece[0]]) for piece in shard}
+def _dask_task(task, shard, paths, args, columns=slice(None)):
+    arrays = {piece[0]: open_shared(paths[piece[0]])[:, columns] for piece in shard}
     with single_blas_thread():  # as every local shard: a multi-threaded product sums in another order
         return task(arrays, shard, *args)
 
@@ -237,9 +237,15 @@ class Engine:
     shards : list, optional
         The shards themselves, each a list of pieces whose first element is
         an index into ``arrays`` (:meth:`map_shards` tasks read the rest).
+    columns : slice
+        The columns of ``arrays`` tasks see (one system of a model of
+        several, :attr:`~spkver.features.config.FeatureConfig.views`); all by default.
     """
 
-    def __init__(self, arrays, workers=1, scheduler=None, paths=None, shard_frames=None, shards=None):
+    def __init__(self, arrays, workers=1, scheduler=None, paths=None, shard_frames=None, shards=None,
+                 columns: slice = slice(None)):
+        self.columns = columns
+        arrays = [a[:, columns] for a in arrays] if columns != slice(None) else arrays
         self.arrays = arrays
         self.shards = shards if shards is not None else make_shards([len(a) for a in arrays], shard_frames)
         self.pool = self.client = None
@@ -274,7 +280,7 @@ class Engine:
         workers computed them.
         """
         if self.client is not None:
-            futures = [self.client.submit(_dask_task, task, shard, self.paths, args, pure=False)
+            futures = [self.client.submit(_dask_task, task, shard, self.paths, args, self.columns, pure=False)
                        for shard in self.shards]
             return self.client.gather(futures)
         if self.pool is not None:

@@ -90,3 +90,15 @@ def adapt_to(ubm: GMM, arrays, relevance: float = 16.0, adapt: str = DEFAULT_ADA
     floor = ubm.variances.min(axis=0) * 1e-2
     return check_adapted(ubm, map_adapt(ubm, stats, relevance, adapt, variance_floor=floor), stats), stats
 
+
+
+def adapt_views(ubms, views, arrays, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT) -> tuple[tuple, Statistics]:
+    """:func:`adapt_to` for a model of several systems: each mixture of ``ubms`` adapted to its columns
+    (``views``, slices) of feature ``arrays``.
+
+    Returns the adapted mixtures, in order, and the first system's statistics
+    (every system sees the same frames).
+    """
+    adapted = [adapt_to(ubm, [a[:, view] for a in arrays], relevance, adapt)
+               for ubm, view in zip(ubms, views, strict=True)]
+    return tuple(gmm for gmm, _ in adapted), adapted[0][1]

@@ -161,10 +161,13 @@ class IvectorScorer:
     backend : IvectorBackend
     enrollments : list of numpy.ndarray
         Each speaker's raw enrollment i-vectors, (n_m, R).
+    view : slice, optional
+        The columns of the frames ``ubm`` models (the first system's, of a
+        model of several); all of them by default.
     """
 
-    def __init__(self, ubm, backend: IvectorBackend, enrollments: list):
-        self.ubm, self.backend = ubm, backend
+    def __init__(self, ubm, backend: IvectorBackend, enrollments: list, view: slice = slice(None)):
+        self.ubm, self.backend, self.view = ubm, backend, view
         self.means, self.counts = backend.enrollment_means(enrollments)
 
     def ivector(self, frames) -> np.ndarray:
@@ -172,7 +175,7 @@ class IvectorScorer:
         from spkver.ivector.extractor import extract_ivectors
         from spkver.ivector.statistics import utterance_statistics
 
-        return extract_ivectors(self.backend.tv, utterance_statistics(self.ubm, frames)[None])[0]
+        return extract_ivectors(self.backend.tv, utterance_statistics(self.ubm, frames[:, self.view])[None])[0]
 
     def scores(self, frames, columns=None) -> np.ndarray:
         """Scores of the utterance against every speaker (or those of ``columns``), shape (M,)."""

@@ -43,8 +43,10 @@ def _statistics_task(arrays, shard, gmm, path):
     out.flush()
 
 
-def write_statistics(gmm, arrays, pieces, path, *, workers=1, scheduler=None, paths=None) -> np.ndarray:
-    """Statistics rows of ``pieces`` of ``arrays`` into a new float32 ``.npy`` at ``path``, memory-mapped.
+def write_statistics(gmm, arrays, pieces, path, *, workers=1, scheduler=None, paths=None,
+                     columns: slice = slice(None)) -> np.ndarray:
+    """Statistics rows of ``pieces`` of ``arrays`` (their ``columns``, which ``gmm`` models) into a new float32
+    ``.npy`` at ``path``, memory-mapped.
 
     ``paths`` (the ``.npy`` files behind ``arrays``) are needed with a Dask
     ``scheduler``; then ``path`` must be on storage every worker can write.
@@ -53,7 +55,7 @@ def write_statistics(gmm, arrays, pieces, path, *, workers=1, scheduler=None, pa
     np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(pieces), width)).flush()
     numbered = [(i, a, b, row) for row, (i, a, b) in enumerate(pieces)]
     shards = [numbered[start:start + STATISTICS_SHARD] for start in range(0, len(numbered), STATISTICS_SHARD)]
-    with Engine(arrays, workers, scheduler, paths, shards=shards) as engine:
+    with Engine(arrays, workers, scheduler, paths, shards=shards, columns=columns) as engine:
         engine.map_shards(_statistics_task, gmm, str(path))
     return np.load(path, mmap_mode="r")
 

@@ -21,7 +21,6 @@ from spkver.ivector.backend import IvectorBackend
 from spkver.ivector.extractor import TotalVariability, TrainingState
 from spkver.ivector.plda import PLDA
 from spkver.storage.models import (
-    FORMAT_VERSION,
     Model,
     _meta,
     archive_bytes,
@@ -31,6 +30,7 @@ from spkver.storage.models import (
 )
 
 BACKEND_KIND = "ivector"
+BACKEND_FORMAT = 1  # its own numbering: UBM files of several systems (format 2) did not change back-ends
 MAX_MATRIX = 1 << 28  # values of T: 1 GiB as float32 (2048 components × 120 dimensions × 1000)
 MAX_RANK = 4096
 
@@ -62,7 +62,7 @@ def save_backend(path, backend: IvectorBackend, ubm: Model, training: dict) -> N
         arrays.update(plda_mean=backend.plda.mean, plda_transform=backend.plda.transform, plda_psi=backend.plda.psi)
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise SpkverError("refusing to write an i-vector back-end that holds NaN or infinite values", path)
-    meta = {"kind": BACKEND_KIND, "format_version": FORMAT_VERSION, "ubm_fingerprint": ubm.fingerprint,
+    meta = {"kind": BACKEND_KIND, "format_version": BACKEND_FORMAT, "ubm_fingerprint": ubm.fingerprint,
             "components": backend.tv.n_components, "dim": backend.tv.dim, "rank": backend.tv.rank,
             "scoring": backend.scoring, "extractor_fingerprint": backend.extractor_fingerprint,
             "training": training}
@@ -94,7 +94,7 @@ def load_backend(path, ubm: Model | None = None) -> tuple[IvectorBackend, dict]:
         if name not in arrays:
             raise SpkverError(f"i-vector back-end is damaged (no {name} array)", path)
     version = meta.get("format_version")
-    if type(version) is not int or version > FORMAT_VERSION:
+    if type(version) is not int or version > BACKEND_FORMAT:
         raise SpkverError("i-vector back-end format is unknown or newer than this spkver reads; upgrade spkver", path)
     if ubm is not None and meta.get("ubm_fingerprint") != ubm.fingerprint:
         raise SpkverError("i-vector back-end was trained on a different UBM; train it again on this one "
@@ -133,7 +133,7 @@ def load_backend(path, ubm: Model | None = None) -> tuple[IvectorBackend, dict]:
 
 def save_tv_checkpoint(path, state: TrainingState, identity: dict) -> None:
     """Write a T-matrix training state atomically (float64: a resumed run continues bit for bit)."""
-    meta = {"kind": "tv-checkpoint", "format_version": FORMAT_VERSION, "identity": identity,
+    meta = {"kind": "tv-checkpoint", "format_version": BACKEND_FORMAT, "identity": identity,
             "history": state.history, "step": state.step,
             "components": state.tv.n_components, "dim": state.tv.dim}
     write_atomic(path, archive_bytes({"matrix": state.tv.matrix}, meta))

@@ -3,7 +3,10 @@
 A model file holds ``weights``, ``means``, ``variances`` and ``meta`` (a JSON
 string) with ``format_version``, ``kind`` (``ubm`` | ``speaker``), the
 ``feature_config`` and a ``training`` summary; speaker models add
-``speaker``, ``relevance``, ``adapt`` and ``ubm_fingerprint``. Files are
+``speaker``, ``relevance``, ``adapt`` and ``ubm_fingerprint``. A model of
+several systems (``feature_config.norm`` such as ``cmn+warp``) holds the
+second system's mixture as ``weights_2``, ``means_2``, ``variances_2``, and
+so on, and is format 2; a one-system model is format 1, as before. Files are
 written to a temporary name in the same folder, synced, then renamed, so a
 crash never leaves a partial file under the final name.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 import zipfile
 import zlib
@@ -23,15 +27,23 @@ import numpy as np
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
 from spkver.fileio import array_parts, parse_json, read_error, reading, sha256_hex, what_file_is, write_atomic
+from spkver.gmm.em import EMState
 from spkver.gmm.model import GMM
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: models of several systems; one-system models are still written as format 1
+ONE_SYSTEM_FORMAT = 1
+MAX_SYSTEMS = 4
 KINDS = ("ubm", "speaker")
 
 
 @dataclass
 class Model:
-    """A GMM with what is needed to use it: its kind, feature settings and metadata."""
+    """A GMM with what is needed to use it: its kind, feature settings and metadata.
+
+    A model of several systems (``feature_config.views``) holds the first
+    system's mixture as ``gmm`` and the others' in ``further``; :attr:`gmms`
+    lists them all.
+    """
 
     gmm: GMM
     kind: str
@@ -42,31 +54,52 @@ class Model:
     ivectors: np.ndarray | None = None
     # The file it was loaded from (None when built in memory): errors found later, when it is used, can name it.
     source: Path | None = field(default=None, compare=False, repr=False)
-    # (mixture, its fingerprint): a UBM's is asked once per speaker loaded, and hashing it costs ~10 ms.
+    # The mixtures of the systems after the first, one per further view of ``feature_config``.
+    further: tuple = ()
+    # (mixtures, their fingerprint): a UBM's is asked once per speaker loaded, and hashing it costs ~10 ms.
     _fingerprint: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if len(self.gmms) != len(self.feature_config.views):  # a system left out would be dropped silently
+            raise ValueError(f"a model of {len(self.feature_config.views)} systems ({self.feature_config.norm}) "
+                             f"needs as many mixtures, not {len(self.gmms)}")
+
+    @property
+    def gmms(self) -> tuple:
+        """The mixture of every system, in the order of ``feature_config.views``."""
+        return (self.gmm, *self.further)
 
     @property
     def fingerprint(self) -> str:
-        if self._fingerprint is None or self._fingerprint[0] is not self.gmm:
-            self._fingerprint = (self.gmm, fingerprint(self.gmm))
+        gmms = self.gmms
+        if self._fingerprint is None or len(self._fingerprint[0]) != len(gmms) or any(
+                a is not b for a, b in zip(self._fingerprint[0], gmms)):
+            self._fingerprint = (gmms, fingerprint(*gmms))
         return self._fingerprint[1]
 
 
-def fingerprint(gmm: GMM) -> str:
-    """SHA-256 of the mixture's arrays (float64, little-endian, in a fixed order)."""
-    return sha256_hex(array_parts((gmm.weights, gmm.means, gmm.variances), dtype="<f8"))
+def fingerprint(*gmms: GMM) -> str:
+    """SHA-256 of the mixtures' arrays (float64, little-endian, in a fixed order); one mixture's as before
+    there were several systems."""
+    return sha256_hex(array_parts([a for g in gmms for a in (g.weights, g.means, g.variances)], dtype="<f8"))
+
+
+def system_arrays(gmms) -> dict:
+    """The arrays of the systems after the first, as stored: ``weights_2``, ``means_2``, ``variances_2``, ..."""
+    return {f"{name}_{i}": getattr(gmm, name) for i, gmm in enumerate(gmms, start=2)
+            for name in ("weights", "means", "variances")}
 
 
 def _encode(model: Model) -> bytes:
     meta = dict(model.meta)
     meta.update(
-        format_version=FORMAT_VERSION,
+        format_version=FORMAT_VERSION if model.further else ONE_SYSTEM_FORMAT,
         kind=model.kind,
         feature_config=model.feature_config.to_dict(),
     )
-    extra = {}
+    extra = system_arrays(model.further)
     if model.cohort:
-        extra = {"cohort_frames": np.concatenate(model.cohort).astype(np.float16),
+        extra |= {"cohort_frames": np.concatenate(model.cohort).astype(np.float16),
                  "cohort_lengths": np.array([len(c) for c in model.cohort], dtype=np.int64)}
     if model.ivectors is not None:
         extra["ivectors"] = np.asarray(model.ivectors, dtype=np.float64)
@@ -97,7 +130,7 @@ def save_model(path, model: Model) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise SpkverError("folder does not exist", path.parent)
-    problem = _check_arrays(model.gmm.weights, model.gmm.means, model.gmm.variances)
+    problem = _check_systems(model.gmms, model.feature_config)
     if problem:
         raise SpkverError(f"refusing to write a model that {problem}", path)
     write_atomic(path, _encode(model))
@@ -178,9 +211,11 @@ def read_arrays(path, limits: dict, what: str = "model file") -> dict:
     return arrays
 
 
-def _model_limits(cohort: bool):
+def _model_limits(cohort: bool, systems: int = 1):
     limits = {"weights": (MAX_COMPONENTS, True), "means": (MAX_COMPONENTS * MAX_DIM, True),
               "variances": (MAX_COMPONENTS * MAX_DIM, True), "meta": (1, True)}
+    limits |= {f"{name}_{i}": (limits[name][0], False) for i in range(2, systems + 1)
+               for name in ("weights", "means", "variances")}
     if cohort:
         limits.update(cohort_frames=(MAX_COHORT_FRAMES * MAX_DIM, False), cohort_lengths=(MAX_COHORT_FRAMES, False),
                       ivectors=(MAX_IVECTORS, False))
@@ -195,6 +230,21 @@ def _meta(arrays, path) -> dict:
     if not isinstance(meta, dict):
         raise SpkverError("model metadata is not a JSON object", path)
     return meta
+
+
+def _check_systems(gmms, config: FeatureConfig):
+    """What is wrong with the mixtures of a model's systems for its feature settings, or None."""
+    if len(gmms) != len(config.views):
+        return f"has {len(gmms)} mixtures for its {len(config.views)} systems ({config.norm})"
+    for gmm in gmms:
+        problem = _check_arrays(gmm.weights, gmm.means, gmm.variances)
+        if problem:
+            return problem
+        if gmm.means.shape != gmms[0].means.shape:
+            return "has systems of different sizes"
+    if gmms[0].dim != config.system_dim:
+        return f"has dimension {gmms[0].dim} where its feature settings give {config.system_dim}"
+    return None
 
 
 def _check_arrays(weights, means, variances):
@@ -228,8 +278,7 @@ def load_model(path, kind: str | None = None) -> Model:
         inconsistent or non-finite arrays, or metadata of the wrong types.
     """
     path = Path(path)
-    arrays = read_arrays(path, _model_limits(cohort=True))
-    meta = _meta(arrays, path)
+    meta = _meta(read_arrays(path, {"meta": (1, True)}), path)  # first: it says which arrays to read
     version = meta.get("format_version")
     if type(version) is not int or version < 1:
         raise SpkverError("model has no valid format version", path)
@@ -242,20 +291,34 @@ def load_model(path, kind: str | None = None) -> Model:
         raise SpkverError("model kind is missing or unknown", path)
     if kind is not None and meta["kind"] != kind:
         raise SpkverError(f"is a {meta['kind']} model, expected a {kind} model", path)
-    weights, means, variances = (np.asarray(arrays[n], dtype=np.float64) for n in ("weights", "means", "variances"))
-    problem = _check_arrays(weights, means, variances)
-    if problem:
-        raise SpkverError(f"model {problem}", path)
     if not isinstance(meta.get("feature_config"), dict):
         raise SpkverError("model has no feature settings", path)
     try:
         config = FeatureConfig.from_dict(meta["feature_config"])
     except (ValueError, TypeError) as exc:
         raise SpkverError(f"model has invalid feature settings ({exc})", path) from None
-    if config.dim != means.shape[1]:
-        raise SpkverError(
-            f"model dimension {means.shape[1]} does not match its feature settings ({config.dim})", path
-        )
+    if len(config.views) > MAX_SYSTEMS:
+        raise SpkverError(f"model declares {len(config.views)} systems, at most {MAX_SYSTEMS}", path)
+    if len(config.views) > 1 and version < 2:
+        raise SpkverError(f"model of {len(config.views)} systems claims format {version}, which holds one", path)
+    arrays = read_arrays(path, _model_limits(cohort=True, systems=len(config.views)))
+    suffixes = [""] + [f"_{i}" for i in range(2, len(config.views) + 1)]
+    gmms = []
+    for suffix in suffixes:
+        if any(f"{n}{suffix}" not in arrays for n in ("weights", "means", "variances")):
+            raise SpkverError(f"model has no mixture for system {suffix[1:]} of its {len(config.views)} "
+                              f"({config.norm})", path)
+        parts = [np.asarray(arrays[f"{n}{suffix}"], dtype=np.float64) for n in ("weights", "means", "variances")]
+        problem = _check_arrays(*parts)
+        if problem:
+            raise SpkverError(f"model {problem}", path)
+        try:
+            gmms.append(GMM(*parts))
+        except ValueError as exc:  # what the mixture itself refuses (variances too small to invert)
+            raise SpkverError(f"model is invalid ({exc})", path) from None
+    problem = _check_systems(gmms, config)
+    if problem:
+        raise SpkverError(f"model {problem}", path)
     if meta["kind"] == "speaker":
         if not isinstance(meta.get("ubm_fingerprint"), str):
             raise SpkverError("speaker model has no UBM fingerprint", path)
@@ -265,14 +328,14 @@ def load_model(path, kind: str | None = None) -> Model:
         raise SpkverError("model's training summary is not an object", path)
     cohort = None
     if "cohort_frames" in arrays or "cohort_lengths" in arrays:
-        cohort = _cohort_segments(arrays.get("cohort_frames"), arrays.get("cohort_lengths"), means.shape[1], path)
+        cohort = _cohort_segments(arrays.get("cohort_frames"), arrays.get("cohort_lengths"), config.dim, path)
     ivectors = arrays.get("ivectors")
     if ivectors is not None:
         ivectors = np.asarray(ivectors, dtype=np.float64)
         if (meta["kind"] != "speaker" or ivectors.ndim != 2 or len(ivectors) < 1 or not np.isfinite(ivectors).all()
                 or not isinstance(meta.get("ivector_extractor"), str)):
             raise SpkverError("model's enrollment i-vectors are damaged", path)
-    return Model(GMM(weights, means, variances), meta["kind"], config, meta, cohort, ivectors, source=path)
+    return Model(gmms[0], meta["kind"], config, meta, cohort, ivectors, source=path, further=tuple(gmms[1:]))
 
 
 def _cohort_segments(frames, lengths, dim, path) -> list:
@@ -285,35 +348,88 @@ def _cohort_segments(frames, lengths, dim, path) -> list:
     return np.split(frames, np.cumsum(lengths)[:-1])
 
 
-def save_checkpoint(path, state, identity: dict) -> None:
-    """Write an EM checkpoint (:class:`spkver.gmm.em.EMState`) atomically.
+@dataclass
+class UBMCheckpoint:
+    """What a UBM checkpoint holds: the mixtures of the systems already trained with their training
+    summaries, and the EM state (:class:`spkver.gmm.em.EMState`) of the one being trained."""
+
+    trained: tuple
+    summaries: tuple
+    state: EMState
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+
+def system_summary(norm: str, result) -> dict:
+    """The training summary of one system (a :class:`spkver.gmm.em.TrainingResult`), as models and checkpoints
+    store it."""
+    return {"norm": norm, "iterations": len(result.history) - 1, "converged": result.converged,
+            "average_log_likelihood": result.history[-1], "log_likelihood_history": result.history,
+            "reseeded_components": result.reseeded}
+
+
+def _is_system_summary(summary) -> bool:
+    """Whether a checkpoint's ``summary`` of a trained system has :func:`system_summary`'s keys and types."""
+    if not isinstance(summary, dict) or set(summary) != {"norm", "iterations", "converged", "average_log_likelihood",
+                                                         "log_likelihood_history", "reseeded_components"}:
+        return False
+    history = summary["log_likelihood_history"]
+    return (isinstance(summary["norm"], str) and type(summary["iterations"]) is int
+            and type(summary["converged"]) is bool and type(summary["reseeded_components"]) is int
+            and isinstance(history, list) and len(history) == summary["iterations"] + 1
+            and all(type(v) in (int, float) and math.isfinite(v) for v in history)
+            and history[-1] == summary["average_log_likelihood"])
+
+
+def _trained_names(i: int) -> tuple:
+    return tuple(f"trained_{i}_{name}" for name in ("weights", "means", "variances"))
+
+
+def save_checkpoint(path, state, identity: dict, trained=(), summaries=()) -> None:
+    """Write an EM checkpoint (:class:`spkver.gmm.em.EMState`) atomically, with the mixtures of the systems
+    ``trained`` before this one (a UBM of several systems) and their training ``summaries`` (dicts).
 
     ``identity`` names what the run was given (its training data and settings),
     so that a resumed run can say which of them differ.
     """
     meta = {"kind": "checkpoint", "format_version": FORMAT_VERSION, "identity": identity,
             "history": state.history, "step": state.step, "reseeded": state.reseeded,
-            "rng_state": state.rng_state}
-    write_atomic(path, npz_bytes(state.gmm, meta))
+            "rng_state": state.rng_state, "systems_trained": len(trained), "trained_summaries": list(summaries)}
+    extra = {name: getattr(gmm, field) for i, gmm in enumerate(trained)
+             for name, field in zip(_trained_names(i), ("weights", "means", "variances"))}
+    write_atomic(path, npz_bytes(state.gmm, meta, extra))
 
 
-def load_checkpoint(path, identity: dict):
-    """The EM state saved at ``path`` by a run with the same ``identity``; None when there is no file.
+def load_checkpoint(path, identity: dict) -> UBMCheckpoint | None:
+    """The :class:`UBMCheckpoint` saved at ``path`` by a run with the same ``identity``; None when there is no file.
 
     Raises SpkverError for a damaged checkpoint (a resumed run never starts from
     broken parameters) and for one of a run with other data or settings, naming
     what differs.
     """
-    from spkver.gmm.em import EMState
-
     def state(arrays, meta):
         gmm = GMM(arrays["weights"], arrays["means"], arrays["variances"])
-        reseeded = meta["reseeded"]
+        reseeded, n_trained = meta["reseeded"], meta.get("systems_trained", 0)
         if type(reseeded) is not int or not isinstance(meta["rng_state"], dict):
             raise ValueError("re-seeded count or random state is invalid")
-        return EMState(gmm, checkpoint_history(meta), meta["step"], reseeded, meta["rng_state"])
+        summaries = meta.get("trained_summaries", [])
+        if (type(n_trained) is not int or not 0 <= n_trained < MAX_SYSTEMS or not isinstance(summaries, list)
+                or len(summaries) != n_trained or not all(_is_system_summary(x) for x in summaries)):
+            raise ValueError("the systems trained are not recorded consistently")
+        trained = []
+        for i in range(n_trained):
+            parts = [np.asarray(arrays[name], dtype=np.float64) for name in _trained_names(i)]
+            if _check_arrays(*parts) or parts[1].shape != gmm.means.shape:
+                raise ValueError(f"trained system {i + 1} is invalid")
+            trained.append(GMM(*parts))
+        state = EMState(gmm, checkpoint_history(meta), meta["step"], reseeded, meta["rng_state"])
+        return UBMCheckpoint(tuple(trained), tuple(summaries), state)
 
-    return read_checkpoint(path, identity, _model_limits(cohort=False), "checkpoint", "an EM checkpoint", state)
+    limits = _model_limits(cohort=False) | {name: (MAX_COMPONENTS * MAX_DIM, False)
+                                            for i in range(MAX_SYSTEMS - 1) for name in _trained_names(i)}
+    return read_checkpoint(path, identity, limits, "checkpoint", "an EM checkpoint", state)
 
 
 def read_checkpoint(path, identity: dict, limits: dict, kind: str, what: str, make_state):
@@ -351,6 +467,16 @@ def checkpoint_history(meta: dict) -> list:
     return history
 
 
+def checkpoint_systems_trained(path) -> int:
+    """How many systems a UBM checkpoint holds as finished (0 for any other or unreadable file)."""
+    try:
+        meta = _meta(read_arrays(path, {"meta": (1, True)}, "checkpoint"), Path(path))
+    except (SpkverError, OSError):
+        return 0
+    trained = meta.get("systems_trained")
+    return trained if meta.get("kind") == "checkpoint" and type(trained) is int and trained > 0 else 0
+
+
 def checkpoint_step(path) -> int | None:
     """The iteration a checkpoint (of EM or of T-matrix training) holds the state after; None without a
     readable checkpoint."""
@@ -376,6 +502,13 @@ def identity_differences(stored, current: dict) -> str:
             else:
                 differences.append(f"other {key}")
     return ", ".join(differences) or "other settings"
+
+
+def ubm_checkpoint_writer(path, identity, trained: list, summaries: list, on_note=None):
+    """:func:`checkpoint_writer` of a UBM's EM states, each saved with the systems ``trained`` before it
+    and their ``summaries`` (lists the caller extends as systems finish: one writer, one warning, per run)."""
+    return checkpoint_writer(path, identity, on_note, lambda where, state, what: save_checkpoint(
+        where, state, what, trained=tuple(trained), summaries=tuple(summaries)))
 
 
 def checkpoint_writer(path, identity, on_note=None, save=None):

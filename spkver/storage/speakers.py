@@ -64,7 +64,7 @@ class SpeakerStore:
         if ubm is not None and (model.meta["ubm_fingerprint"] != ubm.fingerprint
                                 or model.feature_config != ubm.feature_config):
             raise SpkverError("speaker model was adapted from a different UBM; re-enroll it", path)
-        if ubm is not None and model.gmm.means.shape != ubm.gmm.means.shape:
+        if ubm is not None and any(m.means.shape != u.means.shape for m, u in zip(model.gmms, ubm.gmms)):
             raise SpkverError(f"speaker model has {model.gmm.n_components} components where its UBM has "
                               f"{ubm.gmm.n_components}: it is damaged; re-enroll it", path)
         return model
