@@ -84,8 +84,11 @@ def _run(root: Path, seed, echo, progress, kept: bool):
     save_model(ubm_path, ubm)
     ubm = load_model(ubm_path, kind="ubm")
     summary = ubm.meta["training"]
-    echo(f"   {summary['frames']} speech frames, {summary['components']} components, {summary['iterations']} EM "
-         f"iterations, average log-likelihood {summary['average_log_likelihood']:.2f}")
+    systems = summary.get("systems", [summary])
+    trained = "; ".join(f"{s['iterations']} EM iterations, average log-likelihood {s['average_log_likelihood']:.2f}"
+                        + (f" ({s['norm']})" if "norm" in s else "") for s in systems)
+    per_system = f" per system ({len(systems)} systems)" if len(systems) > 1 else ""
+    echo(f"   {summary['frames']} speech frames, {summary['components']} components{per_system}: {trained}")
     store.root.mkdir(exist_ok=True)
     for name in speakers:
         echo("3. " + shown(f"enroll {name}", "enroll", "--ubm", ubm_path, "--models", store.root, "--speaker", name,
