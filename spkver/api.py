@@ -183,10 +183,15 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     identity = None if checkpoint is None else {  # hashing every frame is only worth it for a checkpoint
         "training data": data_identity(arrays), "feature settings": config.fingerprint(),
         "components": k, "init": init, "seed": seed, "tol": tol, "variance floor ratio": variance_floor_ratio}
-    if identity is not None and len(config.views) > 1:  # a system finished before the interruption ran this many
-        identity["iterations"] = iterations
     resumed = resumed_state(load_checkpoint, checkpoint, identity, resume, restart, iterations, "EM iteration",
                             on_note)
+    asked = {s["max_iterations"] for s in resumed.summaries} if resumed is not None else set()
+    if asked and asked != {iterations}:  # the systems finished before the interruption had another limit
+        if not restart:
+            raise SpkverError(f"is the checkpoint of a run with iterations {min(asked)} (now {iterations}), which "
+                              "its finished systems were trained with: resume with the options it was started "
+                              "with, or pass --force to start over", checkpoint)
+        resumed = None
     if resumed is not None and (len(resumed.trained) >= len(config.views) or [
             s["norm"] for s in resumed.summaries] != list(config.norms[:len(resumed.trained)])):
         raise SpkverError(f"checkpoint is damaged (its trained systems do not fit the {len(config.views)} of "
@@ -207,7 +212,7 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
         if result.reseeded and on_note:
             on_note(f"{result.reseeded} components lost their frames and were re-seeded")
         trained.append(result.gmm)
-        summaries.append(system_summary(config.norms[index], result))
+        summaries.append(system_summary(config.norms[index], result, iterations))
     if checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
     first = summaries[0]

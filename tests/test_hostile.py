@@ -359,16 +359,14 @@ def test_resume_refuses_a_checkpoint_past_the_iterations_asked_for(synthetic_cor
 
     files = sorted((synthetic_corpus / "background").rglob("*.wav"))[:10]
     out = tmp_path / "u.npz"
-    for norm, refusal in [("cmn", ("6 iterations", "--iterations 5")),
-                          # Two systems: the first may have finished with 60, so the count must match.
-                          ("cmn+warp", ("run with iterations 60 (now 5)", "--force"))]:
+    for norm in ("cmn", "cmn+warp"):  # killed in the first system: nothing finished with the old count yet
         common = ["train-ubm", "-o", out, "--components", 4, "--workers", 1, "--no-cache", "--tol", 0,
                   "--feature-norm", norm, *files]
         monkeypatch.setattr(models, "save_checkpoint", stop_after_six)
         assert run(*common, "--iterations", 60).exit_code == 130
         monkeypatch.undo()
         assert (tmp_path / "u.npz.checkpoint.npz").exists()
-        one_error_line(run(*common, "--iterations", 5, "--resume"), "checkpoint", *refusal)
+        one_error_line(run(*common, "--iterations", 5, "--resume"), "checkpoint", "6 iterations", "--iterations 5")
         (tmp_path / "u.npz.checkpoint.npz").unlink()
     assert not out.exists()
     result = run(*common, "--iterations", 8, "--resume")

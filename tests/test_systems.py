@@ -102,18 +102,48 @@ def test_the_cli_trains_two_systems_and_says_so(synthetic_corpus, tmp_path):
     assert bad.exit_code == 2 and "names a normalisation twice" in bad.stderr
 
 
+def interrupt_in_system(number, step):
+    """A save_checkpoint that stops the run after EM iteration ``step`` of system ``number``."""
+
+    def save(path, state, identity, trained=(), summaries=()):
+        save_checkpoint(path, state, identity, trained=trained, summaries=summaries)
+        if len(trained) == number - 1 and state.step == step:
+            raise KeyboardInterrupt
+
+    return save
+
+
+def test_iterations_may_change_until_a_system_has_finished_with_them(synthetic_corpus, tmp_path, monkeypatch):
+    common = ["train-ubm", "--components", 4, "--workers", 1, "--no-cache", "--tol", 0,
+              *sorted((synthetic_corpus / "background").rglob("*.wav"))[:10]]
+    reference, output = tmp_path / "reference.npz", tmp_path / "u.npz"
+    assert run_cli(*common, "--iterations", 6, "-o", reference).exit_code == 0
+    # Killed in system 1: raising --iterations continues to what a run asked for 6 from the start gives.
+    monkeypatch.setattr(models, "save_checkpoint", interrupt_in_system(1, 2))
+    assert run_cli(*common, "--iterations", 4, "-o", output).exit_code == 130
+    monkeypatch.undo()
+    resumed = run_cli(*common, "--iterations", 6, "-o", output, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert output.read_bytes() == reference.read_bytes()
+    # Killed in system 2: system 1 finished with 4, so 6 would mix the two; refused, and --force starts over.
+    output.unlink()
+    monkeypatch.setattr(models, "save_checkpoint", interrupt_in_system(2, 1))
+    assert run_cli(*common, "--iterations", 4, "-o", output).exit_code == 130
+    monkeypatch.undo()
+    one_error_line(run_cli(*common, "--iterations", 6, "-o", output, "--resume"), "checkpoint",
+                   "iterations 4 (now 6)", "--force")
+    forced = run_cli(*common, "--iterations", 6, "-o", output, "--resume", "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert output.read_bytes() == reference.read_bytes()
+
+
 def test_ctrl_c_in_the_second_system_resumes_to_the_same_bytes(synthetic_corpus, tmp_path, monkeypatch):
     common = ["train-ubm", "--components", 4, "--workers", 1, "--no-cache", "--tol", 0, "--iterations", 4,
               *sorted((synthetic_corpus / "background").rglob("*.wav"))[:10]]
     reference, output = tmp_path / "reference.npz", tmp_path / "u.npz"
     assert run_cli(*common, "-o", reference).exit_code == 0
 
-    def stop_in_the_second_system(path, state, identity, trained=(), summaries=()):
-        save_checkpoint(path, state, identity, trained=trained, summaries=summaries)
-        if len(trained) == 1 and state.step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(models, "save_checkpoint", stop_in_the_second_system)
+    monkeypatch.setattr(models, "save_checkpoint", interrupt_in_system(2, 2))
     result = run_cli(*common, "-o", output)
     monkeypatch.undo()
     assert result.exit_code == 130 and not output.exists()
@@ -133,12 +163,13 @@ def test_a_checkpoint_with_damaged_summaries_of_its_trained_systems_is_refused(u
 
     gmm = ubms["cmn"].gmm
     state, identity = EMState(gmm, [-1.0, -0.5], 1, 0, {"state": 1}), {"run": "x"}
-    good = {"norm": "cmn", "iterations": 1, "converged": False, "average_log_likelihood": -0.5,
-            "log_likelihood_history": [-1.0, -0.5], "reseeded_components": 0}
+    good = {"norm": "cmn", "iterations": 1, "max_iterations": 3, "converged": False,
+            "average_log_likelihood": -0.5, "log_likelihood_history": [-1.0, -0.5], "reseeded_components": 0}
     save_checkpoint(tmp_path / "c.npz", state, identity, trained=(gmm,), summaries=(good,))
     loaded = load_checkpoint(tmp_path / "c.npz", identity)
     assert loaded.summaries == (good,) and np.array_equal(loaded.trained[0].means, gmm.means)
     for damaged in ({}, {**good, "iterations": "many"}, {**good, "log_likelihood_history": [-0.5]},
+                    {**good, "max_iterations": 0},
                     {**good, "average_log_likelihood": float("nan")}):
         save_checkpoint(tmp_path / "c.npz", state, identity, trained=(gmm,), summaries=(damaged,))
         with pytest.raises(SpkverError, match="checkpoint is damaged"):

@@ -362,21 +362,23 @@ class UBMCheckpoint:
         return self.state.step
 
 
-def system_summary(norm: str, result) -> dict:
-    """The training summary of one system (a :class:`spkver.gmm.em.TrainingResult`), as models and checkpoints
-    store it."""
-    return {"norm": norm, "iterations": len(result.history) - 1, "converged": result.converged,
-            "average_log_likelihood": result.history[-1], "log_likelihood_history": result.history,
-            "reseeded_components": result.reseeded}
+def system_summary(norm: str, result, max_iterations: int) -> dict:
+    """The training summary of one system (a :class:`spkver.gmm.em.TrainingResult` of at most
+    ``max_iterations``), as models and checkpoints store it."""
+    return {"norm": norm, "iterations": len(result.history) - 1, "max_iterations": max_iterations,
+            "converged": result.converged, "average_log_likelihood": result.history[-1],
+            "log_likelihood_history": result.history, "reseeded_components": result.reseeded}
 
 
 def _is_system_summary(summary) -> bool:
     """Whether a checkpoint's ``summary`` of a trained system has :func:`system_summary`'s keys and types."""
-    if not isinstance(summary, dict) or set(summary) != {"norm", "iterations", "converged", "average_log_likelihood",
-                                                         "log_likelihood_history", "reseeded_components"}:
+    if not isinstance(summary, dict) or set(summary) != {"norm", "iterations", "max_iterations", "converged",
+                                                         "average_log_likelihood", "log_likelihood_history",
+                                                         "reseeded_components"}:
         return False
     history = summary["log_likelihood_history"]
     return (isinstance(summary["norm"], str) and type(summary["iterations"]) is int
+            and type(summary["max_iterations"]) is int and 0 <= summary["iterations"] <= summary["max_iterations"]
             and type(summary["converged"]) is bool and type(summary["reseeded_components"]) is int
             and isinstance(history, list) and len(history) == summary["iterations"] + 1
             and all(type(v) in (int, float) and math.isfinite(v) for v in history)
