@@ -113,7 +113,7 @@ CONFIGURATIONS = [
     ("20 cepstra", ["--n-ceps", "20"], [], []),
     ("30 cepstra", ["--n-ceps", "30"], [], []),
     ("c0 replaced by log energy", ["--log-energy"], [], []),
-    ("one system: CMN (--feature-norm cmn, the default before 0.5)", ["--feature-norm", "cmn"], [], []),
+    ("one system: CMN (--feature-norm cmn, the previous default)", ["--feature-norm", "cmn"], [], []),
     ("one system: feature warping (--feature-norm warp)", ["--feature-norm", "warp"], [], []),
     ("systems: CMN and CMVN (--feature-norm cmn+cmvn)", ["--feature-norm", "cmn+cmvn"], [], []),
     ("components x 1/2", ["--components", "half"], [], []),
