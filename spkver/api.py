@@ -206,7 +206,7 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
         # Every system starts from the same seed: each is the model a one-system run of its normalisation gives.
         view = config.views[index]
         with Engine(arrays, run.workers or default_workers(), scheduler, paths, columns=view) as engine:
-            result = train([a[:, view] for a in arrays], k, iterations=iterations, init=init, seed=seed, tol=tol,
+            result = train(engine.arrays, k, iterations=iterations, init=init, seed=seed, tol=tol,
                            variance_floor_ratio=variance_floor_ratio, on_iteration=on_iteration, engine=engine,
                            resume=state, on_checkpoint=save)
         if result.reseeded and on_note:
@@ -215,21 +215,18 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
         summaries.append(system_summary(config.norms[index], result, iterations))
     if checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
-    first = summaries[0]
+    # The first system's iterations, convergence, log-likelihoods and re-seeding, as one-system models have them.
+    first = {key: value for key, value in summaries[0].items() if key not in ("norm", "max_iterations")}
     meta = {
         "training": {
             "files": len(arrays),
             "frames": n_frames,
             "components": k,
-            "iterations": first["iterations"],
-            "converged": first["converged"],
-            "average_log_likelihood": first["average_log_likelihood"],
-            "log_likelihood_history": first["log_likelihood_history"],
+            **first,
             "init": init,
             "seed": seed,
             "tolerance": tol,
             "variance_floor_ratio": variance_floor_ratio,
-            "reseeded_components": first["reseeded_components"],
             "spkver_version": __version__,
         }
     }

@@ -81,7 +81,7 @@ class SystemsScorer:
     :attr:`~spkver.features.config.FeatureConfig.views` slice); averaging the
     frame-average LLRs of systems that see the frames through different
     normalisations lowered the EER on every protocol (README, "Two systems").
-    With one system it is that system's :class:`Scorer`, bit for bit.
+    With one system it is that system's :class:`Scorer`, bit for bit (0 + s and s / 1 are exact).
 
     Parameters
     ----------
@@ -104,8 +104,6 @@ class SystemsScorer:
 
     def scores(self, frames, speakers=None) -> np.ndarray:
         """Mean over the systems of :meth:`Scorer.scores` of their columns of ``frames``, (S,)."""
-        if len(self.parts) == 1:
-            return self.parts[0].scores(frames[:, self.views[0]], speakers)
         total = np.zeros(self.parts[0].n_speakers if speakers is None else len(speakers))
         for part, view in zip(self.parts, self.views):
             total += part.scores(frames[:, view], speakers)

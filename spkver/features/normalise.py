@@ -101,13 +101,11 @@ def normalise(features, mode="cmn", warp_window=301, out=None):
     if mode == "none" or len(features) == 0:
         out[...] = features
         return out
-    if features.dtype != np.float32:  # computed in its own precision, rounded once
-        centred = features - features.mean(axis=0, keepdims=True)
-        if mode == "cmvn":
-            centred /= np.maximum(features.std(axis=0, keepdims=True), 1e-5)
-        out[...] = centred
-        return out
-    np.subtract(features, features.mean(axis=0, keepdims=True), out=out)
+    # float32 in place; other input in its own precision, rounded once into ``out``.
+    centred = np.subtract(features, features.mean(axis=0, keepdims=True),
+                          out=out if features.dtype == np.float32 else None)
     if mode == "cmvn":
-        out /= np.maximum(features.std(axis=0, keepdims=True), 1e-5)
+        centred /= np.maximum(features.std(axis=0, keepdims=True), 1e-5)
+    if centred is not out:
+        out[...] = centred
     return out

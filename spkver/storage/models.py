@@ -469,12 +469,17 @@ def checkpoint_history(meta: dict) -> list:
     return history
 
 
+def _checkpoint_meta(path) -> dict:
+    """A checkpoint's metadata, read alone; empty for an unreadable file."""
+    try:
+        return _meta(read_arrays(path, {"meta": (1, True)}, "checkpoint"), Path(path))
+    except (SpkverError, OSError):
+        return {}
+
+
 def checkpoint_systems_trained(path) -> int:
     """How many systems a UBM checkpoint holds as finished (0 for any other or unreadable file)."""
-    try:
-        meta = _meta(read_arrays(path, {"meta": (1, True)}, "checkpoint"), Path(path))
-    except (SpkverError, OSError):
-        return 0
+    meta = _checkpoint_meta(path)
     trained = meta.get("systems_trained")
     return trained if meta.get("kind") == "checkpoint" and type(trained) is int and trained > 0 else 0
 
@@ -482,10 +487,7 @@ def checkpoint_systems_trained(path) -> int:
 def checkpoint_step(path) -> int | None:
     """The iteration a checkpoint (of EM or of T-matrix training) holds the state after; None without a
     readable checkpoint."""
-    try:
-        meta = _meta(read_arrays(path, {"meta": (1, True)}, "checkpoint"), Path(path))
-    except (SpkverError, OSError):
-        return None
+    meta = _checkpoint_meta(path)
     step = meta.get("step")
     return step if meta.get("kind") in ("checkpoint", "tv-checkpoint") and type(step) is int else None
 
