@@ -5,7 +5,9 @@
 
 Every step is a real ``spkver`` command (train-ubm, enroll per speaker,
 score, evaluate) given nothing but the audio, so the numbers are what a user
-gets. ``--defaults`` runs each protocol with spkver's defaults only;
+gets. The UBM's audio is given as a Kaldi data folder (``wav.scp`` and
+``utt2spk``), as a Kaldi user has it: its speakers let ``train-ubm`` learn
+channel factors. ``--defaults`` runs each protocol with spkver's defaults only;
 otherwise the table also changes one option at a time from the defaults, and
 a second table pivots the EERs: one row per option, one column per protocol.
 """
@@ -43,10 +45,21 @@ def slug(options) -> str:
     return "_".join(str(o).strip("-") for o in options) or "default"
 
 
+def write_data_dir(path: Path, files, speaker_of) -> Path:
+    """A Kaldi data folder of ``files``: ``wav.scp`` and ``utt2spk`` (utterance ids speaker-first, as Kaldi
+    sorts them)."""
+    path.mkdir(parents=True, exist_ok=True)
+    ids = [f"{speaker_of(Path(f))}-{i:05d}" for i, f in enumerate(files)]
+    (path / "wav.scp").write_text("".join(f"{u} {Path(f).resolve()}\n" for u, f in zip(ids, files)))
+    (path / "utt2spk").write_text("".join(f"{u} {u.rsplit('-', 1)[0]}\n" for u in ids))
+    return path
+
+
 def train(protocol, workdir: Path, options):
     ubm = workdir / f"ubm-{slug(options)}.npz"
     if not ubm.exists():
-        spkver("train-ubm", "-o", ubm, *options, "--list", write_list(workdir / "ubm.lst", protocol.ubm))
+        spkver("train-ubm", "-o", ubm, *options,
+               "--data-dir", write_data_dir(workdir / "ubm-data", protocol.ubm, protocol.speaker_of))
     return ubm
 
 
@@ -116,6 +129,7 @@ CONFIGURATIONS = [
     ("one system: CMN (--feature-norm cmn, the previous default)", ["--feature-norm", "cmn"], [], []),
     ("one system: feature warping (--feature-norm warp)", ["--feature-norm", "warp"], [], []),
     ("systems: CMN and CMVN (--feature-norm cmn+cmvn)", ["--feature-norm", "cmn+cmvn"], [], []),
+    ("no channel factors (--channel-factors 0)", ["--channel-factors", "0"], [], []),
     ("components x 1/2", ["--components", "half"], [], []),
     ("components x 2", ["--components", "double"], [], []),
     ("relevance 8", [], ["--relevance", "8"], []),

@@ -38,13 +38,13 @@ from spkver.backend.scorenorm import COHORT_SEGMENTS, cohort_segments, cohort_st
 from spkver.backend.scoring import Scorer  # noqa: E402
 from spkver.features.config import FeatureConfig, feature_rate_for  # noqa: E402
 from spkver.features.extraction import extract_all  # noqa: E402
+from spkver.gmm.channels import DEFAULT_CHANNEL_FACTORS, ChannelCompensation, train_channels  # noqa: E402
 from spkver.gmm.em import (
     auto_components,  # noqa: E402
     train,  # noqa: E402
 )
 from spkver.gmm.engine import Engine  # noqa: E402
-from spkver.gmm.estep import accumulate  # noqa: E402
-from spkver.gmm.map import DEFAULT_ADAPT, map_adapt  # noqa: E402
+from spkver.gmm.map import DEFAULT_ADAPT, adapt_to  # noqa: E402
 
 # (label, feature settings, run settings): the defaults, then one change at a time.
 CANDIDATES = [
@@ -99,11 +99,18 @@ CANDIDATES = [
     ("fusion: CMN, feature warping, and CMN without log-mel floor with delta window ±1",
      [{"norm": "cmn"}, {"norm": "warp"}, {"norm": "cmn", "top_db": None, "delta_window": 1}], {}),
     ("one system on the cepstra of both normalisations (CMN and warping)", ({"norm": "cmn"}, {"norm": "warp"}), {}),
+    # Channel factors (learnt from the UBM speakers' recordings; the rows above were measured before they were
+    # the default, which is why the README gives them without).
+    ("no channel factors (--channel-factors 0)", {}, {"channel_factors": 0}),
+    ("channel factors: 5", {}, {"channel_factors": 5}),
+    ("channel factors: 50", {}, {"channel_factors": 50}),
 ]
 
 
-# The systems every row starts from (--feature-norm): spkver's default, or "cmn" for the one-system table.
+# The systems every row starts from (--feature-norm): spkver's default, or "cmn" for the one-system table;
+# and the channel factors (--channel-factors): spkver's default, or 0 for the tables measured before them.
 BASE_NORM = [FeatureConfig().norm]
+BASE_CHANNELS = [DEFAULT_CHANNEL_FACTORS]
 
 
 def feature_config(protocol, settings) -> FeatureConfig:
@@ -165,16 +172,20 @@ def metrics(protocol, scores):
 
 
 def scores_of(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
-              cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5, views=(slice(None),)):
+              cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5, views=(slice(None),), channel_factors=None):
     """The (tests, speakers) scores of one UBM seed, with spkver's defaults unless told otherwise.
 
     ``frames_per_component`` (None: the ``auto`` rule), ``relevance``, ``adapt``, ``norm`` ("s" or
-    "none"), ``cohort_size`` (segments), ``top_n`` (adaptive S-norm) and ``top_c`` (components scored
-    per frame) are the settings of ``train-ubm``, ``enroll`` and ``score`` of those names. ``views``
-    are the columns of each system (``FeatureConfig.views``): each has its own UBM and models, and
-    the raw scores, test and cohort alike, are the mean over the systems (``SystemsScorer``).
+    "none"), ``cohort_size`` (segments), ``top_n`` (adaptive S-norm), ``top_c`` (components scored
+    per frame) and ``channel_factors`` (learnt from the UBM audio's speakers, as ``train-ubm`` does
+    from a data folder with utt2spk; 0 for none, None for ``--channel-factors``) are the settings
+    of ``train-ubm``, ``enroll`` and ``score`` of those names. ``views`` are the columns of each
+    system (``FeatureConfig.views``): each has its own UBM and models, and the raw scores, test and
+    cohort alike, are the mean over the systems (``SystemsScorer``).
     """
     ubm_frames = [features[str(f)] for f in protocol.ubm]
+    labels = [protocol.speaker_of(f) for f in protocol.ubm]
+    channel_factors = BASE_CHANNELS[0] if channel_factors is None else channel_factors
     n_frames = sum(len(a) for a in ubm_frames)
     k = auto_components(n_frames) if frames_per_component is None else \
         int(np.clip(2 ** round(np.log2(max(n_frames / frames_per_component, 1))), 16, 2048))
@@ -185,17 +196,18 @@ def scores_of(protocol, features, seed, frames_per_component=None, relevance=16.
         frames = [a[:, view] for a in ubm_frames]
         with Engine(frames, 2) as engine:
             ubm = train(frames, k, seed=seed, engine=engine).gmm
-        floor = ubm.variances.min(axis=0) * 1e-2  # as adapt_to
-        models = [map_adapt(ubm, accumulate(ubm, [features[str(f)][:, view] for f in protocol.enroll[s]],
-                                            np.float64), relevance, adapt, variance_floor=floor) for s in speakers]
+        compensation = ChannelCompensation(ubm, train_channels(ubm, frames, labels, channel_factors)) \
+            if channel_factors else None
+        compensated = (lambda f: f) if compensation is None else compensation.compensate
+        models = [adapt_to(ubm, [features[str(f)][:, view] for f in protocol.enroll[s]], relevance, adapt,
+                           compensation)[0] for s in speakers]
         scorer = Scorer(ubm, models, top_c)
-        tests = [features[str(t)][:, view] for t in protocol.test]
+        tests = [compensated(features[str(t)][:, view]) for t in protocol.test]
         raw = raw + np.array([scorer.scores(f) for f in tests]) / len(views)
         if norm == "s":
-            segments = [c[:, view] for c in cohort]
+            segments = [compensated(c[:, view]) for c in cohort]
             z_cohort = z_cohort + np.array([scorer.scores(c) for c in segments]).T / len(views)
-            cohort_models = [map_adapt(ubm, accumulate(ubm, [c], np.float64), relevance, adapt, variance_floor=floor)
-                             for c in segments]
+            cohort_models = [adapt_to(ubm, [c], relevance, adapt)[0] for c in segments]
             t_scorer = Scorer(ubm, cohort_models, top_c)
             t_cohort = t_cohort + np.array([t_scorer.scores(f) for f in tests]) / len(views)
     if norm != "s":
@@ -216,8 +228,13 @@ def main():
     parser.add_argument("--feature-norm", default=FeatureConfig().norm,
                         help="The systems every row starts from (a row's own norm wins): spkver's default "
                              "(%(default)s), or cmn for the one-system technique table of the README.")
+    parser.add_argument("--channel-factors", type=int, default=DEFAULT_CHANNEL_FACTORS,
+                        help="The channel factors every row starts from (a row's own wins): spkver's default "
+                             "(%(default)s, learnt from each protocol's UBM speakers), or 0 for the tables of the "
+                             "README measured before them.")
     args = parser.parse_args()
     BASE_NORM[0] = FeatureConfig(norm=args.feature_norm).norm
+    BASE_CHANNELS[0] = args.channel_factors
     args.workdir.mkdir(parents=True, exist_ok=True)
     names = args.protocol or list(PROTOCOLS)
     protocols = {n: PROTOCOLS[n](args.data, args.build_dir) for n in names}

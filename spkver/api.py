@@ -22,6 +22,7 @@ The whole pipeline on a small synthetic corpus:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +46,7 @@ from spkver.features.config import FeatureConfig, default_feature_config
 from spkver.features.extraction import checked_features, extract_all, usable_features
 from spkver.features.store import FeatureStore, cache_store_path
 from spkver.fileio import array_parts, sha256_hex
+from spkver.gmm.channels import DEFAULT_CHANNEL_FACTORS, channel_degrees_of_freedom, train_channels
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
 from spkver.gmm.engine import Engine
 from spkver.gmm.map import DEFAULT_ADAPT, adapt_views
@@ -95,7 +97,8 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
               init: str = "kmeans", seed: int = 0, tol: float = 1e-4, variance_floor_ratio: float = 1e-3,
               allow_fewer_components: bool = False, cache_dir=None, features_dir=None, scheduler: str | None = None,
               checkpoint=None, resume: bool = False, restart: bool = False, cohort_size: int = COHORT_SEGMENTS,
-              on_iteration=None, on_log=None, run: RunOptions = DEFAULT_RUN) -> Model:
+              labels=None, channel_factors: int | None = None, on_iteration=None, on_log=None,
+              run: RunOptions = DEFAULT_RUN) -> Model:
     """Train a universal background model on the speech of ``items``.
 
     Parameters
@@ -133,6 +136,14 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     cohort_size : int
         Segments of the training speech the UBM keeps for score normalisation
         (:func:`~spkver.backend.scorenorm.cohort_segments`); 0 keeps none.
+    labels : list of str, optional
+        The speaker of each item. With speakers that have several recordings,
+        the UBM also learns channel factors (:mod:`spkver.gmm.channels`),
+        which enrollment and scoring then remove from every recording.
+    channel_factors : int, optional
+        How many per system; None takes
+        :data:`~spkver.gmm.channels.DEFAULT_CHANNEL_FACTORS` when ``labels``
+        allow it and none otherwise; 0 learns none.
     on_iteration : callable, optional
         Called as ``on_iteration(step, average_log_likelihood, relative_gain)``.
     on_log : callable, optional
@@ -167,11 +178,16 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     """
     on_note = run.on_note
     _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart)
+    if labels is not None and (features_dir is not None or len(labels) != len(items)):
+        raise ValueError("labels must name the speaker of every item (and cannot go with features_dir)")
+    if channel_factors and labels is None:
+        raise SpkverError("channel factors need the speaker of every recording: give --data-dir with utt2spk, "
+                          "--per-folder or --speaker-list")
     if config is None and features_dir is None:
         config, why = default_feature_config(items)
         if on_log:
             on_log(why)
-    arrays, paths, config = training_frames(items, config, run=run, cache_dir=cache_dir, features_dir=features_dir)
+    arrays, paths, config, kept = _training_frames(items, config, run, cache_dir, features_dir)
     n_frames = sum(len(a) for a in arrays)
     k = components_for(n_frames, n_components, allow_fewer_components)
     if n_components is None and on_log:
@@ -232,9 +248,43 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     }
     if len(config.views) > 1:
         meta["training"]["systems"] = summaries
+    channels: tuple = ()
+    if labels is not None and channel_factors != 0:
+        speaker_of = {item.audio: label for item, label in zip(items, labels)}
+        channels, meta["training"]["channels"] = _trained_channels(
+            trained, config.views, arrays, [speaker_of[item.audio] for item in kept], channel_factors, on_log)
     segment_frames = int(round(COHORT_SECONDS * 1000 / config.hop_ms))
     return Model(trained[0], "ubm", config, meta, cohort_segments(arrays, cohort_size, segment_frames),
-                 further=tuple(trained[1:]))
+                 further=tuple(trained[1:]), channels=channels)
+
+
+def _trained_channels(gmms, views, arrays, labels, wanted: int | None, on_log) -> tuple[tuple, dict | None]:
+    """Each system's eigenchannels from the labelled training ``arrays``, and their summary (None, with no
+    channels, when no speaker has two recordings and ``wanted`` is None)."""
+    available = channel_degrees_of_freedom(labels)
+    rank = min(DEFAULT_CHANNEL_FACTORS if wanted is None else wanted, available)
+    if rank < 1:
+        if wanted is not None:
+            raise SpkverError("channel factors need speakers with two or more recordings each; "
+                              "give more recordings per speaker or --channel-factors 0")
+        if on_log:
+            on_log("channel factors: none (no speaker has two recordings)")
+        return (), None
+    if wanted is not None and rank < wanted and on_log:
+        on_log(f"channel factors: {rank} instead of {wanted}: the recordings estimate at most {available}")
+    from spkver.run import single_blas_thread
+
+    with single_blas_thread():  # the same factors on any number of cores
+        channels = tuple(train_channels(gmm, [a[:, view] for a in arrays], labels, rank)
+                         for gmm, view in zip(gmms, views, strict=True))
+    rank = min(u.shape[2] for u in channels)
+    channels = tuple(u[:, :, :rank] for u in channels)
+    speakers = sum(1 for n in Counter(labels).values() if n >= 2)
+    if on_log:
+        on_log(f"channel factors: {rank} per system, from {speakers} speakers with two or more recordings")
+    if rank < 1:
+        return (), None
+    return channels, {"rank": rank, "speakers": speakers, "recordings": len(labels)}
 
 
 def _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart) -> None:
@@ -448,7 +498,7 @@ def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, ad
     one i-vector per array. ``on_note`` is told when there was less than
     :data:`SHORT_ENROLLMENT_SECONDS` of speech.
     """
-    gmms, stats = adapt_views(ubm.gmms, ubm.feature_config.views, arrays, relevance, adapt)
+    gmms, stats = adapt_views(ubm.gmms, ubm.feature_config.views, arrays, relevance, adapt, ubm.channels)
     seconds = stats.n_frames * ubm.feature_config.hop_ms / 1000
     if seconds < SHORT_ENROLLMENT_SECONDS and on_note is not None:
         on_note(f"speaker {speaker!r}: enrolled from only {seconds:.2f} s of speech; the model barely differs from "
@@ -564,7 +614,7 @@ def _scorer(ubm: Model, speakers: list, top_c: int, backend: IvectorBackend | No
     Raises SpkverError for a speaker enrolled without this back-end's extractor.
     """
     if backend is None:
-        return SystemsScorer(ubm.gmms, [s.gmms for s in speakers], ubm.feature_config.views, top_c)
+        return SystemsScorer(ubm.gmms, [s.gmms for s in speakers], ubm.feature_config.views, top_c, ubm.channels)
     from spkver.ivector.backend import IvectorScorer
 
     for model in speakers:

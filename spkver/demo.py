@@ -79,8 +79,12 @@ def _run(root: Path, seed, echo, progress, kept: bool):
     echo(f"1. Synthesizing {N_BACKGROUND} background and {N_ENROLLED} target voices"
          + (f" in {root}" if kept else "") + " ...")
     speakers = write_corpus(root, seed)
-    echo(f"2. {shown('train a UBM on the background voices', 'train-ubm', '-o', ubm_path, root / 'background')}")
-    ubm = train_ubm(find_audio([root / "background"]), seed=seed, run=RunOptions(progress=bar("features")))
+    step = shown("train a UBM on the background voices (a folder per speaker)", "train-ubm", "-o", ubm_path,
+                 "--per-folder", root / "background")
+    echo(f"2. {step}")
+    background = find_audio([root / "background"])
+    ubm = train_ubm(background, seed=seed, labels=[item.path.parent.name for item in background],
+                    run=RunOptions(progress=bar("features")))
     save_model(ubm_path, ubm)
     ubm = load_model(ubm_path, kind="ubm")
     summary = ubm.meta["training"]
@@ -89,6 +93,9 @@ def _run(root: Path, seed, echo, progress, kept: bool):
                         + (f" ({s['norm']})" if "norm" in s else "") for s in systems)
     per_system = f" per system ({len(systems)} systems)" if len(systems) > 1 else ""
     echo(f"   {summary['frames']} speech frames, {summary['components']} components{per_system}: {trained}")
+    if ubm.channels:
+        echo(f"   {ubm.channels[0].shape[2]} channel factors learnt from the {summary['channels']['speakers']} "
+             "background speakers' recordings: removed from every recording before enrolling and scoring")
     store.root.mkdir(exist_ok=True)
     for name in speakers:
         echo("3. " + shown(f"enroll {name}", "enroll", "--ubm", ubm_path, "--models", store.root, "--speaker", name,

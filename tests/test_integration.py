@@ -22,9 +22,10 @@ from spkver.storage.speakers import SpeakerStore  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-# EER ceilings for spkver's defaults (no option but the audio): the README's figures (asc 5.20%,
-# fsdd 2.50%, fsdd-long 0.33%) plus about one seed-to-seed spread, for other CPUs' BLAS rounding.
-FLOORS = {"asc": 0.060, "fsdd": 0.033, "fsdd-long": 0.012}
+# EER ceilings for spkver's defaults (no option but the audio, the UBM's with its speakers): the README's
+# figures (asc 4.70%, fsdd 2.42%, fsdd-long 0.47%) plus about one seed-to-seed spread, for other CPUs'
+# BLAS rounding. Without channel factors asc gave 5.20% and fsdd 2.50%.
+FLOORS = {"asc": 0.055, "fsdd": 0.032, "fsdd-long": 0.012}
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_an_interrupt_before_the_first_iteration_says_there_is_nothing_to_resume
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "training_frames", interrupted)
+    monkeypatch.setattr(api, "_training_frames", interrupted)
     result = run_cli(*common(synthetic_corpus, tmp_path / "u.npz"))
     assert result.exit_code == 130
     assert "nothing to resume" in one_line(result) and "same command again" in one_line(result)

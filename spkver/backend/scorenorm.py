@@ -192,14 +192,14 @@ class Cohort:
                 self._models = [self.model_store.load(s, self.ubm).gmms for s in self.model_store.speakers()]
             else:
                 self._models = [adapt_views(self.ubm.gmms, self.ubm.feature_config.views, [f], self.relevance,
-                                            self.adapt)[0] for f in self.features()]
+                                            self.adapt, self.ubm.channels)[0] for f in self.features()]
             if distinct([m[0].means for m in self._models]) < 2:
                 raise SpkverError("a cohort needs at least two different models or recordings", self.source)
         return self._models
 
     def _scorer(self, models) -> SystemsScorer:
         """The scorer of ``models`` (each a tuple of mixtures, one per system) against the UBM."""
-        return SystemsScorer(self.ubm.gmms, models, self.ubm.feature_config.views, self.top_c)
+        return SystemsScorer(self.ubm.gmms, models, self.ubm.feature_config.views, self.top_c, self.ubm.channels)
 
     def statistics(self, scores, top_n=None) -> tuple[np.ndarray, np.ndarray]:
         """:func:`cohort_statistics` of raw cohort scores (rows); a cohort whose scores barely vary is refused."""

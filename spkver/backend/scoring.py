@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spkver.errors import SpkverError
+from spkver.gmm.channels import compensations
 from spkver.gmm.chunks import iter_chunks
 from spkver.gmm.model import GMM, augment, logsumexp_rows
 
@@ -93,20 +94,25 @@ class SystemsScorer:
         The columns of each system.
     top_c : int
         As for :class:`Scorer`.
+    channels : sequence of numpy.ndarray, optional
+        Each system's eigenchannels (:attr:`~spkver.storage.models.Model.channels`):
+        the frames are compensated (:mod:`spkver.gmm.channels`) before scoring.
     """
 
-    def __init__(self, ubms, speakers, views, top_c: int = 5):
+    def __init__(self, ubms, speakers, views, top_c: int = 5, channels=()):
         if len(ubms) != len(views) or any(len(s) != len(views) for s in speakers):
             raise ValueError("every model needs one mixture per system (view)")
         self.views = tuple(views)
+        self.compensations = compensations(ubms, channels)
         self.parts = [Scorer(ubm, [s[i] for s in speakers], top_c) for i, ubm in enumerate(ubms)]
         self.top_c = self.parts[0].top_c
 
     def scores(self, frames, speakers=None) -> np.ndarray:
         """Mean over the systems of :meth:`Scorer.scores` of their columns of ``frames``, (S,)."""
         total = np.zeros(self.parts[0].n_speakers if speakers is None else len(speakers))
-        for part, view in zip(self.parts, self.views):
-            total += part.scores(frames[:, view], speakers)
+        for part, view, compensation in zip(self.parts, self.views, self.compensations):
+            columns = frames[:, view] if compensation is None else compensation.compensate(frames[:, view])
+            total += part.scores(columns, speakers)
         return total / len(self.parts)
 
 

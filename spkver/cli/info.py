@@ -43,7 +43,8 @@ def info_command(model_path, as_json):
     if as_json:
         meta.update(feature_config=model.feature_config.to_dict(), fingerprint=model.fingerprint,
                     components=model.gmm.n_components, dim=model.gmm.dim, systems=len(model.gmms),
-                    feature_dim=model.feature_config.dim)
+                    feature_dim=model.feature_config.dim,
+                    channel_factors=model.channels[0].shape[2] if model.channels else 0)
         click.echo(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False))
         return
     systems = model.feature_config.norms
@@ -55,8 +56,14 @@ def info_command(model_path, as_json):
     for key in ("speaker", "relevance", "adapt", "ubm_fingerprint", "ivector_extractor"):
         if key in meta:
             click.echo(f"{key}: {printable(meta[key])}")
-    training = {k: v for k, v in meta.get("training", {}).items() if k not in ("log_likelihood_history", "systems")}
+    training = {k: v for k, v in meta.get("training", {}).items()
+                if k not in ("log_likelihood_history", "systems", "channels")}
     click.echo("training: " + printable(", ".join(f"{k}={v}" for k, v in training.items())))
+    if model.channels:
+        learnt = meta.get("training", {}).get("channels")
+        source = (f" (learnt from {learnt.get('speakers')} speakers, {learnt.get('recordings')} recordings)"
+                  if isinstance(learnt, dict) else "")
+        click.echo(printable(f"channel factors: {model.channels[0].shape[2]} per system{source}"))
     systems_trained = meta.get("training", {}).get("systems")
     for number, system in enumerate(systems_trained if isinstance(systems_trained, list) else [], start=1):
         if isinstance(system, dict):  # its normalisation first, as the features line names the systems

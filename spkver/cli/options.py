@@ -107,9 +107,12 @@ def decision_threshold(threshold, calibration, p_target):
 
 
 class AutoOrPositiveInt(click.ParamType):
-    """``auto`` (None) or a positive integer."""
+    """``auto`` (None) or a whole number of at least ``minimum`` (1 unless told)."""
 
     name = "auto|N"
+
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
 
     def convert(self, value, param, ctx):
         if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
@@ -118,8 +121,8 @@ class AutoOrPositiveInt(click.ParamType):
             number = int(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is neither 'auto' nor a whole number", param, ctx)
-        if number < 1:
-            self.fail(f"{number} is not at least 1", param, ctx)
+        if number < self.minimum:
+            self.fail(f"{number} is not at least {self.minimum}", param, ctx)
         return number
 
 

@@ -26,6 +26,7 @@ from spkver.cli.options import (
 from spkver.cli.report import command_line, stop_with, terminate_as_interrupt
 from spkver.errors import SpkverError
 from spkver.fileio import folder_usage, locked, megabytes
+from spkver.gmm.channels import DEFAULT_CHANNEL_FACTORS
 from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS, DEFAULT_WCCN
 from spkver.storage.models import checkpoint_step, checkpoint_systems_trained, load_model, save_model
 
@@ -80,12 +81,22 @@ def stop_interrupted(ctx, interrupt, checkpoint: Path, step_name: str, kept: str
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT's checkpoint.")
 @click.option("--cohort-segments", type=click.IntRange(min=0), default=COHORT_SEGMENTS, show_default=True,
               help="3 s segments of the training speech kept in the UBM for `spkver score`'s S-norm; 0 for none.")
+@click.option("--channel-factors", type=AutoOrPositiveInt(minimum=0), default="auto", show_default=True,
+              help="Directions in which one speaker's recordings differ (words, microphone, room), learnt from "
+                   f"speakers with several recordings and removed from every recording; auto: "
+                   f"{DEFAULT_CHANNEL_FACTORS} when the audio names speakers (--data-dir with utt2spk, "
+                   "--per-folder, --speaker-list), else none; 0 for none.")
+@click.option("--per-folder", type=click.Path(path_type=Path),
+              help="Speakers are the sub-folders of this folder (their names), the audio below each.")
+@click.option("--speaker-list", type=click.Path(path_type=Path),
+              help="Speakers from 'speaker path-or-utterance-id' lines (ids of --data-dir).")
 @feature_options
 @audio_inputs
 @click.pass_context
 def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allow_fewer_components,
-                      force, features_dir, cache_dir, no_cache, scheduler, resume, cohort_segments, audio, list_file,
-                      data_dir, allow_pipes, workers, skip_bad, **feature_values):
+                      force, features_dir, cache_dir, no_cache, scheduler, resume, cohort_segments, channel_factors,
+                      per_folder, speaker_list, audio, list_file, data_dir, allow_pipes, workers, skip_bad,
+                      **feature_values):
     """Train a universal background model on AUDIO (files or folders).
 
     A checkpoint (OUTPUT.checkpoint.npz) is written after every EM iteration;
@@ -96,13 +107,14 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
     Example:
       spkver train-ubm -o ubm.npz background/
       spkver train-ubm -o ubm.npz --data-dir data/train --workers 8
+      spkver train-ubm -o ubm.npz --per-folder background/
     """
     from spkver.api import train_ubm
 
     report = ctx.obj
     check_output(output, force, "enrolled from it")
-    if features_dir is not None and (audio or list_file or data_dir):
-        raise SpkverError("give either --features or AUDIO/--list/--data-dir, not both")
+    if features_dir is not None and (audio or list_file or data_dir or per_folder or speaker_list):
+        raise SpkverError("give either --features or AUDIO/--list/--data-dir/--per-folder/--speaker-list, not both")
     if features_dir is not None:
         from spkver.features.store import FeatureStore
 
@@ -112,9 +124,10 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
                                     "train on it")
     elif no_cache:
         warn_ignored(report, ["cache_dir"], "with --no-cache")
-    items = config = None
+    items = config = labels = None
     if features_dir is None:
-        items = audio_items(report, audio, list_file, data_dir, allow_pipes)
+        items, labels = labelled_audio(report, audio, list_file, data_dir, allow_pipes, per_folder, speaker_list,
+                                       skip_bad)
         config = training_feature_config(report, items, feature_values)
         systems = f"{len(config.norms)} systems ({', '.join(config.norms)}) of " if len(config.norms) > 1 else ""
         report.log(f"train-ubm: {len(items)} files, {config.dim}-dim features ({systems}{config.n_ceps} cepstra of "
@@ -128,8 +141,8 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
                               seed=seed, tol=tol, allow_fewer_components=allow_fewer_components,
                               run=report.run_options(workers, skip_bad), on_iteration=report.iteration(),
                               cache_dir=cache, features_dir=features_dir, scheduler=scheduler, checkpoint=checkpoint,
-                              resume=resume,
-                              restart=force, on_log=report.log, cohort_size=cohort_segments)
+                              resume=resume, restart=force, on_log=report.log, cohort_size=cohort_segments,
+                              labels=labels, channel_factors=channel_factors)
     except KeyboardInterrupt as interrupt:
         cached = f"; the features extracted so far are cached in {cache}" if cache else ""
         stop_interrupted(ctx, interrupt, checkpoint, "EM iteration", cached)
@@ -143,8 +156,9 @@ def train_ubm_command(ctx, output, components, iterations, init, seed, tol, allo
     summary = model.meta["training"]
     likelihoods = ", ".join(f"{s['average_log_likelihood']:.4f} ({s['norm']})" for s in summary["systems"]) \
         if "systems" in summary else f"{summary['average_log_likelihood']:.4f}"
-    report.log(f"wrote {output}: {summary['components']} components{' per system' if 'systems' in summary else ''}, "
-               f"{summary['frames']} frames, average log-likelihood {likelihoods}")
+    channels = f", {summary['channels']['rank']} channel factors" if summary.get("channels") else ""
+    report.log(f"wrote {output}: {summary['components']} components{' per system' if 'systems' in summary else ''}"
+               f"{channels}, {summary['frames']} frames, average log-likelihood {likelihoods}")
 
 
 @click.command("extract")
@@ -282,8 +296,13 @@ def labelled_audio(report, audio, list_file, data_dir, allow_pipes, per_folder, 
     elif data_dir is not None and not (audio or list_file):
         from spkver.audio.sources import read_data_dir
 
-        if read_data_dir(data_dir).speakers:
-            speakers = speakers_of_data_dir(data_dir)
+        if read_data_dir(data_dir).speakers:  # in wav.scp's order, as without speakers
+            items = audio_items(report, audio, list_file, data_dir, allow_pipes)
+            speaker_of = {item.key: name for name, files in speakers_of_data_dir(data_dir).items() for item in files}
+            missing = [item.key for item in items if item.key not in speaker_of]
+            if missing:
+                raise SpkverError(f"utterance {missing[0]!r} has no speaker in utt2spk/spk2utt", data_dir)
+            return items, [speaker_of[item.key] for item in items]
     if speakers is None:
         return audio_items(report, audio, list_file, data_dir, allow_pipes), None
     items = [item for files in speakers.values() for item in files]

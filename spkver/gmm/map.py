@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spkver.errors import SpkverError
+from spkver.gmm.channels import compensations
 from spkver.gmm.estep import Statistics, accumulate
 from spkver.gmm.model import GMM
 
@@ -76,29 +77,35 @@ def check_adapted(ubm: GMM, adapted: GMM, stats) -> GMM:
     return adapted
 
 
-def adapt_to(ubm: GMM, arrays, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT) -> tuple[GMM, Statistics]:
+def adapt_to(ubm: GMM, arrays, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
+             compensation=None) -> tuple[GMM, Statistics]:
     """The speaker mixture MAP-adapted from ``ubm`` to feature ``arrays`` (each (n_i, D)), and its statistics.
 
     Statistics in float64 and one BLAS thread (the same model on any number of
     cores), variances floored at 1% of the UBM's smallest, and the guard of
     :func:`check_adapted`: what ``enroll``, pair trials and T-norm cohorts all make.
+    With ``compensation`` (a :class:`~spkver.gmm.channels.ChannelCompensation`),
+    each array's channel offset is removed first.
     """
     from spkver.run import single_blas_thread
 
     with single_blas_thread():
+        if compensation is not None:
+            arrays = [compensation.compensate(a) for a in arrays]
         stats = accumulate(ubm, arrays, dtype=np.float64)
     floor = ubm.variances.min(axis=0) * 1e-2
     return check_adapted(ubm, map_adapt(ubm, stats, relevance, adapt, variance_floor=floor), stats), stats
 
 
-
-def adapt_views(ubms, views, arrays, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT) -> tuple[tuple, Statistics]:
+def adapt_views(ubms, views, arrays, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
+                channels=()) -> tuple[tuple, Statistics]:
     """:func:`adapt_to` for a model of several systems: each mixture of ``ubms`` adapted to its columns
-    (``views``, slices) of feature ``arrays``.
+    (``views``, slices) of feature ``arrays``, compensated by the system's ``channels`` when given
+    (:attr:`~spkver.storage.models.Model.channels`).
 
     Returns the adapted mixtures, in order, and the first system's statistics
     (every system sees the same frames).
     """
-    adapted = [adapt_to(ubm, [a[:, view] for a in arrays], relevance, adapt)
-               for ubm, view in zip(ubms, views, strict=True)]
+    adapted = [adapt_to(ubm, [a[:, view] for a in arrays], relevance, adapt, compensation)
+               for ubm, view, compensation in zip(ubms, views, compensations(ubms, channels), strict=True)]
     return tuple(gmm for gmm, _ in adapted), adapted[0][1]

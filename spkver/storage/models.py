@@ -6,7 +6,9 @@ string) with ``format_version``, ``kind`` (``ubm`` | ``speaker``), the
 ``speaker``, ``relevance``, ``adapt`` and ``ubm_fingerprint``. A model of
 several systems (``feature_config.norm`` such as ``cmn+warp``) holds the
 second system's mixture as ``weights_2``, ``means_2``, ``variances_2``, and
-so on, and is format 2; a one-system model is format 1, as before. Files are
+so on, and is format 2; a one-system model is format 1, as before. A UBM with
+channel factors (:mod:`spkver.gmm.channels`) holds each system's eigenchannels
+as ``channels``, ``channels_2`` ... ((K, D, R) float32) and is format 3. Files are
 written to a temporary name in the same folder, synced, then renamed, so a
 crash never leaves a partial file under the final name.
 """
@@ -27,11 +29,13 @@ import numpy as np
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
 from spkver.fileio import array_parts, parse_json, read_error, reading, sha256_hex, what_file_is, write_atomic
+from spkver.gmm.channels import MAX_CHANNEL_FACTORS
 from spkver.gmm.em import EMState
 from spkver.gmm.model import GMM
 
-FORMAT_VERSION = 2  # 2: models of several systems; one-system models are still written as format 1
-ONE_SYSTEM_FORMAT = 1
+FORMAT_VERSION = 3  # 3: UBMs with channel factors; 2: models of several systems
+SYSTEMS_FORMAT = 2  # what a model of several systems without channel factors is written as
+ONE_SYSTEM_FORMAT = 1  # and a one-system model without them: older spkver reads both
 MAX_SYSTEMS = 4
 KINDS = ("ubm", "speaker")
 
@@ -56,6 +60,8 @@ class Model:
     source: Path | None = field(default=None, compare=False, repr=False)
     # The mixtures of the systems after the first, one per further view of ``feature_config``.
     further: tuple = ()
+    # UBMs: each system's eigenchannels, (K, D, R) float32 (spkver.gmm.channels); () without channel factors.
+    channels: tuple = ()
     # (mixtures, their fingerprint): a UBM's is asked once per speaker loaded, and hashing it costs ~10 ms.
     _fingerprint: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -63,6 +69,9 @@ class Model:
         if len(self.gmms) != len(self.feature_config.views):  # a system left out would be dropped silently
             raise ValueError(f"a model of {len(self.feature_config.views)} systems ({self.feature_config.norm}) "
                              f"needs as many mixtures, not {len(self.gmms)}")
+        if self.channels and len(self.channels) != len(self.gmms):
+            raise ValueError(f"a model of {len(self.gmms)} systems needs channel factors for each, not "
+                             f"{len(self.channels)}")
 
     @property
     def gmms(self) -> tuple:
@@ -74,14 +83,21 @@ class Model:
         gmms = self.gmms
         if self._fingerprint is None or len(self._fingerprint[0]) != len(gmms) or any(
                 a is not b for a, b in zip(self._fingerprint[0], gmms)):
-            self._fingerprint = (gmms, fingerprint(*gmms))
+            self._fingerprint = (gmms, fingerprint(*gmms, channels=self.channels))
         return self._fingerprint[1]
 
 
-def fingerprint(*gmms: GMM) -> str:
-    """SHA-256 of the mixtures' arrays (float64, little-endian, in a fixed order); one mixture's as before
+def fingerprint(*gmms: GMM, channels=()) -> str:
+    """SHA-256 of the mixtures' arrays (float64, little-endian, in a fixed order), and of the channel factors
+    when there are some (speakers enrolled on compensated features belong to those); one mixture's as before
     there were several systems."""
-    return sha256_hex(array_parts([a for g in gmms for a in (g.weights, g.means, g.variances)], dtype="<f8"))
+    parts = [a for g in gmms for a in (g.weights, g.means, g.variances)] + list(channels)
+    return sha256_hex(array_parts(parts, dtype="<f8"))
+
+
+def _suffix(index: int) -> str:
+    """The suffix of system ``index``'s arrays (0-based): none for the first, ``_2``, ``_3`` ... after."""
+    return f"_{index + 1}" if index else ""
 
 
 def system_arrays(gmms) -> dict:
@@ -93,11 +109,12 @@ def system_arrays(gmms) -> dict:
 def _encode(model: Model) -> bytes:
     meta = dict(model.meta)
     meta.update(
-        format_version=FORMAT_VERSION if model.further else ONE_SYSTEM_FORMAT,
+        format_version=FORMAT_VERSION if model.channels else SYSTEMS_FORMAT if model.further else ONE_SYSTEM_FORMAT,
         kind=model.kind,
         feature_config=model.feature_config.to_dict(),
     )
     extra = system_arrays(model.further)
+    extra |= {f"channels{_suffix(i)}": np.asarray(u, dtype=np.float32) for i, u in enumerate(model.channels)}
     if model.cohort:
         extra |= {"cohort_frames": np.concatenate(model.cohort).astype(np.float16),
                  "cohort_lengths": np.array([len(c) for c in model.cohort], dtype=np.int64)}
@@ -131,6 +148,9 @@ def save_model(path, model: Model) -> None:
     if not path.parent.is_dir():
         raise SpkverError("folder does not exist", path.parent)
     problem = _check_systems(model.gmms, model.feature_config)
+    if not problem and any(np.shape(u)[:2] != g.means.shape or np.shape(u)[2] < 1
+                           for u, g in zip(model.channels, model.gmms)):
+        problem = "has channel factors that do not fit its mixtures"
     if problem:
         raise SpkverError(f"refusing to write a model that {problem}", path)
     write_atomic(path, _encode(model))
@@ -216,6 +236,7 @@ def _model_limits(cohort: bool, systems: int = 1):
               "variances": (MAX_COMPONENTS * MAX_DIM, True), "meta": (1, True)}
     limits |= {f"{name}_{i}": (limits[name][0], False) for i in range(2, systems + 1)
                for name in ("weights", "means", "variances")}
+    limits |= {f"channels{_suffix(i)}": (MAX_COMPONENTS * MAX_DIM, False) for i in range(systems)}
     if cohort:
         limits.update(cohort_frames=(MAX_COHORT_FRAMES * MAX_DIM, False), cohort_lengths=(MAX_COHORT_FRAMES, False),
                       ivectors=(MAX_IVECTORS, False))
@@ -335,7 +356,25 @@ def load_model(path, kind: str | None = None) -> Model:
         if (meta["kind"] != "speaker" or ivectors.ndim != 2 or len(ivectors) < 1 or not np.isfinite(ivectors).all()
                 or not isinstance(meta.get("ivector_extractor"), str)):
             raise SpkverError("model's enrollment i-vectors are damaged", path)
-    return Model(gmms[0], meta["kind"], config, meta, cohort, ivectors, source=path, further=tuple(gmms[1:]))
+    channels = _channels(arrays, gmms, meta["kind"], version, path)
+    return Model(gmms[0], meta["kind"], config, meta, cohort, ivectors, source=path, further=tuple(gmms[1:]),
+                 channels=channels)
+
+
+def _channels(arrays, gmms, kind: str, version: int, path) -> tuple:
+    """The stored eigenchannels of each system, checked; () when the file has none."""
+    stored = [arrays.get(f"channels{_suffix(i)}") for i in range(len(gmms))]
+    if all(u is None for u in stored):
+        return ()
+    if kind != "ubm" or version < 3 or any(u is None for u in stored):
+        raise SpkverError("model's channel factors are damaged (missing for a system, or in a file that cannot "
+                          "hold them)", path)
+    ranks = {u.shape[-1] if u.ndim == 3 else -1 for u in stored}
+    for gmm, u in zip(gmms, stored):
+        if (u.dtype.kind != "f" or u.ndim != 3 or u.shape[:2] != gmm.means.shape or len(ranks) != 1
+                or not 1 <= u.shape[2] <= MAX_CHANNEL_FACTORS or not np.isfinite(u).all()):
+            raise SpkverError("model's channel factors are damaged (shape, rank or values)", path)
+    return tuple(np.asarray(u, dtype=np.float32) for u in stored)
 
 
 def _cohort_segments(frames, lengths, dim, path) -> list:

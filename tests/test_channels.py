@@ -1,0 +1,219 @@
+"""Channel factors: eigenchannels learnt from speakers' several recordings and removed before enrolling and scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import one_error_line, run_cli
+
+from spkver import RunOptions, enroll, find_audio, train_ubm, verify
+from spkver.backend.scoring import Scorer, SystemsScorer
+from spkver.gmm.channels import (
+    ChannelCompensation,
+    _recordings_kept,
+    channel_degrees_of_freedom,
+    train_channels,
+)
+from spkver.gmm.map import adapt_to
+from spkver.gmm.model import GMM
+from spkver.storage.models import fingerprint, load_model, npz_bytes, save_model
+
+RUN = RunOptions(workers=1)
+
+
+def test_compensation_of_a_hand_case():
+    # One component (mean 0, variance 1), one factor of 2: ten frames at 1 give N = 10 and a centred first-order
+    # statistic of 10, so x = 2·10 / (1 + 10·2²) = 20/41, and each frame loses 2x = 40/41.
+    gmm = GMM(np.ones(1), np.zeros((1, 1)), np.ones((1, 1)))
+    compensation = ChannelCompensation(gmm, np.full((1, 1, 1), 2.0))
+    frames = np.ones((10, 1), dtype=np.float32)
+    np.testing.assert_allclose(compensation.factors(frames), [20 / 41], rtol=1e-6)
+    np.testing.assert_allclose(compensation.compensate(frames), np.full((10, 1), 1 / 41), rtol=1e-5)
+    # The standard deviation scales the offset: variance 4 halves the statistic and doubles the step.
+    wide = ChannelCompensation(GMM(np.ones(1), np.zeros((1, 1)), np.full((1, 1), 4.0)), np.full((1, 1, 1), 2.0))
+    x = 2 * 5 / (1 + 10 * 4)
+    np.testing.assert_allclose(wide.compensate(frames), np.full((10, 1), 1 - 2 * 2 * x), rtol=1e-5)
+
+
+def test_no_channels_or_no_frames_leave_the_frames_as_they_are():
+    gmm = GMM(np.ones(1), np.zeros((1, 2)), np.ones((1, 2)))
+    frames = np.random.default_rng(0).standard_normal((5, 2)).astype(np.float32)
+    assert np.array_equal(ChannelCompensation(gmm, np.zeros((1, 2, 0))).compensate(frames), frames)
+    assert ChannelCompensation(gmm, np.ones((1, 2, 1))).compensate(frames[:0]).shape == (0, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        ChannelCompensation(gmm, np.ones((2, 2, 1)))
+
+
+def test_recordings_used_and_degrees_of_freedom():
+    labels = ["a", "a", "b", "c", "c", "c"]
+    assert channel_degrees_of_freedom(labels) == 3  # b alone adds nothing
+    assert _recordings_kept(labels, 100) == [0, 1, 3, 4, 5]
+    # Within a limit, every speaker keeps recordings in turn; one left alone is dropped.
+    assert _recordings_kept(labels, 4) == [0, 1, 3, 4]
+    assert _recordings_kept(labels, 3) == [0, 1]
+
+
+def planted(seed=0, speakers=6, per_speaker=8, frames=400, channel_scale=1.5):
+    """Recordings of a 2-component, 4-dimensional world: a speaker offset per speaker, plus a channel offset along
+    one known direction that changes from recording to recording."""
+    rng = np.random.default_rng(seed)
+    means = np.array([[-3.0, 0, 0, 0], [3.0, 0, 0, 0]])
+    gmm = GMM(np.full(2, 0.5), means, np.ones((2, 4)))
+    direction = np.array([0.0, 1.0, -1.0, 0.0])  # apart from what speakers differ in
+    direction /= np.linalg.norm(direction)
+    arrays, labels, offsets = [], [], []
+    for s in range(speakers):
+        speaker = 0.5 * rng.standard_normal(4) * np.array([0, 0, 0, 1.0])  # speakers differ in the last dimension
+        for _ in range(per_speaker):
+            channel = channel_scale * rng.standard_normal() * direction
+            side = rng.integers(2, size=frames)
+            arrays.append((means[side] + speaker + channel + rng.standard_normal((frames, 4))).astype(np.float32))
+            labels.append(f"s{s}")
+            offsets.append(channel)
+    return gmm, arrays, labels, direction, np.array(offsets)
+
+
+def test_the_leading_eigenchannel_is_the_planted_direction_and_compensation_removes_it():
+    gmm, arrays, labels, direction, offsets = planted()
+    channels = train_channels(gmm, arrays, labels, 3)
+    assert channels.shape == (2, 4, 3) and channels.dtype == np.float32
+    for component in range(2):
+        leading = channels[component, :, 0] / np.linalg.norm(channels[component, :, 0])
+        assert abs(leading @ direction) > 0.98
+    # Its scale is the channel's spread (1.5 σ), shrunk a little by the MAP offsets (relevance 16 of ~200 frames).
+    assert 1.2 < np.linalg.norm(channels[0, :, 0]) < 1.6
+    # With the one factor there is (more would also take a share of what speakers differ in, the price of a
+    # rank above the true one).
+    compensation = ChannelCompensation(gmm, channels[:, :, :1])
+    before = np.array([a.mean(axis=0) for a in arrays])
+    after = np.array([compensation.compensate(a).mean(axis=0) for a in arrays])
+    assert np.abs(before @ direction - offsets @ direction).max() < 0.2  # what the offsets were
+    assert np.abs(after @ direction).std() < 0.15 * np.abs(before @ direction).std()
+    # What speakers differ in (the last dimension) is kept.
+    np.testing.assert_allclose(after[:, 3], before[:, 3], atol=0.05)
+
+
+def test_rank_is_limited_by_what_the_recordings_can_estimate():
+    gmm, arrays, labels, _, _ = planted(speakers=2, per_speaker=2)
+    assert train_channels(gmm, arrays, labels, 10).shape[2] <= 2  # 4 recordings of 2 speakers
+    with pytest.raises(Exception, match="two or more recordings"):
+        train_channels(gmm, arrays[:2], ["a", "b"], 3)
+
+
+@pytest.fixture(scope="module")
+def with_channels(synthetic_corpus):
+    """UBMs of the synthetic background with its six speakers' channel factors (4), and without."""
+    background = find_audio([synthetic_corpus / "background"])
+    labels = [item.path.parent.name for item in background]
+    kwargs = dict(n_components=8, iterations=4, run=RUN)
+    return (train_ubm(background, labels=labels, channel_factors=4, **kwargs),
+            train_ubm(background, **kwargs))
+
+
+def test_a_ubm_learns_channel_factors_from_labelled_audio(with_channels):
+    ubm, plain = with_channels
+    assert len(ubm.channels) == 2 and plain.channels == ()
+    assert {u.shape for u in ubm.channels} == {(8, 124, 4)}
+    assert ubm.meta["training"]["channels"] == {"rank": 4, "speakers": 6, "recordings": 30}
+    for a, b in zip(ubm.gmms, plain.gmms):  # the mixtures are the same; the factors come after EM
+        assert np.array_equal(a.means, b.means)
+    assert ubm.fingerprint != plain.fingerprint == fingerprint(*plain.gmms)
+
+
+def test_enrollment_and_scores_use_the_compensated_frames(with_channels, synthetic_corpus):
+    ubm, _ = with_channels
+    speaker = find_audio([synthetic_corpus / "enroll" / "alice"])
+    tests = find_audio([synthetic_corpus / "test"])
+    model = enroll(ubm, speaker, "alice", run=RUN)
+    scores = np.array([s.score for s in verify(ubm, [model], tests, run=RUN)])
+    # By hand: each system's frames compensated, MAP from them, the mean of the systems' scores.
+    from spkver.features.extraction import extract_all
+
+    enroll_frames = [f for _, f in extract_all(speaker, ubm.feature_config, run=RUN)]
+    test_frames = [f for _, f in extract_all(tests, ubm.feature_config, run=RUN)]
+    expected = np.zeros(len(tests))
+    for gmm, view, channels in zip(ubm.gmms, ubm.feature_config.views, ubm.channels):
+        compensation = ChannelCompensation(gmm, channels)
+        adapted, _ = adapt_to(gmm, [compensation.compensate(f[:, view]) for f in enroll_frames])
+        scorer = Scorer(gmm, [adapted])
+        expected += np.array([scorer.scores(compensation.compensate(f[:, view]))[0] for f in test_frames]) / 2
+    np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-6)
+    plain = SystemsScorer(ubm.gmms, [model.gmms], ubm.feature_config.views)
+    assert not np.allclose([plain.scores(f)[0] for f in test_frames], scores)  # compensation does change them
+
+
+def test_a_ubm_with_channel_factors_round_trips_as_format_3(with_channels, tmp_path):
+    ubm, plain = with_channels
+    save_model(tmp_path / "ubm.npz", ubm)
+    save_model(tmp_path / "plain.npz", plain)
+    loaded = load_model(tmp_path / "ubm.npz", "ubm")
+    assert loaded.meta["format_version"] == 3 and loaded.fingerprint == ubm.fingerprint
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.channels, ubm.channels))
+    assert load_model(tmp_path / "plain.npz").meta["format_version"] == 2
+
+
+def test_speakers_enrolled_without_the_factors_are_refused_by_a_ubm_with_them(with_channels, synthetic_corpus,
+                                                                             tmp_path):
+    ubm, plain = with_channels
+    save_model(tmp_path / "ubm.npz", ubm)
+    save_model(tmp_path / "plain.npz", plain)
+    assert run_cli("enroll", "--ubm", tmp_path / "plain.npz", "--models", tmp_path / "models", "--speaker", "alice",
+                   synthetic_corpus / "enroll" / "alice").exit_code == 0
+    result = run_cli("verify", "--ubm", tmp_path / "ubm.npz", "--models", tmp_path / "models", "--speaker", "alice",
+                     synthetic_corpus / "test" / "alice")
+    one_error_line(result, "alice")
+
+
+@pytest.mark.parametrize("damage", ["shape", "nan", "speaker", "format 2", "one system", "rank 0"])
+def test_damaged_channel_factors_are_refused(with_channels, tmp_path, damage):
+    ubm, _ = with_channels
+    meta = {"format_version": 3, "kind": "ubm", "feature_config": ubm.feature_config.to_dict()}
+    extra = {"weights_2": ubm.gmms[1].weights, "means_2": ubm.gmms[1].means, "variances_2": ubm.gmms[1].variances,
+             "channels": ubm.channels[0], "channels_2": ubm.channels[1]}
+    if damage == "shape":
+        extra["channels_2"] = ubm.channels[1][:4]
+    elif damage == "nan":
+        extra["channels"] = np.full_like(ubm.channels[0], np.nan)
+    elif damage == "speaker":
+        meta.update(kind="speaker", speaker="x", ubm_fingerprint="0")
+    elif damage == "format 2":
+        meta["format_version"] = 2
+    elif damage == "one system":
+        del extra["channels_2"]
+    else:
+        extra["channels"] = extra["channels_2"] = ubm.channels[0][:, :, :0]
+    (tmp_path / "bad.npz").write_bytes(npz_bytes(ubm.gmm, meta, extra))
+    one_error_line(run_cli("info", tmp_path / "bad.npz"), "bad.npz", "channel factors are damaged")
+
+
+def test_the_cli_learns_them_from_speaker_folders_or_utt2spk_and_says_so(synthetic_corpus, tmp_path):
+    background = synthetic_corpus / "background"
+    result = run_cli("train-ubm", "-o", tmp_path / "ubm.npz", "--components", 8, "--iterations", 2, "--workers", 1,
+                     "--per-folder", background)
+    assert result.exit_code == 0, result.stderr
+    assert "channel factors: 20 per system, from 6 speakers" in result.stderr
+    assert ", 20 channel factors," in result.stderr
+    info = run_cli("info", tmp_path / "ubm.npz")
+    assert "format 3" in info.stdout and "channel factors: 20 per system (learnt from 6 speakers, 30 recordings)" \
+        in info.stdout
+    # A Kaldi data folder's utt2spk names the speakers too; wav.scp's order is kept.
+    data = tmp_path / "data"
+    data.mkdir()
+    files = sorted(background.rglob("*.wav"))
+    (data / "wav.scp").write_text("".join(f"{f.stem} {f}\n" for f in files))
+    (data / "utt2spk").write_text("".join(f"{f.stem} {f.parent.name}\n" for f in files))
+    result = run_cli("train-ubm", "-o", tmp_path / "kaldi.npz", "--components", 8, "--iterations", 2, "--workers", 1,
+                     "--data-dir", data, "--channel-factors", 3)
+    assert result.exit_code == 0, result.stderr
+    assert load_model(tmp_path / "kaldi.npz").channels[0].shape[2] == 3
+    # Plain folders name no speakers: none by default, and asking for them is an error.
+    result = run_cli("train-ubm", "-o", tmp_path / "plain.npz", "--components", 8, "--iterations", 2, "--workers", 1,
+                     background)
+    assert result.exit_code == 0 and load_model(tmp_path / "plain.npz").channels == ()
+    result = run_cli("train-ubm", "-o", tmp_path / "asked.npz", "--components", 8, "--iterations", 2, "--workers", 1,
+                     "--channel-factors", 3, background)
+    one_error_line(result, "channel factors need the speaker of every recording")
+    assert not (tmp_path / "asked.npz").exists()
+    result = run_cli("train-ubm", "-o", tmp_path / "none.npz", "--components", 8, "--iterations", 2, "--workers", 1,
+                     "--channel-factors", 0, "--per-folder", background)
+    assert result.exit_code == 0 and load_model(tmp_path / "none.npz").channels == ()
