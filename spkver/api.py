@@ -46,7 +46,12 @@ from spkver.features.config import FeatureConfig, default_feature_config
 from spkver.features.extraction import checked_features, extract_all, usable_features
 from spkver.features.store import FeatureStore, cache_store_path
 from spkver.fileio import array_parts, sha256_hex
-from spkver.gmm.channels import DEFAULT_CHANNEL_FACTORS, channel_degrees_of_freedom, train_channels
+from spkver.gmm.channels import (
+    DEFAULT_CHANNEL_FACTORS,
+    MAX_CHANNEL_FACTORS,
+    channel_degrees_of_freedom,
+    train_channels,
+)
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
 from spkver.gmm.engine import Engine
 from spkver.gmm.map import DEFAULT_ADAPT, adapt_views
@@ -188,6 +193,16 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
         if on_log:
             on_log(why)
     arrays, paths, config, kept = _training_frames(items, config, run, cache_dir, features_dir)
+    kept_labels = None
+    if labels is not None and channel_factors != 0:
+        speaker_of = {item.audio: label for item, label in zip(items, labels)}
+        kept_labels = [speaker_of[item.audio] for item in kept]
+        if channel_factors is not None:  # asked for: refuse before EM rather than after
+            if channel_factors > MAX_CHANNEL_FACTORS:
+                raise SpkverError(f"--channel-factors {channel_factors} is more than {MAX_CHANNEL_FACTORS}")
+            if channel_degrees_of_freedom(kept_labels) < 1:
+                raise SpkverError("channel factors need speakers with two or more recordings each; "
+                                  "give more recordings per speaker or --channel-factors 0")
     n_frames = sum(len(a) for a in arrays)
     k = components_for(n_frames, n_components, allow_fewer_components)
     if n_components is None and on_log:
@@ -229,8 +244,6 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
             on_note(f"{result.reseeded} components lost their frames and were re-seeded")
         trained.append(result.gmm)
         summaries.append(system_summary(config.norms[index], result, iterations))
-    if checkpoint:
-        Path(checkpoint).unlink(missing_ok=True)
     # The first system's iterations, convergence, log-likelihoods and re-seeding, as one-system models have them.
     first = {key: value for key, value in summaries[0].items() if key not in ("norm", "max_iterations")}
     meta = {
@@ -249,10 +262,12 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     if len(config.views) > 1:
         meta["training"]["systems"] = summaries
     channels: tuple = ()
-    if labels is not None and channel_factors != 0:
-        speaker_of = {item.audio: label for item, label in zip(items, labels)}
-        channels, meta["training"]["channels"] = _trained_channels(
-            trained, config.views, arrays, [speaker_of[item.audio] for item in kept], channel_factors, on_log)
+    if kept_labels is not None:
+        channels, learnt = _trained_channels(trained, config.views, arrays, kept_labels, channel_factors, on_log)
+        if learnt is not None:
+            meta["training"]["channels"] = learnt
+    if checkpoint:  # only now: the EM work stays resumable until the model is complete
+        Path(checkpoint).unlink(missing_ok=True)
     segment_frames = int(round(COHORT_SECONDS * 1000 / config.hop_ms))
     return Model(trained[0], "ubm", config, meta, cohort_segments(arrays, cohort_size, segment_frames),
                  further=tuple(trained[1:]), channels=channels)
@@ -263,10 +278,7 @@ def _trained_channels(gmms, views, arrays, labels, wanted: int | None, on_log) -
     channels, when no speaker has two recordings and ``wanted`` is None)."""
     available = channel_degrees_of_freedom(labels)
     rank = min(DEFAULT_CHANNEL_FACTORS if wanted is None else wanted, available)
-    if rank < 1:
-        if wanted is not None:
-            raise SpkverError("channel factors need speakers with two or more recordings each; "
-                              "give more recordings per speaker or --channel-factors 0")
+    if rank < 1:  # only with auto: an asked-for number was checked before EM
         if on_log:
             on_log("channel factors: none (no speaker has two recordings)")
         return (), None
@@ -280,10 +292,12 @@ def _trained_channels(gmms, views, arrays, labels, wanted: int | None, on_log) -
     rank = min(u.shape[2] for u in channels)
     channels = tuple(u[:, :, :rank] for u in channels)
     speakers = sum(1 for n in Counter(labels).values() if n >= 2)
+    if rank < 1:
+        if on_log:
+            on_log("channel factors: none (the recordings of each speaker do not vary)")
+        return (), None
     if on_log:
         on_log(f"channel factors: {rank} per system, from {speakers} speakers with two or more recordings")
-    if rank < 1:
-        return (), None
     return channels, {"rank": rank, "speakers": speakers, "recordings": len(labels)}
 
 

@@ -164,7 +164,7 @@ def test_speakers_enrolled_without_the_factors_are_refused_by_a_ubm_with_them(wi
     one_error_line(result, "alice")
 
 
-@pytest.mark.parametrize("damage", ["shape", "nan", "speaker", "format 2", "one system", "rank 0"])
+@pytest.mark.parametrize("damage", ["shape", "nan", "huge", "speaker", "format 2", "one system", "rank 0"])
 def test_damaged_channel_factors_are_refused(with_channels, tmp_path, damage):
     ubm, _ = with_channels
     meta = {"format_version": 3, "kind": "ubm", "feature_config": ubm.feature_config.to_dict()}
@@ -174,6 +174,9 @@ def test_damaged_channel_factors_are_refused(with_channels, tmp_path, damage):
         extra["channels_2"] = ubm.channels[1][:4]
     elif damage == "nan":
         extra["channels"] = np.full_like(ubm.channels[0], np.nan)
+    elif damage == "huge":  # finite in float64, infinite in float32; or finite but singular for scoring
+        extra["channels"] = np.full(ubm.channels[0].shape, 1e300)
+        extra["channels_2"] = np.full_like(ubm.channels[1], 1e30)
     elif damage == "speaker":
         meta.update(kind="speaker", speaker="x", ubm_fingerprint="0")
     elif damage == "format 2":
@@ -217,3 +220,19 @@ def test_the_cli_learns_them_from_speaker_folders_or_utt2spk_and_says_so(synthet
     result = run_cli("train-ubm", "-o", tmp_path / "none.npz", "--components", 8, "--iterations", 2, "--workers", 1,
                      "--channel-factors", 0, "--per-folder", background)
     assert result.exit_code == 0 and load_model(tmp_path / "none.npz").channels == ()
+
+
+def test_impossible_channel_factors_are_refused_before_em(synthetic_corpus, tmp_path):
+    background = synthetic_corpus / "background"
+    result = run_cli("train-ubm", "-o", tmp_path / "u.npz", "--components", 8, "--iterations", 2, "--workers", 1,
+                     "--channel-factors", 401, "--per-folder", background)
+    one_error_line(result, "--channel-factors 401 is more than 400")
+    singles = tmp_path / "singles"
+    for folder in sorted(background.iterdir())[:3]:
+        (singles / folder.name).mkdir(parents=True)
+        first = sorted(folder.glob("*.wav"))[0]
+        (singles / folder.name / first.name).write_bytes(first.read_bytes())
+    result = run_cli("train-ubm", "-o", tmp_path / "u.npz", "--components", 8, "--iterations", 2, "--workers", 1,
+                     "--channel-factors", 3, "--per-folder", singles)
+    one_error_line(result, "two or more recordings")
+    assert "EM iteration" not in result.stderr and not (tmp_path / "u.npz.checkpoint.npz").exists()

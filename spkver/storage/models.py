@@ -29,7 +29,7 @@ import numpy as np
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
 from spkver.fileio import array_parts, parse_json, read_error, reading, sha256_hex, what_file_is, write_atomic
-from spkver.gmm.channels import MAX_CHANNEL_FACTORS
+from spkver.gmm.channels import MAX_CHANNEL_FACTORS, MAX_CHANNEL_MAGNITUDE
 from spkver.gmm.em import EMState
 from spkver.gmm.model import GMM
 
@@ -148,7 +148,7 @@ def save_model(path, model: Model) -> None:
     if not path.parent.is_dir():
         raise SpkverError("folder does not exist", path.parent)
     problem = _check_systems(model.gmms, model.feature_config)
-    if not problem and any(np.shape(u)[:2] != g.means.shape or np.shape(u)[2] < 1
+    if not problem and any(np.shape(u)[:2] != g.means.shape or not 1 <= np.shape(u)[2] <= MAX_CHANNEL_FACTORS
                            for u, g in zip(model.channels, model.gmms)):
         problem = "has channel factors that do not fit its mixtures"
     if problem:
@@ -370,11 +370,18 @@ def _channels(arrays, gmms, kind: str, version: int, path) -> tuple:
         raise SpkverError("model's channel factors are damaged (missing for a system, or in a file that cannot "
                           "hold them)", path)
     ranks = {u.shape[-1] if u.ndim == 3 else -1 for u in stored}
+    checked = []
     for gmm, u in zip(gmms, stored):
-        if (u.dtype.kind != "f" or u.ndim != 3 or u.shape[:2] != gmm.means.shape or len(ranks) != 1
-                or not 1 <= u.shape[2] <= MAX_CHANNEL_FACTORS or not np.isfinite(u).all()):
-            raise SpkverError("model's channel factors are damaged (shape, rank or values)", path)
-    return tuple(np.asarray(u, dtype=np.float32) for u in stored)
+        if u.dtype.kind != "f" or u.ndim != 3 or u.shape[:2] != gmm.means.shape or len(ranks) != 1 \
+                or not 1 <= u.shape[2] <= MAX_CHANNEL_FACTORS:
+            raise SpkverError("model's channel factors are damaged (shape or rank)", path)
+        with np.errstate(over="ignore"):
+            u = np.asarray(u, dtype=np.float32)
+        # In units of the Gaussians' standard deviations: anything near this bound is not a channel.
+        if not np.isfinite(u).all() or np.abs(u).max() > MAX_CHANNEL_MAGNITUDE:
+            raise SpkverError("model's channel factors are damaged (values not finite or absurdly large)", path)
+        checked.append(u)
+    return tuple(checked)
 
 
 def _cohort_segments(frames, lengths, dim, path) -> list:
