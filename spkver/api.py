@@ -57,7 +57,7 @@ from spkver.gmm.engine import Engine
 from spkver.gmm.map import DEFAULT_ADAPT, adapt_views
 from spkver.ivector import DEFAULT_RANK, DEFAULT_SEGMENT_SECONDS, DEFAULT_WCCN
 from spkver.ivector.backend import IvectorBackend
-from spkver.run import RunOptions, default_workers
+from spkver.run import RunOptions, default_workers, single_blas_thread
 from spkver.storage.models import Model, checkpoint_writer, load_checkpoint, system_summary, ubm_checkpoint_writer
 from spkver.storage.speakers import SpeakerStore, validate_speaker_id
 from spkver.storage.trials import Score, Trial
@@ -284,8 +284,6 @@ def _trained_channels(gmms, views, arrays, labels, wanted: int | None, on_log) -
         return (), None
     if wanted is not None and rank < wanted and on_log:
         on_log(f"channel factors: {rank} instead of {wanted}: the recordings estimate at most {available}")
-    from spkver.run import single_blas_thread
-
     with single_blas_thread():  # the same factors on any number of cores
         channels = tuple(train_channels(gmm, [a[:, view] for a in arrays], labels, rank)
                          for gmm, view in zip(gmms, views, strict=True))

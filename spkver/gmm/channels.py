@@ -19,6 +19,8 @@ over recordings, so the factors have a standard normal prior.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from spkver.errors import SpkverError
@@ -79,19 +81,14 @@ def _recordings_kept(labels, limit: int) -> list[int]:
             if turn < len(group) and len(kept) < limit:
                 kept.append(group[turn])
     # A speaker left with one recording adds nothing within-speaker; drop it.
-    counts: dict = {}
-    for index in kept:
-        counts[labels[index]] = counts.get(labels[index], 0) + 1
+    counts = Counter(labels[index] for index in kept)
     return sorted(i for i in kept if counts[labels[i]] >= 2)
 
 
 def channel_degrees_of_freedom(labels) -> int:
     """How many channel factors the labelled recordings can estimate: recordings of speakers with two or
     more, minus those speakers."""
-    counts: dict = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
-    return sum(n - 1 for n in counts.values() if n >= 2)
+    return sum(n - 1 for n in Counter(labels).values() if n >= 2)
 
 
 def train_channels(ubm: GMM, arrays, labels, rank: int, *, relevance: float = MAP_RELEVANCE) -> np.ndarray:
