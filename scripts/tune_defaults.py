@@ -38,7 +38,12 @@ from spkver.backend.scorenorm import COHORT_SEGMENTS, cohort_segments, cohort_st
 from spkver.backend.scoring import Scorer  # noqa: E402
 from spkver.features.config import FeatureConfig, feature_rate_for  # noqa: E402
 from spkver.features.extraction import extract_all  # noqa: E402
-from spkver.gmm.channels import DEFAULT_CHANNEL_FACTORS, ChannelCompensation, train_channels  # noqa: E402
+from spkver.gmm.channels import (  # noqa: E402
+    CHANNEL_ITERATIONS,
+    DEFAULT_CHANNEL_FACTORS,
+    ChannelCompensation,
+    train_channels,
+)
 from spkver.gmm.em import (
     auto_components,  # noqa: E402
     train,  # noqa: E402
@@ -104,6 +109,9 @@ CANDIDATES = [
     ("no channel factors (--channel-factors 0)", {}, {"channel_factors": 0}),
     ("channel factors: 5", {}, {"channel_factors": 5}),
     ("channel factors: 50", {}, {"channel_factors": 50}),
+    ("channel factors: principal components only (no EM)", {}, {"channel_iterations": 0}),
+    ("channel factors: 2 EM iterations", {}, {"channel_iterations": 2}),
+    ("channel factors: 5 EM iterations", {}, {"channel_iterations": 5}),
 ]
 
 
@@ -172,13 +180,15 @@ def metrics(protocol, scores):
 
 
 def scores_of(protocol, features, seed, frames_per_component=None, relevance=16.0, adapt=DEFAULT_ADAPT, norm="s",
-              cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5, views=(slice(None),), channel_factors=None):
+              cohort_size=COHORT_SEGMENTS, top_n=None, top_c=5, views=(slice(None),), channel_factors=None,
+              channel_iterations=CHANNEL_ITERATIONS):
     """The (tests, speakers) scores of one UBM seed, with spkver's defaults unless told otherwise.
 
     ``frames_per_component`` (None: the ``auto`` rule), ``relevance``, ``adapt``, ``norm`` ("s" or
     "none"), ``cohort_size`` (segments), ``top_n`` (adaptive S-norm), ``top_c`` (components scored
-    per frame) and ``channel_factors`` (learnt from the UBM audio's speakers, as ``train-ubm`` does
-    from a data folder with utt2spk; 0 for none, None for ``--channel-factors``) are the settings
+    per frame), ``channel_factors`` (learnt from the UBM audio's speakers, as ``train-ubm`` does
+    from a data folder with utt2spk; 0 for none, None for ``--channel-factors``) and
+    ``channel_iterations`` (their EM iterations after the principal components) are the settings
     of ``train-ubm``, ``enroll`` and ``score`` of those names. ``views`` are the columns of each
     system (``FeatureConfig.views``): each has its own UBM and models, and the raw scores, test and
     cohort alike, are the mean over the systems (``SystemsScorer``).
@@ -196,7 +206,8 @@ def scores_of(protocol, features, seed, frames_per_component=None, relevance=16.
         frames = [a[:, view] for a in ubm_frames]
         with Engine(frames, 2) as engine:
             ubm = train(frames, k, seed=seed, engine=engine).gmm
-        compensation = ChannelCompensation(ubm, train_channels(ubm, frames, labels, channel_factors)) \
+        compensation = ChannelCompensation(ubm, train_channels(ubm, frames, labels, channel_factors,
+                                                               iterations=channel_iterations)) \
             if channel_factors else None
         compensated = (lambda f: f) if compensation is None else compensation.compensate
         models = [adapt_to(ubm, [features[str(f)][:, view] for f in protocol.enroll[s]], relevance, adapt,

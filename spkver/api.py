@@ -47,6 +47,7 @@ from spkver.features.extraction import checked_features, extract_all, usable_fea
 from spkver.features.store import FeatureStore, cache_store_path
 from spkver.fileio import array_parts, sha256_hex
 from spkver.gmm.channels import (
+    CHANNEL_ITERATIONS,
     DEFAULT_CHANNEL_FACTORS,
     MAX_CHANNEL_FACTORS,
     channel_degrees_of_freedom,
@@ -186,7 +187,9 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     if labels is not None and (features_dir is not None or len(labels) != len(items)):
         raise ValueError("labels must name the speaker of every item (and cannot go with features_dir)")
     if channel_factors and labels is None:
-        raise SpkverError("channel factors need the speaker of every recording: give --data-dir with utt2spk, "
+        how = ("a --features store names none: train from the audio with" if features_dir is not None
+               else "give")
+        raise SpkverError(f"channel factors need the speaker of every recording; {how} --data-dir with utt2spk, "
                           "--per-folder or --speaker-list")
     if config is None and features_dir is None:
         config, why = default_feature_config(items)
@@ -296,7 +299,7 @@ def _trained_channels(gmms, views, arrays, labels, wanted: int | None, on_log) -
         return (), None
     if on_log:
         on_log(f"channel factors: {rank} per system, from {speakers} speakers with two or more recordings")
-    return channels, {"rank": rank, "speakers": speakers, "recordings": len(labels)}
+    return channels, {"rank": rank, "speakers": speakers, "recordings": len(labels), "iterations": CHANNEL_ITERATIONS}
 
 
 def _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart) -> None:
@@ -869,13 +872,16 @@ def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[tu
     for audio, indices in by_test.items():
         frames = features[audio]
         columns = np.array([column[trials[i].speaker] for i in indices])
+        t_norm = cohort is not None and norm in ("t", "s")  # MAP scoring: the cohort scores the same frames
+        system_frames = scorer.system_frames(frames) if t_norm else None  # compensated once for both
         # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
-        raw = checked_scores(scorer.scores(frames, columns), items[indices[0]].where)
+        raw = checked_scores(scorer.scores(frames, columns) if system_frames is None
+                             else scorer.system_scores(system_frames, columns), items[indices[0]].where)
         z = t = None
         if z_stats is not None:
             z = (z_stats[0][columns], z_stats[1][columns])
-        if cohort is not None and norm in ("t", "s"):
-            mean, std = cohort.statistics(cohort.t_scores(items[indices[0]].identity(), frames), top_n)
+        if cohort is not None and system_frames is not None:
+            mean, std = cohort.statistics(cohort.t_scores(items[indices[0]].identity(), system_frames), top_n)
             t = (mean[0], std[0])
         final = normalise_scores(raw, norm, z, t)
         if calibration is not None:

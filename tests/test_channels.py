@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 from helpers import one_error_line, run_cli
 
-from spkver import RunOptions, enroll, find_audio, train_ubm, verify
+from spkver import RunOptions, enroll, find_audio, score_trials, train_ubm, verify
 from spkver.backend.scoring import Scorer, SystemsScorer
 from spkver.gmm.channels import (
+    CHANNEL_ITERATIONS,
     ChannelCompensation,
+    _canonical,
+    _em_step,
+    _principal_channels,
     _recordings_kept,
+    _remove_speakers,
+    _training_statistics,
     channel_degrees_of_freedom,
+    channel_log_likelihood,
     train_channels,
 )
 from spkver.gmm.map import adapt_to
@@ -80,8 +87,8 @@ def test_the_leading_eigenchannel_is_the_planted_direction_and_compensation_remo
     for component in range(2):
         leading = channels[component, :, 0] / np.linalg.norm(channels[component, :, 0])
         assert abs(leading @ direction) > 0.98
-    # Its scale is the channel's spread (1.5 σ), shrunk a little by the MAP offsets (relevance 16 of ~200 frames).
-    assert 1.2 < np.linalg.norm(channels[0, :, 0]) < 1.6
+    # Its scale is the channel's spread (1.5 σ).
+    assert 1.3 < np.linalg.norm(channels[0, :, 0]) < 1.7
     # With the one factor there is (more would also take a share of what speakers differ in, the price of a
     # rank above the true one).
     compensation = ChannelCompensation(gmm, channels[:, :, :1])
@@ -91,6 +98,74 @@ def test_the_leading_eigenchannel_is_the_planted_direction_and_compensation_remo
     assert np.abs(after @ direction).std() < 0.15 * np.abs(before @ direction).std()
     # What speakers differ in (the last dimension) is kept.
     np.testing.assert_allclose(after[:, 3], before[:, 3], atol=0.05)
+
+
+def speaker_free_statistics(arrays, labels, gmm, rank):
+    """The EM's inputs for the planted world, first-order statistics in float64, and its principal-component
+    start."""
+    zeroth, first, speakers = _training_statistics(gmm, arrays, labels, 10 ** 6)
+    start = _principal_channels(zeroth, first, speakers, rank, 16.0)
+    first = first.astype(np.float64)
+    _remove_speakers(zeroth, first, speakers, 16.0)
+    return zeroth, first, start
+
+
+def test_an_em_step_equals_the_formulas_recording_by_recording():
+    gmm, arrays, labels, _, _ = planted(frames=60)
+    zeroth, first, flat = speaker_free_statistics(arrays, labels, gmm, 3)
+    k, d, r = 2, 4, 3
+    channels = flat.reshape(k, d, r)
+    # Kenny's updates written out: P = I + Σ_k N_k U_kᵀU_k, E[x] = P⁻¹ Σ_k U_kᵀ F_k, E[xxᵀ] = P⁻¹ + E[x]E[x]ᵀ,
+    # U_k = (Σ F_k E[x]ᵀ)(Σ N_k E[xxᵀ])⁻¹.
+    a, c, g = np.zeros((k, r, r)), np.zeros((k, d, r)), np.zeros((r, r))
+    for n_u, f_u in zip(zeroth, first.reshape(-1, k, d)):
+        precision = np.eye(r) + sum(n_u[j] * channels[j].T @ channels[j] for j in range(k))
+        covariance = np.linalg.inv(precision)
+        x = covariance @ sum(channels[j].T @ f_u[j] for j in range(k))
+        second = covariance + np.outer(x, x)
+        g += second / len(zeroth)
+        for j in range(k):
+            a[j] += n_u[j] * second
+            c[j] += np.outer(f_u[j], x)
+    expected = np.stack([c[j] @ np.linalg.inv(a[j]) for j in range(k)])
+    np.testing.assert_allclose(_em_step(flat, zeroth, first, minimum_divergence=False).reshape(k, d, r), expected,
+                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(_em_step(flat, zeroth, first).reshape(k, d, r), expected @ np.linalg.cholesky(g),
+                               rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("minimum_divergence", [False, True])
+def test_em_never_lowers_the_likelihood(minimum_divergence):
+    gmm, arrays, labels, _, _ = planted(frames=40, per_speaker=12)
+    zeroth, first, flat = speaker_free_statistics(arrays, labels, gmm, 3)  # a rank above the true one
+    likelihoods = []
+    for _ in range(12):
+        likelihoods.append(channel_log_likelihood(flat.reshape(2, 4, 3), zeroth, first))
+        flat = _em_step(flat, zeroth, first, minimum_divergence)
+    assert np.all(np.diff(likelihoods) > -1e-8 * abs(likelihoods[0]))
+    assert likelihoods[-1] > likelihoods[0] + 1.0
+
+
+def test_em_undoes_the_shrinkage_of_short_recordings_map_offsets():
+    # 40 frames a recording, about 20 a component: relevance 16 shrinks each offset to ~55 %, and the principal
+    # components with it; EM with minimum divergence recovers the planted spread of 1.5 σ.
+    gmm, arrays, labels, direction, _ = planted(frames=40, per_speaker=12)
+    principal = train_channels(gmm, arrays, labels, 1, iterations=0)
+    refined = train_channels(gmm, arrays, labels, 1)
+    assert np.linalg.norm(principal[:, :, 0], axis=1).max() < 0.9
+    assert np.all(np.abs(np.linalg.norm(refined[:, :, 0], axis=1) - 1.5) < 0.15)
+    for component in range(2):
+        assert abs(refined[component, :, 0] @ direction) / np.linalg.norm(refined[component, :, 0]) > 0.99
+
+
+def test_canonical_channels_are_the_same_model_with_orthogonal_columns_largest_first():
+    rng = np.random.default_rng(3)
+    flat = rng.standard_normal((12, 4)) * np.array([0.5, 3.0, 1.0, 2.0])
+    canonical = _canonical(flat)
+    np.testing.assert_allclose(canonical @ canonical.T, flat @ flat.T, atol=1e-12)
+    gram = canonical.T @ canonical
+    np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=1e-12)
+    assert np.all(np.diff(np.diag(gram)) < 0)
 
 
 def test_rank_is_limited_by_what_the_recordings_can_estimate():
@@ -114,7 +189,8 @@ def test_a_ubm_learns_channel_factors_from_labelled_audio(with_channels):
     ubm, plain = with_channels
     assert len(ubm.channels) == 2 and plain.channels == ()
     assert {u.shape for u in ubm.channels} == {(8, 124, 4)}
-    assert ubm.meta["training"]["channels"] == {"rank": 4, "speakers": 6, "recordings": 30}
+    assert ubm.meta["training"]["channels"] == {"rank": 4, "speakers": 6, "recordings": 30,
+                                                  "iterations": CHANNEL_ITERATIONS}
     for a, b in zip(ubm.gmms, plain.gmms):  # the mixtures are the same; the factors come after EM
         assert np.array_equal(a.means, b.means)
     assert ubm.fingerprint != plain.fingerprint == fingerprint(*plain.gmms)
@@ -140,6 +216,33 @@ def test_enrollment_and_scores_use_the_compensated_frames(with_channels, synthet
     np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-6)
     plain = SystemsScorer(ubm.gmms, [model.gmms], ubm.feature_config.views)
     assert not np.allclose([plain.scores(f)[0] for f in test_frames], scores)  # compensation does change them
+
+
+def test_s_norm_compensates_each_test_recording_once_per_system(with_channels, synthetic_corpus, tmp_path,
+                                                                 monkeypatch):
+    from spkver.backend.scorenorm import Cohort
+    from spkver.storage.speakers import SpeakerStore
+    from spkver.storage.trials import read_trials
+
+    ubm, _ = with_channels
+    (tmp_path / "models").mkdir()
+    store = SpeakerStore(tmp_path / "models")
+    save_model(store.path("alice"), enroll(ubm, find_audio([synthetic_corpus / "enroll" / "alice"]), "alice", run=RUN))
+    tests = find_audio([synthetic_corpus / "test"])
+    (tmp_path / "trials").write_text("".join(f"alice {t.path}\n" for t in tests))
+    cohort = Cohort(ubm, frames=ubm.cohort)
+    cohort.models(), cohort.z_scores([store.load("alice", ubm)])  # the cohort's own work, done beforehand
+    compensated = []
+    original = ChannelCompensation.compensate
+    monkeypatch.setattr(ChannelCompensation, "compensate", lambda self, frames: compensated.append(len(frames))
+                        or original(self, frames))
+    scores = score_trials(ubm, store, read_trials(tmp_path / "trials"), norm="s", cohort=cohort, run=RUN)
+    assert len(scores) == len(tests) and len(compensated) == 2 * len(tests)  # two systems, once each
+    # The same scores as a scorer that compensates for itself, trial and cohort alike.
+    monkeypatch.setattr(ChannelCompensation, "compensate", original)
+    again = score_trials(ubm, store, read_trials(tmp_path / "trials"), norm="s", cohort=Cohort(ubm, frames=ubm.cohort),
+                         run=RUN)
+    assert [s.score for s in again] == [s.score for s in scores]
 
 
 def test_a_ubm_with_channel_factors_round_trips_as_format_3(with_channels, tmp_path):
@@ -197,8 +300,9 @@ def test_the_cli_learns_them_from_speaker_folders_or_utt2spk_and_says_so(synthet
     assert "channel factors: 20 per system, from 6 speakers" in result.stderr
     assert ", 20 channel factors," in result.stderr
     info = run_cli("info", tmp_path / "ubm.npz")
-    assert "format 3" in info.stdout and "channel factors: 20 per system (learnt from 6 speakers, 30 recordings)" \
-        in info.stdout
+    assert "format 3" in info.stdout
+    assert "channel factors: 20 per system (learnt from 6 speakers, 30 recordings, " \
+           f"{CHANNEL_ITERATIONS} EM iterations)" in info.stdout
     # A Kaldi data folder's utt2spk names the speakers too; wav.scp's order is kept.
     data = tmp_path / "data"
     data.mkdir()
@@ -215,8 +319,13 @@ def test_the_cli_learns_them_from_speaker_folders_or_utt2spk_and_says_so(synthet
     assert result.exit_code == 0 and load_model(tmp_path / "plain.npz").channels == ()
     result = run_cli("train-ubm", "-o", tmp_path / "asked.npz", "--components", 8, "--iterations", 2, "--workers", 1,
                      "--channel-factors", 3, background)
-    one_error_line(result, "channel factors need the speaker of every recording")
+    one_error_line(result, "channel factors need the speaker of every recording; give --data-dir")
     assert not (tmp_path / "asked.npz").exists()
+    # Nor does a feature store; the message says so rather than naming options --features refuses.
+    assert run_cli("-q", "extract", "-o", tmp_path / "feats", "--workers", 1, *files[:6]).exit_code == 0
+    result = run_cli("train-ubm", "-o", tmp_path / "store.npz", "--components", 4, "--iterations", 2, "--workers", 1,
+                     "--channel-factors", 3, "--features", tmp_path / "feats")
+    one_error_line(result, "a --features store names none: train from the audio with --data-dir")
     result = run_cli("train-ubm", "-o", tmp_path / "none.npz", "--components", 8, "--iterations", 2, "--workers", 1,
                      "--channel-factors", 0, "--per-folder", background)
     assert result.exit_code == 0 and load_model(tmp_path / "none.npz").channels == ()

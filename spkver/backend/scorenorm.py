@@ -219,12 +219,13 @@ class Cohort:
                 self._cache["z"][model.fingerprint] = row.tolist()
         return np.array([self._cache["z"][m.fingerprint] for m in speakers])
 
-    def t_scores(self, test_key: str | None, frames) -> np.ndarray:
-        """Scores of one test recording against every cohort model (kept under ``test_key`` unless None)."""
+    def t_scores(self, test_key: str | None, system_frames) -> np.ndarray:
+        """Scores of one test recording, as :meth:`SystemsScorer.system_frames` of this UBM, against every
+        cohort model (kept under ``test_key`` unless None)."""
         if test_key is None or test_key not in self._cache["t"]:
             if self._t_scorer is None:
                 self._t_scorer = self._scorer(self.models())
-            scores = self._t_scorer.scores(frames).tolist()
+            scores = self._t_scorer.system_scores(system_frames).tolist()
             if test_key is None:
                 return np.array(scores)
             self._cache["t"][test_key] = scores

@@ -107,13 +107,23 @@ class SystemsScorer:
         self.parts = [Scorer(ubm, [s[i] for s in speakers], top_c) for i, ubm in enumerate(ubms)]
         self.top_c = self.parts[0].top_c
 
-    def scores(self, frames, speakers=None) -> np.ndarray:
-        """Mean over the systems of :meth:`Scorer.scores` of their columns of ``frames``, (S,)."""
+    def system_frames(self, frames) -> tuple:
+        """Each system's columns of ``frames`` (n, D), compensated when the UBM has channel factors: what
+        :meth:`system_scores` scores, here and in any scorer of the same UBM (a T-norm cohort's), so a
+        recording scored by both is compensated once."""
+        return tuple(frames[:, view] if compensation is None else compensation.compensate(frames[:, view])
+                     for view, compensation in zip(self.views, self.compensations))
+
+    def system_scores(self, system_frames, speakers=None) -> np.ndarray:
+        """Mean over the systems of :meth:`Scorer.scores` of :meth:`system_frames`, (S,)."""
         total = np.zeros(self.parts[0].n_speakers if speakers is None else len(speakers))
-        for part, view, compensation in zip(self.parts, self.views, self.compensations):
-            columns = frames[:, view] if compensation is None else compensation.compensate(frames[:, view])
+        for part, columns in zip(self.parts, system_frames, strict=True):
             total += part.scores(columns, speakers)
         return total / len(self.parts)
+
+    def scores(self, frames, speakers=None) -> np.ndarray:
+        """Mean over the systems of :meth:`Scorer.scores` of their (compensated) columns of ``frames``, (S,)."""
+        return self.system_scores(self.system_frames(frames), speakers)
 
 
 def checked_scores(scores, path) -> np.ndarray:

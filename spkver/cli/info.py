@@ -61,7 +61,8 @@ def info_command(model_path, as_json):
     click.echo("training: " + printable(", ".join(f"{k}={v}" for k, v in training.items())))
     if model.channels:
         learnt = meta.get("training", {}).get("channels")
-        source = (f" (learnt from {learnt.get('speakers')} speakers, {learnt.get('recordings')} recordings)"
+        source = (f" (learnt from {learnt.get('speakers')} speakers, {learnt.get('recordings')} recordings"
+                  + (f", {learnt['iterations']} EM iterations" if "iterations" in learnt else "") + ")"
                   if isinstance(learnt, dict) else "")
         click.echo(printable(f"channel factors: {model.channels[0].shape[2]} per system{source}"))
     systems_trained = meta.get("training", {}).get("systems")
