@@ -288,8 +288,8 @@ def _trained_channels(gmms, views, arrays, labels, wanted: int | None, on_log) -
     if wanted is not None and rank < wanted and on_log:
         on_log(f"channel factors: {rank} instead of {wanted}: the recordings estimate at most {available}")
     with single_blas_thread():  # the same factors on any number of cores
-        channels = tuple(train_channels(gmm, [a[:, view] for a in arrays], labels, rank)
-                         for gmm, view in zip(gmms, views, strict=True))
+        channels = tuple(train_channels(gmm, [a[:, view] for a in arrays], labels, rank,
+                                        iterations=CHANNEL_ITERATIONS) for gmm, view in zip(gmms, views, strict=True))
     rank = min(u.shape[2] for u in channels)
     channels = tuple(u[:, :, :rank] for u in channels)
     speakers = sum(1 for n in Counter(labels).values() if n >= 2)
@@ -868,20 +868,20 @@ def _score_models(ubm: Model, models: dict[str, Model | None], features: dict[tu
     z_stats = None
     if cohort is not None and norm in ("z", "s") and loaded:
         z_stats = cohort.statistics(cohort.z_scores([speakers[name] for name in loaded]), top_n)
+    t_cohort = cohort if norm in ("t", "s") else None  # MAP scoring: it scores the trial scorer's frames
     scores: dict[int, float] = {}
     for audio, indices in by_test.items():
         frames = features[audio]
         columns = np.array([column[trials[i].speaker] for i in indices])
-        t_norm = cohort is not None and norm in ("t", "s")  # MAP scoring: the cohort scores the same frames
-        system_frames = scorer.system_frames(frames) if t_norm else None  # compensated once for both
+        system_frames = scorer.system_frames(frames) if t_cohort is not None else None  # compensated once
         # Only this file's claimed speakers: Kaldi trial lists often pair a file with a few models.
         raw = checked_scores(scorer.scores(frames, columns) if system_frames is None
                              else scorer.system_scores(system_frames, columns), items[indices[0]].where)
         z = t = None
         if z_stats is not None:
             z = (z_stats[0][columns], z_stats[1][columns])
-        if cohort is not None and system_frames is not None:
-            mean, std = cohort.statistics(cohort.t_scores(items[indices[0]].identity(), system_frames), top_n)
+        if t_cohort is not None:
+            mean, std = t_cohort.statistics(t_cohort.t_scores(items[indices[0]].identity(), system_frames), top_n)
             t = (mean[0], std[0])
         final = normalise_scores(raw, norm, z, t)
         if calibration is not None:

@@ -14,11 +14,14 @@ import json
 import os
 import stat
 import tempfile
+import tokenize
 from pathlib import Path
 
 from spkver.errors import SpkverError
 
 # Metadata, calibrations and indexes are small; a larger file is damage or an attack.
+# What numpy's reader of a damaged ``.npy`` header can raise: it parses the header as a Python literal.
+NPY_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError)
 MAX_JSON_BYTES = 64 << 20
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from helpers import one_error_line, run_cli
+from scipy.stats import multivariate_normal
 
 from spkver import RunOptions, enroll, find_audio, score_trials, train_ubm, verify
 from spkver.backend.scoring import Scorer, SystemsScorer
+from spkver.errors import SpkverError
 from spkver.gmm.channels import (
     CHANNEL_ITERATIONS,
     ChannelCompensation,
     _canonical,
     _em_step,
+    _leading_components,
     _principal_channels,
     _recordings_kept,
     _remove_speakers,
@@ -128,22 +133,54 @@ def test_an_em_step_equals_the_formulas_recording_by_recording():
             a[j] += n_u[j] * second
             c[j] += np.outer(f_u[j], x)
     expected = np.stack([c[j] @ np.linalg.inv(a[j]) for j in range(k)])
-    np.testing.assert_allclose(_em_step(flat, zeroth, first, minimum_divergence=False).reshape(k, d, r), expected,
-                               rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(_em_step(flat, zeroth, first).reshape(k, d, r), expected @ np.linalg.cholesky(g),
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(_em_step(flat, zeroth, first).reshape(k, d, r), expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(_em_step(flat, zeroth, first, len(zeroth)).reshape(k, d, r),
+                               expected @ np.linalg.cholesky(g), rtol=1e-6, atol=1e-9)
+    # Per degree of freedom: G = Σ E[xxᵀ] / f.
+    np.testing.assert_allclose(_em_step(flat, zeroth, first, 40).reshape(k, d, r),
+                               expected @ np.linalg.cholesky(g * len(zeroth) / 40), rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("minimum_divergence", [False, True])
-def test_em_never_lowers_the_likelihood(minimum_divergence):
+@pytest.mark.parametrize(("minimum_divergence", "dtype"), [(False, np.float64), (True, np.float64),
+                                                          (True, np.float32)])
+def test_em_never_lowers_the_likelihood(minimum_divergence, dtype):
     gmm, arrays, labels, _, _ = planted(frames=40, per_speaker=12)
     zeroth, first, flat = speaker_free_statistics(arrays, labels, gmm, 3)  # a rank above the true one
+    first = first.astype(dtype)  # float32 as train_channels holds them: only rounding may go down
     likelihoods = []
     for _ in range(12):
         likelihoods.append(channel_log_likelihood(flat.reshape(2, 4, 3), zeroth, first))
-        flat = _em_step(flat, zeroth, first, minimum_divergence)
-    assert np.all(np.diff(likelihoods) > -1e-8 * abs(likelihoods[0]))
+        flat = _em_step(flat, zeroth, first, len(zeroth) if minimum_divergence else None)
+    tolerance = 1e-10 if dtype == np.float64 else 1e-6
+    assert np.all(np.diff(likelihoods) > -tolerance * abs(likelihoods[0]))
     assert likelihoods[-1] > likelihoods[0] + 1.0
+
+
+def test_the_likelihood_is_the_statistics_gaussian_density_up_to_a_constant():
+    # Given the factors x ~ N(0, I), a recording's standardised first-order statistics are Gaussian with
+    # covariance N + N U Uᵀ N (N its zeroth-order statistics, each repeated over the D dimensions).
+    gmm, arrays, labels, _, _ = planted(frames=60, per_speaker=4)
+    zeroth, first, flat = speaker_free_statistics(arrays, labels, gmm, 2)
+    other = flat + 0.3 * np.random.default_rng(1).standard_normal(flat.shape)
+
+    def density(u):
+        total = 0.0
+        for n_u, f_u in zip(zeroth, first):
+            counts = np.diag(np.repeat(n_u, 4))
+            total += multivariate_normal(np.zeros(8), counts + counts @ u @ u.T @ counts).logpdf(f_u)
+        return total
+
+    ours = channel_log_likelihood(flat.reshape(2, 4, 2), zeroth, first)
+    theirs = channel_log_likelihood(other.reshape(2, 4, 2), zeroth, first)
+    np.testing.assert_allclose(ours - theirs, density(flat) - density(other), rtol=1e-8)
+
+
+def test_removing_speakers_takes_their_pooled_map_offset_times_each_recordings_counts():
+    zeroth = np.array([[2.0], [6.0], [3.0]])
+    first = np.array([[4.0], [2.0], [9.0]])
+    _remove_speakers(zeroth, first, np.array(["a", "a", "b"], dtype=object), 2.0)
+    # Speaker a pools 6 over 8 + 2 counts: an offset of 0.6; b alone, 9 over 3 + 2: 1.8.
+    np.testing.assert_allclose(first, [[4 - 2 * 0.6], [2 - 6 * 0.6], [9 - 3 * 1.8]])
 
 
 def test_em_undoes_the_shrinkage_of_short_recordings_map_offsets():
@@ -156,6 +193,31 @@ def test_em_undoes_the_shrinkage_of_short_recordings_map_offsets():
     assert np.all(np.abs(np.linalg.norm(refined[:, :, 0], axis=1) - 1.5) < 0.15)
     for component in range(2):
         assert abs(refined[component, :, 0] @ direction) / np.linalg.norm(refined[component, :, 0]) > 0.99
+    # Two recordings a speaker: taking out each speaker's offset leaves half the variation, which the
+    # prior's degrees of freedom (recordings minus speakers) restore.
+    gmm, arrays, labels, _, _ = planted(frames=400, per_speaker=2, speakers=40)
+    assert np.all(np.abs(np.linalg.norm(train_channels(gmm, arrays, labels, 1)[:, :, 0], axis=1) - 1.5) < 0.2)
+
+
+def test_trained_channels_have_orthogonal_columns_strongest_first():
+    gmm, arrays, labels, _, _ = planted()
+    for iterations in (0, 3):
+        flat = train_channels(gmm, arrays, labels, 3, iterations=iterations).reshape(8, 3).astype(np.float64)
+        gram = flat.T @ flat
+        np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=1e-5 * gram.max())
+        assert np.all(np.diff(np.diag(gram)) < 0)
+
+
+@pytest.mark.parametrize("shape", [(6, 20), (20, 6)])
+def test_leading_components_through_the_smaller_square_matrix_are_the_singular_vectors(shape):
+    rng = np.random.default_rng(5)
+    rows = (rng.standard_normal(shape) * np.linspace(3.0, 0.5, shape[1])).astype(np.float32)
+    values, vectors = _leading_components(rows, 4)
+    _, singular, right = np.linalg.svd(rows.astype(np.float64), full_matrices=False)
+    np.testing.assert_allclose(values, singular[:4] ** 2, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(vectors * right[:4].T, axis=0)), 1.0, atol=1e-5)  # same up to sign
+    # Directions whose variance vanishes are not returned.
+    assert len(_leading_components(np.outer(rows[:, 0], np.ones(3)).astype(np.float32), 3)[0]) == 1
 
 
 def test_canonical_channels_are_the_same_model_with_orthogonal_columns_largest_first():
@@ -166,6 +228,12 @@ def test_canonical_channels_are_the_same_model_with_orthogonal_columns_largest_f
     gram = canonical.T @ canonical
     np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=1e-12)
     assert np.all(np.diff(np.diag(gram)) < 0)
+
+
+def test_speakers_whose_recordings_do_not_vary_give_no_channel_factors():
+    gmm, arrays, labels, _, _ = planted(per_speaker=1)
+    copies = [a.copy() for a in arrays for _ in range(3)]
+    assert train_channels(gmm, copies, [label for label in labels for _ in range(3)], 4).shape == (2, 4, 0)
 
 
 def test_rank_is_limited_by_what_the_recordings_can_estimate():
@@ -238,11 +306,32 @@ def test_s_norm_compensates_each_test_recording_once_per_system(with_channels, s
                         or original(self, frames))
     scores = score_trials(ubm, store, read_trials(tmp_path / "trials"), norm="s", cohort=cohort, run=RUN)
     assert len(scores) == len(tests) and len(compensated) == 2 * len(tests)  # two systems, once each
-    # The same scores as a scorer that compensates for itself, trial and cohort alike.
+    # The same scores as each scorer compensating the frames for itself: S-norm written out.
     monkeypatch.setattr(ChannelCompensation, "compensate", original)
-    again = score_trials(ubm, store, read_trials(tmp_path / "trials"), norm="s", cohort=Cohort(ubm, frames=ubm.cohort),
-                         run=RUN)
-    assert [s.score for s in again] == [s.score for s in scores]
+    from spkver.backend.scorenorm import normalise_scores
+    from spkver.features.extraction import extract_all
+
+    alice = store.load("alice", ubm)
+    trial_scorer = SystemsScorer(ubm.gmms, [alice.gmms], ubm.feature_config.views, 5, ubm.channels)
+    t_scorer = SystemsScorer(ubm.gmms, cohort.models(), ubm.feature_config.views, 5, ubm.channels)
+    z = cohort.statistics(cohort.z_scores([alice]))
+    expected = [normalise_scores(trial_scorer.scores(frames), "s", z,
+                                 tuple(v[0] for v in cohort.statistics(t_scorer.scores(frames)[None, :])))[0]
+                for _, frames in extract_all(tests, ubm.feature_config, run=RUN)]
+    np.testing.assert_allclose([s.score for s in scores], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda u: np.full_like(u, np.nan), "values not finite or absurdly large"),
+    (lambda u: np.full_like(u, 2e3), "values not finite or absurdly large"),
+    (lambda u: u[:2], "shape or rank")])
+def test_damaged_channel_factors_are_not_written(with_channels, tmp_path, change, problem):
+    ubm, _ = with_channels
+    damaged = replace(ubm, channels=(ubm.channels[0], change(ubm.channels[1])))
+    with pytest.raises(SpkverError, match=f"refusing to write a model that has channel factors that are damaged "
+                                          rf"\({problem}\)"):
+        save_model(tmp_path / "ubm.npz", damaged)
+    assert not (tmp_path / "ubm.npz").exists()
 
 
 def test_a_ubm_with_channel_factors_round_trips_as_format_3(with_channels, tmp_path):

@@ -202,6 +202,22 @@ def test_feature_store_skips_unchanged_files_and_redoes_changed_ones(synthetic_c
         FeatureStore(tmp_path / "feats", FeatureConfig(n_ceps=13))
 
 
+@pytest.mark.parametrize("header", ["{'descr': '<f4', 'fortran_order'{ False, 'shape': (2,), }",  # untokenisable
+                                    "{'descr': '<f4', 'fortran_order': False, 'shape': (2,)) }"])  # not a literal
+def test_a_feature_file_with_a_damaged_header_is_extracted_again(synthetic_corpus, tmp_path, header):
+    items = find_audio([synthetic_corpus / "enroll" / "alice"])[:1]
+    first = np.array(FeatureStore(tmp_path / "feats", FeatureConfig()).extract(items, run=RunOptions(workers=1))[0][1])
+    npy = next((tmp_path / "feats").glob("*.npy"))
+    header = header.ljust(117) + "\n"
+    damaged = tmp_path / "damaged.npy"  # replaced, not rewritten in place: the store maps its files
+    damaged.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(8))
+    damaged.replace(npy)
+    store = FeatureStore(tmp_path / "feats")
+    assert store.open(npy.stem) is None
+    again = store.extract(items, run=RunOptions(workers=1))
+    np.testing.assert_array_equal(again[0][1], first)
+
+
 def test_train_on_feature_store_equals_train_on_audio(synthetic_corpus, tmp_path):
     runner = CliRunner()
     background = str(synthetic_corpus / "background")

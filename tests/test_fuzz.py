@@ -130,6 +130,19 @@ def test_fuzz_model_files_load_cleanly_or_are_refused(tmp_path, data):
             assert all(np.isfinite(g.means).all() and g.means.shape == state.gmm.means.shape for g in result.trained)
 
 
+def test_an_npy_header_numpy_cannot_tokenise_is_refused(tmp_path):
+    # Found by the fuzzer: "'fortran_order'{" makes numpy's header reader raise tokenize.TokenError.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in ("weights", "means", "meta"):
+            header = "{'descr': '<f8', 'fortran_order'{ False, 'shape': (2,), }".ljust(117) + "\n"
+            archive.writestr(f"{name}.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                             + header.encode() + bytes(16))
+    (tmp_path / "m.npz").write_bytes(buffer.getvalue())
+    with pytest.raises(SpkverError):
+        load_model(tmp_path / "m.npz")
+
+
 @FUZZ
 @given(data=st.one_of(json_values.map(json.dumps), st.binary(max_size=200),
                       st.fixed_dictionaries({"kind": st.just("spkver-calibration"), "version": st.just(1),

@@ -112,7 +112,7 @@ class SystemsScorer:
         :meth:`system_scores` scores, here and in any scorer of the same UBM (a T-norm cohort's), so a
         recording scored by both is compensated once."""
         return tuple(frames[:, view] if compensation is None else compensation.compensate(frames[:, view])
-                     for view, compensation in zip(self.views, self.compensations))
+                     for view, compensation in zip(self.views, self.compensations, strict=True))
 
     def system_scores(self, system_frames, speakers=None) -> np.ndarray:
         """Mean over the systems of :meth:`Scorer.scores` of :meth:`system_frames`, (S,)."""

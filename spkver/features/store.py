@@ -34,7 +34,16 @@ from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
 from spkver.features.extraction import usable_features
-from spkver.fileio import content_hash, file_signature, locked, os_problem, read_json, sha256_hex, write_atomic
+from spkver.fileio import (
+    NPY_HEADER_ERRORS,
+    content_hash,
+    file_signature,
+    locked,
+    os_problem,
+    read_json,
+    sha256_hex,
+    write_atomic,
+)
 from spkver.run import RunOptions
 
 INDEX = "index.json"
@@ -199,7 +208,7 @@ class FeatureStore:
         """
         try:
             array = np.load(self.file(key), mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, *NPY_HEADER_ERRORS):
             return None
         entry = self.entries.get(key, {})
         if array.dtype != np.float32 or array.ndim != 2 or array.shape != (entry.get("frames"), self.config.dim):

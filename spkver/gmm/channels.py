@@ -118,19 +118,33 @@ def _principal_channels(zeroth, first, speakers, rank: int, relevance: float) ->
     for speaker in set(speakers):
         rows = speakers == speaker
         offsets[rows] -= offsets[rows].mean(axis=0)
-    # Through the recordings' Gram matrix: (n × n) rather than (KD × KD).
-    gram = (offsets @ offsets.T).astype(np.float64)
-    values, vectors = np.linalg.eigh(gram)
+    values, directions = _leading_components(offsets, rank)
+    freedom = len(first) - len(set(speakers))
+    rank = min(len(values), freedom)
+    return directions[:, :rank] * np.sqrt(values[:rank] / freedom)
+
+
+def _leading_components(rows, rank: int):
+    """The ``rank`` (or fewer: those whose variance does not vanish) largest eigenvalues of ``rowsᵀ rows``
+    and their unit eigenvectors, (R,) and (columns, R) float64, ``rows`` being (n, columns).
+
+    Through whichever square matrix is smaller, the rows' Gram matrix (n × n) or
+    their scatter (columns × columns): the budget on ``rows`` then bounds it to
+    the square root of the budget's elements either way.
+    """
+    if len(rows) <= rows.shape[1]:
+        values, vectors = np.linalg.eigh((rows @ rows.T).astype(np.float64))
+    else:
+        values, vectors = np.linalg.eigh((rows.T @ rows).astype(np.float64))
     order = np.argsort(values)[::-1]
     values, vectors = values[order], vectors[:, order]
-    freedom = len(first) - len(set(speakers))
-    usable = int(np.sum(values > max(values[0], 0.0) * 1e-8)) if len(values) else 0
-    rank = min(rank, usable, freedom)
-    if rank < 1:
-        return np.zeros((first.shape[1], 0))
-    # Unit directions in the KD space, then scaled by the standard deviation of the factors.
-    directions = (offsets.T @ vectors[:, :rank].astype(np.float32)) / np.sqrt(values[:rank]).astype(np.float32)
-    return directions.astype(np.float64) * np.sqrt(values[:rank] / freedom)
+    # Variance that vanishes next to the largest, or is float32 rounding of offsets (in standard deviations;
+    # 1e-5 on average over the rows), is no direction.
+    usable = int(np.sum(values > max(values[0] * 1e-8, len(rows) * 1e-10))) if len(values) else 0
+    values, vectors = values[:min(rank, usable)], vectors[:, :min(rank, usable)]
+    if len(rows) <= rows.shape[1]:  # from the rows' space to the columns': rowsᵀv / √λ is a unit vector
+        vectors = (rows.T @ vectors.astype(rows.dtype)).astype(np.float64) / np.sqrt(values)
+    return values, vectors
 
 
 def _remove_speakers(zeroth, first, speakers, relevance: float) -> None:
@@ -144,47 +158,77 @@ def _remove_speakers(zeroth, first, speakers, relevance: float) -> None:
         view[rows] -= (zeroth[rows][:, :, None] * pooled).astype(np.float32)
 
 
+def _channel_products(channels) -> np.ndarray:
+    """Each component's U_kᵀU_k, (K, R, R), of eigenchannels (K, D, R)."""
+    return np.einsum("kdr,kds->krs", channels, channels)
+
+
+def _factor_precisions(zeroth, products) -> np.ndarray:
+    """The precision of a recording's channel factors, I + Σ_k N_k U_kᵀU_k: (R, R) for zeroth-order statistics
+    (K,), (n, R, R) for (n, K)."""
+    return np.eye(products.shape[1]) + np.tensordot(zeroth, products, axes=1)
+
+
+# Recordings whose (R × R) factor posteriors are held at once in the EM: bounds its memory to a few of
+# these blocks (at 400 factors, 256 recordings' three R × R float64 arrays take 1 GB).
+POSTERIOR_BLOCK = 256
+
+
 def _factor_posteriors(flat, zeroth, first):
-    """E-step: each recording's channel-factor precision P = I + Σ_k N_k U_kᵀU_k (n, R, R) and the linear term
-    b = Uᵀ F (n, R), from the eigenchannels ``flat`` (K·D, R) and speaker-free statistics."""
+    """E-step, block by block of recordings: the rows of the block, the precision of their factors
+    (n_b, R, R) and the linear term b = Uᵀ F (n_b, R), from eigenchannels ``flat`` (K·D, R) and
+    speaker-free statistics."""
     k, rank = zeroth.shape[1], flat.shape[1]
-    products = np.einsum("kdr,kds->krs", *(flat.reshape(k, -1, rank),) * 2)
-    precisions = np.eye(rank) + (zeroth @ products.reshape(k, rank * rank)).reshape(-1, rank, rank)
-    return precisions, (first @ flat.astype(first.dtype)).astype(np.float64)
+    products = _channel_products(flat.reshape(k, -1, rank))
+    unfolded = flat.astype(first.dtype)
+    for start in range(0, len(zeroth), POSTERIOR_BLOCK):
+        rows = slice(start, start + POSTERIOR_BLOCK)
+        yield rows, _factor_precisions(zeroth[rows], products), (first[rows] @ unfolded).astype(np.float64)
 
 
 def channel_log_likelihood(channels, zeroth, first) -> float:
     """The log-likelihood of speaker-free statistics under eigenchannels ``channels`` (K, D, R), up to a term
     that does not depend on them: Σ ½ bᵀP⁻¹b − ½ log|P| over recordings; EM never lowers it."""
     flat = np.asarray(channels, dtype=np.float64).reshape(-1, np.shape(channels)[-1])
-    precisions, linear = _factor_posteriors(flat, zeroth, first)
-    quadratic = np.einsum("nr,nr->", linear, np.linalg.solve(precisions, linear[:, :, None])[:, :, 0])
-    return float(0.5 * quadratic - 0.5 * np.linalg.slogdet(precisions)[1].sum())
+    total = 0.0
+    for _, precisions, linear in _factor_posteriors(flat, zeroth, first):
+        quadratic = np.einsum("nr,nr->", linear, np.linalg.solve(precisions, linear[:, :, None])[:, :, 0])
+        total += 0.5 * quadratic - 0.5 * np.linalg.slogdet(precisions)[1].sum()
+    return float(total)
 
 
-def _em_step(flat, zeroth, first, minimum_divergence: bool = True) -> np.ndarray:
+def _em_step(flat, zeroth, first, freedom: int | None = None) -> np.ndarray:
     """One EM iteration of Kenny's eigenchannel estimation: factor posteriors, then per component
     U_k = (Σ F_k E[x]ᵀ)(Σ N_k E[xxᵀ])⁻¹; (K·D, R) in and out.
 
-    With ``minimum_divergence`` the factors' prior covariance is re-estimated too,
-    G = mean E[xxᵀ], and folded into the channels (U ← U·chol(G)) so the prior
-    stays standard normal: the same likelihood as the M-step alone or higher,
-    and the channels' scale, which plain EM corrects by a few per cent an
-    iteration, converges in one or two (Kenny et al. 2008, "A study of
-    inter-speaker variability").
+    With ``freedom`` (degrees of freedom of the recordings' factors), a
+    minimum-divergence step follows: the factors' prior covariance is
+    re-estimated, G = Σ E[xxᵀ] / ``freedom``, and folded into the channels
+    (U ← U·chol(G)) so the prior stays standard normal (Kenny et al. 2008, "A
+    study of inter-speaker variability"). Plain EM corrects the channels'
+    scale by a few per cent an iteration; this step, in one or two. With
+    ``freedom`` the number of recordings it is an EM step of the factors'
+    prior, and never lowers the likelihood; the recordings minus their
+    speakers (whose offsets were taken out of the same statistics) make G
+    unbiased, as the principal components' scale is.
     """
     k, rank = zeroth.shape[1], flat.shape[1]
-    precisions, linear = _factor_posteriors(flat, zeroth, first)
-    covariances = np.linalg.inv(precisions)
-    factors = np.einsum("nrs,ns->nr", covariances, linear)
-    second = covariances + factors[:, :, None] * factors[:, None, :]  # E[xxᵀ], (n, R, R)
-    accumulated = (zeroth.T @ second.reshape(len(second), -1)).reshape(k, rank, rank)
-    accumulated += 1e-9 * np.eye(rank)  # a component no recording reaches keeps a solvable system
-    crossed = (first.T @ factors.astype(first.dtype)).astype(np.float64).reshape(k, -1, rank)  # (K, D, R)
+    accumulated = np.zeros((k, rank * rank))
+    crossed = np.zeros((flat.shape[0], rank))
+    prior = np.zeros((rank, rank))
+    for rows, precisions, linear in _factor_posteriors(flat, zeroth, first):
+        covariances = np.linalg.inv(precisions)
+        factors = np.einsum("nrs,ns->nr", covariances, linear)
+        second = covariances + factors[:, :, None] * factors[:, None, :]  # E[xxᵀ], (n_b, R, R)
+        accumulated += zeroth[rows].T @ second.reshape(len(second), -1)
+        crossed += first[rows].T @ factors.astype(first.dtype)
+        prior += second.sum(axis=0)
+    accumulated = accumulated.reshape(k, rank, rank) + 1e-9 * np.eye(rank)  # a component no recording reaches
     # U_k A_k = C_k with A_k symmetric: solve A_k U_kᵀ = C_kᵀ.
+    crossed = crossed.reshape(k, -1, rank)
     updated = np.linalg.solve(accumulated, crossed.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(flat.shape)
-    if minimum_divergence:
-        updated = updated @ np.linalg.cholesky(second.mean(axis=0))
+    if freedom is not None:
+        updated = updated @ np.linalg.cholesky(prior / freedom)
     return updated
 
 
@@ -247,8 +291,9 @@ def train_channels(ubm: GMM, arrays, labels, rank: int, *, relevance: float = MA
     flat = _principal_channels(zeroth, first, speakers, rank, relevance)
     if flat.shape[1] and iterations:
         _remove_speakers(zeroth, first, speakers, relevance)
+        freedom = len(zeroth) - len(set(speakers))
         for _ in range(iterations):
-            flat = _em_step(flat, zeroth, first)
+            flat = _em_step(flat, zeroth, first, freedom)
         flat = _canonical(flat)
     return flat.reshape(k, d, flat.shape[1]).astype(np.float32)
 
@@ -272,11 +317,11 @@ class ChannelCompensation:
         self.rank = channels.shape[2]
         self._flat = channels.reshape(ubm.n_components * ubm.dim, self.rank)  # (K·D, R)
         # Per component U_kᵀU_k (K, R, R): the precision of the factors is I + Σ_k N_k U_kᵀU_k.
-        self._products = np.einsum("kdr,kds->krs", channels, channels)
+        self._products = _channel_products(channels)
         self._std = np.sqrt(ubm.variances)
 
     def _solve(self, zeroth, first) -> np.ndarray:
-        precision = np.eye(self.rank) + np.tensordot(zeroth, self._products, axes=1)
+        precision = _factor_precisions(zeroth, self._products)
         return np.linalg.solve(precision, self._flat.T @ first.ravel())
 
     def factors(self, frames) -> np.ndarray:

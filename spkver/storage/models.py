@@ -28,7 +28,16 @@ import numpy as np
 
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
-from spkver.fileio import array_parts, parse_json, read_error, reading, sha256_hex, what_file_is, write_atomic
+from spkver.fileio import (
+    NPY_HEADER_ERRORS,
+    array_parts,
+    parse_json,
+    read_error,
+    reading,
+    sha256_hex,
+    what_file_is,
+    write_atomic,
+)
 from spkver.gmm.channels import MAX_CHANNEL_FACTORS, MAX_CHANNEL_MAGNITUDE
 from spkver.gmm.em import EMState
 from spkver.gmm.model import GMM
@@ -148,9 +157,8 @@ def save_model(path, model: Model) -> None:
     if not path.parent.is_dir():
         raise SpkverError("folder does not exist", path.parent)
     problem = _check_systems(model.gmms, model.feature_config)
-    if not problem and any(np.shape(u)[:2] != g.means.shape or not 1 <= np.shape(u)[2] <= MAX_CHANNEL_FACTORS
-                           for u, g in zip(model.channels, model.gmms)):
-        problem = "has channel factors that do not fit its mixtures"
+    if not problem and model.channels and (channels := _channels_problem(model.channels, model.gmms)):
+        problem = f"has channel factors that are damaged ({channels})"
     if problem:
         raise SpkverError(f"refusing to write a model that {problem}", path)
     write_atomic(path, _encode(model))
@@ -164,8 +172,8 @@ MAX_COHORT_FRAMES = 1 << 20
 MAX_IVECTORS = 1 << 24  # values of a speaker's enrollment i-vectors
 ARRAY_KINDS = "fiu"  # float, signed and unsigned integers: never objects (pickle) or strings (but meta)
 # What a damaged, truncated, encrypted or hand-made archive or .npy header can raise while being read.
-ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError, OverflowError, SyntaxError,
-                  KeyError, NotImplementedError, RuntimeError, struct.error)
+ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, *NPY_HEADER_ERRORS, TypeError, OverflowError, KeyError,
+                  NotImplementedError, RuntimeError, struct.error)
 
 
 def _member_header(archive, info):
@@ -369,19 +377,28 @@ def _channels(arrays, gmms, kind: str, version: int, path) -> tuple:
     if kind != "ubm" or version < 3 or any(u is None for u in stored):
         raise SpkverError("model's channel factors are damaged (missing for a system, or in a file that cannot "
                           "hold them)", path)
-    ranks = {u.shape[-1] if u.ndim == 3 else -1 for u in stored}
-    checked = []
-    for gmm, u in zip(gmms, stored):
+    problem = _channels_problem(stored, gmms)
+    if problem:
+        raise SpkverError(f"model's channel factors are damaged ({problem})", path)
+    return tuple(np.asarray(u, dtype=np.float32) for u in stored)
+
+
+def _channels_problem(channels, gmms) -> str | None:
+    """What is wrong with the eigenchannels of each system, or None: the one check of loading and saving."""
+    channels = [np.asarray(u) for u in channels]
+    if len(channels) != len(gmms):
+        return "missing for a system"
+    ranks = {u.shape[-1] if u.ndim == 3 else -1 for u in channels}
+    for gmm, u in zip(gmms, channels):
         if u.dtype.kind != "f" or u.ndim != 3 or u.shape[:2] != gmm.means.shape or len(ranks) != 1 \
                 or not 1 <= u.shape[2] <= MAX_CHANNEL_FACTORS:
-            raise SpkverError("model's channel factors are damaged (shape or rank)", path)
+            return "shape or rank"
         with np.errstate(over="ignore"):
-            u = np.asarray(u, dtype=np.float32)
+            u = u.astype(np.float32)  # as stored: a float64 beyond float32's range becomes inf
         # In units of the Gaussians' standard deviations: anything near this bound is not a channel.
         if not np.isfinite(u).all() or np.abs(u).max() > MAX_CHANNEL_MAGNITUDE:
-            raise SpkverError("model's channel factors are damaged (values not finite or absurdly large)", path)
-        checked.append(u)
-    return tuple(checked)
+            return "values not finite or absurdly large"
+    return None
 
 
 def _cohort_segments(frames, lengths, dim, path) -> list:
