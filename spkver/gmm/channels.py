@@ -119,7 +119,7 @@ def _principal_channels(zeroth, first, speakers, rank: int, relevance: float) ->
         rows = speakers == speaker
         offsets[rows] -= offsets[rows].mean(axis=0)
     values, directions = _leading_components(offsets, rank)
-    freedom = len(first) - len(set(speakers))
+    freedom = channel_degrees_of_freedom(speakers)
     rank = min(len(values), freedom)
     return directions[:, :rank] * np.sqrt(values[:rank] / freedom)
 
@@ -132,17 +132,15 @@ def _leading_components(rows, rank: int):
     their scatter (columns × columns): the budget on ``rows`` then bounds it to
     the square root of the budget's elements either way.
     """
-    if len(rows) <= rows.shape[1]:
-        values, vectors = np.linalg.eigh((rows @ rows.T).astype(np.float64))
-    else:
-        values, vectors = np.linalg.eigh((rows.T @ rows).astype(np.float64))
+    through_gram = len(rows) <= rows.shape[1]
+    values, vectors = np.linalg.eigh((rows @ rows.T if through_gram else rows.T @ rows).astype(np.float64))
     order = np.argsort(values)[::-1]
     values, vectors = values[order], vectors[:, order]
     # Variance that vanishes next to the largest, or is float32 rounding of offsets (in standard deviations;
     # 1e-5 on average over the rows), is no direction.
     usable = int(np.sum(values > max(values[0] * 1e-8, len(rows) * 1e-10))) if len(values) else 0
     values, vectors = values[:min(rank, usable)], vectors[:, :min(rank, usable)]
-    if len(rows) <= rows.shape[1]:  # from the rows' space to the columns': rowsᵀv / √λ is a unit vector
+    if through_gram:  # from the rows' space to the columns': rowsᵀv / √λ is a unit vector
         vectors = (rows.T @ vectors.astype(rows.dtype)).astype(np.float64) / np.sqrt(values)
     return values, vectors
 
@@ -291,7 +289,7 @@ def train_channels(ubm: GMM, arrays, labels, rank: int, *, relevance: float = MA
     flat = _principal_channels(zeroth, first, speakers, rank, relevance)
     if flat.shape[1] and iterations:
         _remove_speakers(zeroth, first, speakers, relevance)
-        freedom = len(zeroth) - len(set(speakers))
+        freedom = channel_degrees_of_freedom(speakers)
         for _ in range(iterations):
             flat = _em_step(flat, zeroth, first, freedom)
         flat = _canonical(flat)
