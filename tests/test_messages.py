@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import make_store, run_cli
+from helpers import make_store, one_error_line, run_cli
 
 from spkver.backend.calibration import fit_calibration, save_calibration
 from spkver.backend.metrics import bayes_threshold
@@ -127,3 +127,64 @@ def test_a_trial_of_an_unknown_speaker_names_its_line_and_the_speaker_once(store
     assert line.count("carol") == 2  # the speaker and its missing model file, each once
     skipped = run("score", *common, "--skip-bad", "-o", tmp_path / "s")
     assert skipped.exit_code == 0 and skipped.stderr.count("'carol'") == 1, skipped.stderr
+
+
+# Errors about a file the user gave name that file first.
+
+
+def test_identify_on_an_empty_models_folder_names_the_folder(store, synthetic_corpus, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    test = next((synthetic_corpus / "test").rglob("*.wav"))
+    one_error(run("identify", "--ubm", store / "ubm.npz", "--models", empty, test),
+              f"{empty}: no speaker is enrolled in this folder")
+
+
+def score_command(store, synthetic_corpus, tmp_path):
+    test = next((synthetic_corpus / "test" / "alice").glob("*.wav"))
+    trials = tmp_path / "trials"
+    trials.write_text(f"alice {test} target\nbob {test} nontarget\n")
+    return ["-q", "score", "--ubm", store / "ubm.npz", "--models", store / "models", "--trials", trials,
+            "-o", tmp_path / "scores"]
+
+
+def test_a_cohort_of_models_only_for_z_norm_names_the_cohort(store, synthetic_corpus, tmp_path):
+    # A cohort of models only has no recordings to Z-normalise with.
+    one_error(run(*score_command(store, synthetic_corpus, tmp_path), "--score-norm", "z", "--cohort", store / "models"),
+              f"{store / 'models'}: Z- and S-norm need cohort recordings")
+
+
+def test_a_cohort_of_unusable_recordings_names_the_cohort(store, synthetic_corpus, tmp_path):
+    common = score_command(store, synthetic_corpus, tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("a.wav", "b.wav"):
+        (bad / name).write_bytes(b"not audio")
+    result = run(*common, "--score-norm", "s", "--cohort", bad)
+    one_error_line(result, f"{bad}: every cohort recording was skipped")
+    assert not (tmp_path / "scores").exists()
+
+
+def test_pairs_name_the_wav_scp_or_data_folder_of_pipes_or_segments(store, synthetic_corpus, tmp_path):
+    alice, bob = (next((synthetic_corpus / "test" / name).glob("*.wav")) for name in ("alice", "bob"))
+    pairs = tmp_path / "pairs"
+    pairs.write_text("target u1 u2\n")
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"u1 cat {alice} |\nu2 {bob}\n")
+    common = ["-q", "score", "--ubm", store / "ubm.npz", "--pairs", pairs, "-o", tmp_path / "scores"]
+    one_error(run(*common, "--wav-scp", scp, "--allow-pipes"), f"{scp}: --pairs reads whole files")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text(f"r1 {alice}\n")
+    (data / "segments").write_text("u1 r1 0 0.5\nu2 r1 0.5 1.0\n")
+    one_error(run(*common, "--data-dir", data), f"{data}: --pairs reads whole files")
+
+
+def test_feature_options_a_store_cannot_take_name_the_store(synthetic_corpus, tmp_path):
+    features = tmp_path / "features"
+    audio = synthetic_corpus / "background" / "bg0"
+    assert run("-q", "extract", "-o", features, "--workers", 1, audio).exit_code == 0
+    one_error(run("-q", "extract", "-o", features, "--n-ceps", 500, audio),
+              f"{features}: feature options do not fit the store's settings", "need 1 <= n_ceps <= n_mels")
+    one_error(run("-q", "train-ubm", "--features", features, "--n-ceps", 500, "-o", tmp_path / "ubm.npz"),
+              f"{features}: feature options do not fit the store's settings", "to train on it")

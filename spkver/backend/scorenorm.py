@@ -26,7 +26,7 @@ import numpy as np
 
 from spkver.backend.scoring import SystemsScorer
 from spkver.errors import SpkverError
-from spkver.features.extraction import extract_all
+from spkver.features.extraction import usable_features
 from spkver.fileio import file_identity, read_json, sha256_hex, write_atomic
 from spkver.gmm.map import DEFAULT_ADAPT, adapt_views
 from spkver.gmm.model import GMM
@@ -176,11 +176,14 @@ class Cohort:
     def features(self):
         if self._features is None:
             if not self.audio_items:
-                raise SpkverError("Z- and S-norm need cohort recordings: give --cohort with audio files, or a UBM "
-                                  "that stores a cohort")
+                raise SpkverError("Z- and S-norm need cohort recordings, not only models: give --cohort audio files "
+                                  "too, or a UBM that stores a cohort (used without --cohort)", self.source)
             run = replace(self.run, skip_bad=True)  # a bad cohort file is left out, and said so
-            extracted = extract_all(self.audio_items, self.ubm.feature_config, run=run)
-            self._features = [frames for _, frames in extracted]
+            features = [frames for _, frames in usable_features(self.audio_items, self.ubm.feature_config, run=run)]
+            if not features:
+                raise SpkverError("every cohort recording was skipped as unusable: give readable cohort audio",
+                                  self.source)
+            self._features = features
         if distinct(self._features) < 2:  # Z-norm divides by the deviation of the cohort's scores
             raise SpkverError("a cohort needs at least two different recordings", self.source)
         return self._features

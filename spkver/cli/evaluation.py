@@ -178,7 +178,8 @@ def score_command(report, ubm_path, models_dir, trials_path, pairs_path, output,
                    source=str(list_path), backend=backend, run=report.run_options(workers, skip_bad))
     if pairs_path is not None:
         if any(item.command is not None or item.segmented for item in (utterances or {}).values()):
-            raise SpkverError("--pairs reads whole files: give a wav.scp of plain paths (no pipes or segments)")
+            raise SpkverError("--pairs reads whole files: give a wav.scp of plain paths (no pipes or segments)",
+                              wav_scp or data_dir)
         scored = score_pairs(ubm, trials, relevance=relevance, adapt=adapt, **options)
     else:
         scored = score_trials(ubm, store, trials, utterances=utterances, **options)

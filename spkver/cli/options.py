@@ -239,7 +239,8 @@ def check_store_feature_options(report, stored: FeatureConfig, feature_values, s
     try:
         requested = replace(stored, **changes)
     except ValueError as exc:
-        raise SpkverError(f"invalid feature settings: {exc}") from None
+        raise SpkverError(f"feature options do not fit the store's settings ({exc}); leave them out to {use} with "
+                          "its own settings, or use another folder", store) from None
     have = stored.to_dict()
     differing = [(field, value) for field, value in requested.to_dict().items() if have[field] != value]
     if differing:

@@ -220,7 +220,10 @@ def identify_command(report, ubm_path, models_dir, top, threshold, closed_set, t
         raise SpkverError("--closed-set never answers 'unknown', so --threshold has no effect; give one of them")
     ubm, store = load_store(ubm_path, models_dir)
     backend = ivector_backend(ivector_path, ubm)
-    speakers = [store.load(name, ubm) for name in store.speakers()]
+    names = store.speakers()
+    if not names:
+        raise SpkverError("no speaker is enrolled in this folder: enroll some first (spkver enroll)", store.root)
+    speakers = [store.load(name, ubm) for name in names]
     calibration = calibration_option(calibration_path)
     if calibration is None:
         warn_ignored(report, ["p_target"], "without --calibration (raw scores are decided at --threshold, 0)")
