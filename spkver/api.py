@@ -22,7 +22,6 @@ The whole pipeline on a small synthetic corpus:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +50,7 @@ from spkver.gmm.channels import (
     DEFAULT_CHANNEL_FACTORS,
     MAX_CHANNEL_FACTORS,
     channel_degrees_of_freedom,
+    channel_training_recordings,
     train_channels,
 )
 from spkver.gmm.em import AUTO_COMPONENTS, FRAMES_PER_COMPONENT, components_for, train
@@ -198,8 +198,9 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     arrays, paths, config, kept = _training_frames(items, config, run, cache_dir, features_dir)
     kept_labels = None
     if labels is not None and channel_factors != 0:
-        speaker_of = {item.audio: label for item, label in zip(items, labels)}
-        kept_labels = [speaker_of[item.audio] for item in kept]
+        # By the item itself: two utterances of one file (a wav.scp naming it twice) may have two speakers.
+        speaker_of = {id(item): label for item, label in zip(items, labels, strict=True)}
+        kept_labels = [speaker_of[id(item)] for item in kept]
         if channel_factors is not None:  # asked for: refuse before EM rather than after
             if channel_factors > MAX_CHANNEL_FACTORS:
                 raise SpkverError(f"--channel-factors {channel_factors} is more than {MAX_CHANNEL_FACTORS}")
@@ -292,14 +293,15 @@ def _trained_channels(gmms, views, arrays, labels, wanted: int | None, on_log) -
                                         iterations=CHANNEL_ITERATIONS) for gmm, view in zip(gmms, views, strict=True))
     rank = min(u.shape[2] for u in channels)
     channels = tuple(u[:, :, :rank] for u in channels)
-    speakers = sum(1 for n in Counter(labels).values() if n >= 2)
+    used = [labels[i] for i in channel_training_recordings(labels, gmms)]
+    speakers = len(set(used))
     if rank < 1:
         if on_log:
             on_log("channel factors: none (the recordings of each speaker do not vary)")
         return (), None
     if on_log:
         on_log(f"channel factors: {rank} per system, from {speakers} speakers with two or more recordings")
-    return channels, {"rank": rank, "speakers": speakers, "recordings": len(labels), "iterations": CHANNEL_ITERATIONS}
+    return channels, {"rank": rank, "speakers": speakers, "recordings": len(used), "iterations": CHANNEL_ITERATIONS}
 
 
 def _check_training_run(scheduler, cache_dir, features_dir, checkpoint, resume, restart) -> None:
@@ -402,7 +404,9 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     items = list(items)
     if labels is not None and len(labels) != len(items):
         raise ValueError("labels must name the speaker of every item")
-    speaker_of = {item.audio: label for item, label in zip(items, labels)} if labels is not None else None
+    # By the item itself: two utterances of one file (a wav.scp naming it twice) may have two speakers.
+    speaker_of = ({id(item): label for item, label in zip(items, labels, strict=True)} if labels is not None
+                  else None)
     problem = plda_problem(labels or []) if scoring == "plda" else None
     if problem:  # now, not after hours of training
         raise SpkverError(f"{problem}: give more speakers, or cosine scoring")
@@ -412,7 +416,7 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     arrays, paths, _, kept = _training_frames(items, ubm.feature_config, run, cache_dir, None)
     segment_frames = None if not segment_seconds else max(1, round(segment_seconds * 1000 / ubm.feature_config.hop_ms))
     pieces = segments_of([len(a) for a in arrays], segment_frames)
-    piece_labels = None if speaker_of is None else [speaker_of[kept[i].audio] for i, _, _ in pieces]
+    piece_labels = None if speaker_of is None else [speaker_of[id(kept[i])] for i, _, _ in pieces]
     if on_log:
         on_log(f"i-vector training: {len(pieces)} utterances from {len(arrays)} recordings"
                + (f" (cut into about {segment_seconds:g} s of speech)" if len(pieces) > len(arrays) else "")

@@ -139,6 +139,10 @@ def test_an_em_step_equals_the_formulas_recording_by_recording():
     # Per degree of freedom: G = Σ E[xxᵀ] / f.
     np.testing.assert_allclose(_em_step(flat, zeroth, first, 40).reshape(k, d, r),
                                expected @ np.linalg.cholesky(g * len(zeroth) / 40), rtol=1e-6, atol=1e-9)
+    # A prior of 5 frames: U_k = C_k (A_k + 5·I)⁻¹.
+    ridged = np.stack([c[j] @ np.linalg.inv(a[j] + 5.0 * np.eye(r)) for j in range(k)])
+    np.testing.assert_allclose(_em_step(flat, zeroth, first, relevance=5.0).reshape(k, d, r), ridged,
+                               rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize(("minimum_divergence", "dtype"), [(False, np.float64), (True, np.float64),
@@ -154,6 +158,60 @@ def test_em_never_lowers_the_likelihood(minimum_divergence, dtype):
     tolerance = 1e-10 if dtype == np.float64 else 1e-6
     assert np.all(np.diff(likelihoods) > -tolerance * abs(likelihoods[0]))
     assert likelihoods[-1] > likelihoods[0] + 1.0
+
+
+def test_em_with_a_prior_never_lowers_the_likelihood_minus_the_prior_penalty():
+    # Where the prior matters (a Gaussian reached by a handful of frames): the MAP step never lowers the
+    # penalised likelihood; the ML step, or a prior of another weight, does.
+    _, arrays, labels, _, _ = planted(frames=100, per_speaker=6)
+    gmm, arrays = rarely_reached(arrays)
+    zeroth, first, start = speaker_free_statistics(arrays, labels, gmm, 3)
+
+    def objective_along(relevance):
+        flat, values = start, []
+        for _ in range(12):
+            values.append(channel_log_likelihood(flat.reshape(3, 4, 3), zeroth, first) - 8.0 * np.sum(flat**2))
+            flat = _em_step(flat, zeroth, first, relevance=relevance)
+        return np.array(values)
+
+    objective = objective_along(16.0)
+    assert np.all(np.diff(objective) > -1e-10 * abs(objective[0]))
+    assert objective[-1] > objective[0] + 1.0
+    for other in (0.0, 32.0):
+        assert np.diff(objective_along(other)).min() < -1e-6 * abs(objective[0])
+
+
+def rarely_reached(arrays):
+    """The planted world's mixture with a third, narrow component (σ 0.03) far off, and one frame 10 σ from its
+    mean in every seventh recording: a handful of frames that no channel explains."""
+    gmm = GMM(np.array([0.49, 0.49, 0.02]), np.array([[-3.0, 0, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 30.0]]),
+              np.vstack([np.ones((2, 4)), np.full((1, 4), 1e-3)]))
+    rng = np.random.default_rng(5)
+    arrays = list(arrays)
+    for i in range(0, len(arrays), 7):
+        arrays[i] = np.vstack([arrays[i], [0, 0, 0, 30.0] + 0.3 * rng.standard_normal((1, 4))]).astype(np.float32)
+    return gmm, arrays
+
+
+def test_the_prior_keeps_a_rarely_reached_component_from_large_channels():
+    # Maximum likelihood fits the handful of far-off frames with channels over ten times the other components';
+    # the prior of MAP_RELEVANCE frames shrinks them and leaves the components with thousands of frames as they were.
+    _, arrays, labels, _, _ = planted(frames=100, per_speaker=6)
+    gmm, arrays = rarely_reached(arrays)
+    zeroth, first, flat = speaker_free_statistics(arrays, labels, gmm, 3)
+    ml, prior, freedom = flat, flat, channel_degrees_of_freedom(labels)
+    for _ in range(CHANNEL_ITERATIONS):
+        ml = _em_step(ml, zeroth, first, freedom)
+        prior = _em_step(prior, zeroth, first, freedom, relevance=16.0)
+
+    def sizes(flat):  # per component ‖U_k‖ (Frobenius: the same for U_k·Q with Q orthogonal)
+        return np.linalg.norm(flat.reshape(3, 4, -1), axis=(1, 2))
+
+    assert sizes(ml)[2] > 8 * sizes(ml)[:2].max()
+    assert sizes(prior)[2] < 0.5 * sizes(ml)[2]
+    np.testing.assert_allclose(sizes(prior)[:2], sizes(ml)[:2], rtol=0.05)
+    # train_channels uses the prior (in float32 statistics, then rotated to orthogonal columns).
+    np.testing.assert_allclose(sizes(train_channels(gmm, arrays, labels, 3)), sizes(prior), rtol=1e-3)
 
 
 def test_the_likelihood_is_the_statistics_gaussian_density_up_to_a_constant():
@@ -332,6 +390,17 @@ def test_damaged_channel_factors_are_not_written(with_channels, tmp_path, change
                                           rf"\({problem}\)"):
         save_model(tmp_path / "ubm.npz", damaged)
     assert not (tmp_path / "ubm.npz").exists()
+
+
+def test_the_summary_counts_the_recordings_learnt_from_and_each_item_keeps_its_speaker(synthetic_corpus):
+    # One recording listed again for a seventh speaker (as a wav.scp may name a file twice): that speaker has
+    # one recording, so it adds nothing, and its first listing stays its own speaker's.
+    background = find_audio([synthetic_corpus / "background"])
+    items = [*background, replace(background[0])]
+    labels = [item.path.parent.name for item in background] + ["solo"]
+    ubm = train_ubm(items, labels=labels, channel_factors=2, n_components=4, iterations=2, run=RUN)
+    assert ubm.meta["training"]["channels"] == {"rank": 2, "speakers": 6, "recordings": 30,
+                                                  "iterations": CHANNEL_ITERATIONS}
 
 
 def test_a_ubm_with_channel_factors_round_trips_as_format_3(with_channels, tmp_path):

@@ -3,6 +3,7 @@
 import io
 import json
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -126,3 +127,17 @@ def test_trials_errors_have_line_numbers(tmp_path):
     path.write_text("# empty\n")
     with pytest.raises(SpkverError, match="no trials"):
         read_trials(path)
+
+
+def test_enrollment_ivectors_that_are_not_finite_are_not_written(tmp_path):
+    # An absurd but finite i-vector back-end can give NaN i-vectors: the model would be written, then refused by
+    # every verify. The check is load's; the file already there stays as it was.
+    model = replace(small_model("speaker", speaker="alice", ubm_fingerprint="0", ivector_extractor="x"),
+                    ivectors=np.ones((2, 3)))
+    save_model(tmp_path / "alice.npz", model)
+    before = (tmp_path / "alice.npz").read_bytes()
+    np.testing.assert_array_equal(load_model(tmp_path / "alice.npz").ivectors, np.ones((2, 3)))
+    for bad in (np.full((2, 3), np.nan), np.array([[1.0, np.inf, 0.0]])):
+        with pytest.raises(SpkverError, match="refusing to write a model that has enrollment i-vectors"):
+            save_model(tmp_path / "alice.npz", replace(model, ivectors=bad))
+    assert (tmp_path / "alice.npz").read_bytes() == before

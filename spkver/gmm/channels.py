@@ -38,7 +38,8 @@ MAX_CHANNEL_MAGNITUDE = 1e3  # of a stored eigenchannel, in standard deviations
 OFFSETS_BUDGET_BYTES = 1 << 30
 MAP_RELEVANCE = 16.0  # of the per-recording offsets; enrollment's default relevance
 # EM iterations after the principal components: 0 / 2 / 5 / 10 measured 4.70 / 4.08 / 4.10 / 4.05 % EER on asc and
-# 2.44 / 1.58 / 1.57 / 1.52 on fsdd (README, "Channel factors"); each costs about one pass of matrix products.
+# 2.44 / 1.58 / 1.57 / 1.52 on fsdd (README, "Channel factors"; before the prior of MAP_RELEVANCE frames on the
+# channels, with which 10 gave 4.04 and 1.54); each costs about one pass of matrix products.
 CHANNEL_ITERATIONS = 10
 
 
@@ -87,6 +88,17 @@ def _recordings_kept(labels, limit: int) -> list[int]:
     # A speaker left with one recording adds nothing within-speaker; drop it.
     counts = Counter(labels[index] for index in kept)
     return sorted(i for i in kept if counts[labels[i]] >= 2)
+
+
+def _recording_limit(ubm: GMM) -> int:
+    """How many recordings' statistics fit :data:`OFFSETS_BUDGET_BYTES` (first order twice, float32)."""
+    return max(OFFSETS_BUDGET_BYTES // (2 * 4 * ubm.n_components * ubm.dim), 8)
+
+
+def channel_training_recordings(labels, ubms) -> list[int]:
+    """Indices of the recordings :func:`train_channels` learns from for every one of ``ubms`` (the
+    systems' mixtures): those of speakers with two or more, within the budget of the largest."""
+    return _recordings_kept(list(labels), min(_recording_limit(ubm) for ubm in ubms))
 
 
 def channel_degrees_of_freedom(labels) -> int:
@@ -195,9 +207,18 @@ def channel_log_likelihood(channels, zeroth, first) -> float:
     return float(total)
 
 
-def _em_step(flat, zeroth, first, freedom: int | None = None) -> np.ndarray:
+def _em_step(flat, zeroth, first, freedom: int | None = None, relevance: float = 0.0) -> np.ndarray:
     """One EM iteration of Kenny's eigenchannel estimation: factor posteriors, then per component
-    U_k = (Σ F_k E[x]ᵀ)(Σ N_k E[xxᵀ])⁻¹; (K·D, R) in and out.
+    U_k = (Σ F_k E[x]ᵀ)(Σ N_k E[xxᵀ] + r·I)⁻¹; (K·D, R) in and out.
+
+    ``relevance`` r, in frames, is a Gaussian prior on each component's
+    channels (every entry N(0, 1/r), in the UBM's standard deviations): a
+    component the recordings reach with far fewer than r frames in all keeps
+    channels near zero, as MAP keeps its mean near the UBM's, instead of
+    fitting its few frames with a large offset. With r > 0 and no
+    ``freedom`` the step is a MAP one, never lowering the likelihood minus
+    r/2·‖U‖²; r = 0 is Kenny's ML step. (The minimum-divergence step below
+    rescales U, so with both the penalised objective may dip slightly.)
 
     With ``freedom`` (degrees of freedom of the recordings' factors), a
     minimum-divergence step follows: the factors' prior covariance is
@@ -221,7 +242,7 @@ def _em_step(flat, zeroth, first, freedom: int | None = None) -> np.ndarray:
         accumulated += zeroth[rows].T @ second.reshape(len(second), -1)
         crossed += first[rows].T @ factors.astype(first.dtype)
         prior += second.sum(axis=0)
-    accumulated = accumulated.reshape(k, rank, rank) + 1e-9 * np.eye(rank)  # a component no recording reaches
+    accumulated = accumulated.reshape(k, rank, rank) + max(relevance, 1e-9) * np.eye(rank)  # 1e-9: unreached
     # U_k A_k = C_k with A_k symmetric: solve A_k U_kᵀ = C_kᵀ.
     crossed = crossed.reshape(k, -1, rank)
     updated = np.linalg.solve(accumulated, crossed.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(flat.shape)
@@ -284,14 +305,13 @@ def train_channels(ubm: GMM, arrays, labels, rank: int, *, relevance: float = MA
     if len(arrays) != len(labels):
         raise ValueError("labels must name the speaker of every recording")
     k, d = ubm.n_components, ubm.dim
-    limit = max(OFFSETS_BUDGET_BYTES // (2 * 4 * k * d), 8)
-    zeroth, first, speakers = _training_statistics(ubm, arrays, labels, limit)
+    zeroth, first, speakers = _training_statistics(ubm, arrays, labels, _recording_limit(ubm))
     flat = _principal_channels(zeroth, first, speakers, rank, relevance)
     if flat.shape[1] and iterations:
         _remove_speakers(zeroth, first, speakers, relevance)
         freedom = channel_degrees_of_freedom(speakers)
         for _ in range(iterations):
-            flat = _em_step(flat, zeroth, first, freedom)
+            flat = _em_step(flat, zeroth, first, freedom, relevance)
         flat = _canonical(flat)
     return flat.reshape(k, d, flat.shape[1]).astype(np.float32)
 

@@ -159,6 +159,9 @@ def save_model(path, model: Model) -> None:
     problem = _check_systems(model.gmms, model.feature_config)
     if not problem and model.channels and (channels := _channels_problem(model.channels, model.gmms)):
         problem = f"has channel factors that are damaged ({channels})"
+    if not problem and model.ivectors is not None and (why := _ivectors_problem(model.ivectors, model.kind,
+                                                                                  model.meta)):
+        problem = f"has enrollment i-vectors that {why}"
     if problem:
         raise SpkverError(f"refusing to write a model that {problem}", path)
     write_atomic(path, _encode(model))
@@ -361,8 +364,7 @@ def load_model(path, kind: str | None = None) -> Model:
     ivectors = arrays.get("ivectors")
     if ivectors is not None:
         ivectors = np.asarray(ivectors, dtype=np.float64)
-        if (meta["kind"] != "speaker" or ivectors.ndim != 2 or len(ivectors) < 1 or not np.isfinite(ivectors).all()
-                or not isinstance(meta.get("ivector_extractor"), str)):
+        if _ivectors_problem(ivectors, meta["kind"], meta):
             raise SpkverError("model's enrollment i-vectors are damaged", path)
     channels = _channels(arrays, gmms, meta["kind"], version, path)
     return Model(gmms[0], meta["kind"], config, meta, cohort, ivectors, source=path, further=tuple(gmms[1:]),
@@ -381,6 +383,18 @@ def _channels(arrays, gmms, kind: str, version: int, path) -> tuple:
     if problem:
         raise SpkverError(f"model's channel factors are damaged ({problem})", path)
     return tuple(np.asarray(u, dtype=np.float32) for u in stored)
+
+
+def _ivectors_problem(ivectors, kind: str, meta) -> str | None:
+    """What makes a speaker's enrollment i-vectors unusable, or None (the one check of loading and saving)."""
+    ivectors = np.asarray(ivectors)
+    if kind != "speaker" or not isinstance(meta.get("ivector_extractor"), str):
+        return "belong to no speaker model of an i-vector back-end"
+    if ivectors.dtype.kind not in "fiu" or ivectors.ndim != 2 or len(ivectors) < 1:
+        return "are not a table of vectors"
+    if not np.isfinite(ivectors).all():
+        return "are not finite (the i-vector back-end is damaged or absurd)"
+    return None
 
 
 def _channels_problem(channels, gmms) -> str | None:
