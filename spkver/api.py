@@ -86,6 +86,13 @@ def training_frames(items, config, *, run: RunOptions = DEFAULT_RUN, cache_dir=N
     return _training_frames(items, config, run, cache_dir, features_dir)[:3]
 
 
+def _labels_of(kept, items, labels) -> list:
+    """The labels of the ``kept`` items (a subset of ``items``, in any order). Keyed by the item itself, not its
+    audio: two utterances of one file (a wav.scp naming it twice) may have two speakers."""
+    label_of = {id(item): label for item, label in zip(items, labels, strict=True)}
+    return [label_of[id(item)] for item in kept]
+
+
 def _training_frames(items, config, run, cache_dir, features_dir):
     """:func:`training_frames`, and the items kept (None from a feature store)."""
     if features_dir is not None:
@@ -198,9 +205,7 @@ def train_ubm(items, *, config: FeatureConfig | None = None, n_components: int |
     arrays, paths, config, kept = _training_frames(items, config, run, cache_dir, features_dir)
     kept_labels = None
     if labels is not None and channel_factors != 0:
-        # By the item itself: two utterances of one file (a wav.scp naming it twice) may have two speakers.
-        speaker_of = {id(item): label for item, label in zip(items, labels, strict=True)}
-        kept_labels = [speaker_of[id(item)] for item in kept]
+        kept_labels = _labels_of(kept, items, labels)
         if channel_factors is not None:  # asked for: refuse before EM rather than after
             if channel_factors > MAX_CHANNEL_FACTORS:
                 raise SpkverError(f"--channel-factors {channel_factors} is more than {MAX_CHANNEL_FACTORS}")
@@ -404,9 +409,6 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     items = list(items)
     if labels is not None and len(labels) != len(items):
         raise ValueError("labels must name the speaker of every item")
-    # By the item itself: two utterances of one file (a wav.scp naming it twice) may have two speakers.
-    speaker_of = ({id(item): label for item, label in zip(items, labels, strict=True)} if labels is not None
-                  else None)
     problem = plda_problem(labels or []) if scoring == "plda" else None
     if problem:  # now, not after hours of training
         raise SpkverError(f"{problem}: give more speakers, or cosine scoring")
@@ -416,7 +418,8 @@ def train_ivector(ubm: Model, items, *, labels=None, rank: int = DEFAULT_RANK, i
     arrays, paths, _, kept = _training_frames(items, ubm.feature_config, run, cache_dir, None)
     segment_frames = None if not segment_seconds else max(1, round(segment_seconds * 1000 / ubm.feature_config.hop_ms))
     pieces = segments_of([len(a) for a in arrays], segment_frames)
-    piece_labels = None if speaker_of is None else [speaker_of[id(kept[i])] for i, _, _ in pieces]
+    kept_labels = None if labels is None else _labels_of(kept, items, labels)
+    piece_labels = None if kept_labels is None else [kept_labels[i] for i, _, _ in pieces]
     if on_log:
         on_log(f"i-vector training: {len(pieces)} utterances from {len(arrays)} recordings"
                + (f" (cut into about {segment_seconds:g} s of speech)" if len(pieces) > len(arrays) else "")
