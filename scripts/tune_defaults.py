@@ -57,6 +57,7 @@ CANDIDATES = [
     ("no pitch features", {"pitch": False}, {}),
     ("VAD: none", {"vad": "none"}, {}),
     ("VAD: energy, 30 dB below the loudest frame (0.2)", {"vad": "energy"}, {}),
+    ("VAD: no edge growth", {"vad_grow_ms": 0.0}, {}),
     ("20 cepstra", {"n_ceps": 20}, {}),
     ("30 cepstra", {"n_ceps": 30}, {}),
     ("all cepstra (64 / 48)", {"n_ceps": "all"}, {}),

@@ -520,7 +520,10 @@ def adapt_model(ubm: Model, arrays, speaker: str, *, relevance: float = 16.0, ad
     one i-vector per array. ``on_note`` is told when there was less than
     :data:`SHORT_ENROLLMENT_SECONDS` of speech.
     """
-    gmms, stats = adapt_views(ubm.gmms, ubm.feature_config.views, arrays, relevance, adapt, ubm.channels)
+    try:
+        gmms, stats = adapt_views(ubm.gmms, ubm.feature_config.views, arrays, relevance, adapt, ubm.channels)
+    except SpkverError as exc:  # about this speaker's audio: say whose, as a batch enrolls many
+        raise SpkverError(f"speaker {speaker!r}: {exc.message}", exc.path) from None
     seconds = stats.n_frames * ubm.feature_config.hop_ms / 1000
     if seconds < SHORT_ENROLLMENT_SECONDS and on_note is not None:
         on_note(f"speaker {speaker!r}: enrolled from only {seconds:.2f} s of speech; the model barely differs from "

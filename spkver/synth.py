@@ -128,6 +128,62 @@ def utterance(voice: Voice, n_words, sample_rate=16000, rng=None, words=None):
     return np.concatenate([synthesize(voice, vocabulary[i], sample_rate, rng) for i in picks])
 
 
+def words_with_pauses(seed: int, snr_db: float | None, noise: str = "white", n_words: int = 8,
+                      sample_rate: int = 16000) -> tuple[np.ndarray, np.ndarray]:
+    """Words of one random voice separated by 0.2-1.5 s pauses, and which samples are speech.
+
+    The ground truth of the voice-activity tests and of ``scripts/vad_detectability.py``.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the voice, the words, the pauses and the noise.
+    snr_db : float or None
+        None: the pauses are digital silence. Otherwise noise runs under the
+        whole recording at this SNR (the words' mean power over the noise's).
+    noise : {"white", "room"}
+        White, or room-like (white noise through an exponential decay of 8
+        samples cut at 64, whatever the rate: tilted towards low frequencies).
+
+    Returns
+    -------
+    signal : numpy.ndarray, shape (n,), float32
+    truth : numpy.ndarray of bool, shape (n,)
+        True where a word is (its fricatives and 15 ms onset and offset ramps included).
+    """
+    if noise not in ("white", "room"):
+        raise ValueError(f"noise must be 'white' or 'room', not {noise!r}")
+    rng = np.random.default_rng(seed)
+    voice = Voice.random(rng)
+    pieces, truth = [], []
+    for i in range(2 * n_words + 1):
+        if i % 2:
+            piece = synthesize(voice, WORDS[rng.integers(len(WORDS))], sample_rate, rng, pad_s=0.0, noise_db=-300.0)
+        else:
+            piece = np.zeros(int(rng.uniform(0.2, 1.5) * sample_rate))
+        pieces.append(piece)
+        truth.append(np.full(len(piece), bool(i % 2)))
+    signal, speech = np.concatenate(pieces).astype(np.float64), np.concatenate(truth)
+    if snr_db is not None:
+        hiss = rng.standard_normal(len(signal))
+        if noise == "room":
+            hiss = np.convolve(hiss, np.exp(-np.arange(64) / 8.0), mode="same")
+        signal += hiss * np.sqrt(np.mean(signal[speech] ** 2) / 10 ** (snr_db / 10) / np.mean(hiss**2))
+    return signal.astype(np.float32), speech
+
+
+def speech_frames(truth, hop_length: int) -> np.ndarray:
+    """Per-sample speech ``truth`` as per-frame truth: a frame is speech when the sample at its centre is.
+
+    Frames are centred, as spkver's and librosa's: ``1 + len(truth) // hop_length`` of them.
+    """
+    truth = np.asarray(truth, dtype=bool)
+    if len(truth) == 0:
+        return np.zeros(1, dtype=bool)  # the one frame of an empty signal
+    centres = np.minimum(np.arange(1 + len(truth) // hop_length) * hop_length, len(truth) - 1)
+    return truth[centres]
+
+
 @functools.cache
 def example_corpus(seed: int = 7) -> Path:
     """A small corpus of synthetic speakers for examples and doctests, written once per process.

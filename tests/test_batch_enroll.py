@@ -155,3 +155,18 @@ def test_enroll_many_yields_models_as_speakers_complete(ubm, per_folder):
     first = next(models)
     assert first.meta["speaker"] == "sp1" and first.meta["training"]["files"] == 7
     assert [m.meta["speaker"] for m in models] == SPEAKERS[1:] and seen == [4]
+
+
+def test_a_speaker_whose_audio_cannot_move_the_ubm_is_named(ubm, per_folder):
+    # A relevance beyond what the commands take rounds every α to 0: the model would equal its UBM, which is
+    # refused, and in a batch the error says whose model it was.
+    from spkver.api import enroll_many
+    from spkver.audio.sources import find_audio
+    from spkver.errors import SpkverError
+    from spkver.run import RunOptions
+    from spkver.storage.models import load_model
+
+    speakers = {name: find_audio([per_folder / name]) for name in SPEAKERS[:2]}
+    models = enroll_many(load_model(ubm), speakers, relevance=1e300, run=RunOptions(workers=1))
+    with pytest.raises(SpkverError, match="^speaker 'sp1': the enrollment audio did not move the UBM"):
+        next(models)

@@ -289,6 +289,24 @@ def test_unseen_components_keep_ubm_parameters():
     np.testing.assert_allclose(adapted.variances[0], ubm.variances[0])
 
 
+def test_log_density_bound_holds_and_map_beyond_it_is_a_user_error():
+    from spkver.features.config import MAX_FEATURE_MAGNITUDE
+    from spkver.gmm.model import MAX_LOG_DENSITY, log_density_bound
+
+    ubm, _, _ = ubm_and_data()
+    edge = np.array([[MAX_FEATURE_MAGNITUDE, -MAX_FEATURE_MAGNITUDE], [0.0, 0.0]])  # the worst frame and a plain one
+    worst = np.abs(ubm.log_weighted_densities(edge, np.float64)).max(axis=0)
+    assert (worst <= log_density_bound(ubm.weights, ubm.means, ubm.variances)).all()
+    # A UBM whose bound is half the limit, adapted to frames at the features' largest value: the means move to
+    # the edge, the bound quadruples, and the guard refuses the model as the user's problem (exit 2), not a bug.
+    variance = MAX_FEATURE_MAGNITUDE**2 / MAX_LOG_DENSITY
+    edge_ubm = GMM(np.ones(1), np.zeros((1, 1)), np.full((1, 1), variance))
+    far = Statistics(np.array([100.0]), np.array([[100.0 * MAX_FEATURE_MAGNITUDE]]),
+                     np.array([[100.0 * MAX_FEATURE_MAGNITUDE**2]]))
+    with pytest.raises(SpkverError, match="adapted model cannot be evaluated"):
+        map_adapt(edge_ubm, far, relevance=0.0)
+
+
 def test_bad_arguments():
     ubm, _, stats = ubm_and_data()
     with pytest.raises(ValueError):

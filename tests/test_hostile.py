@@ -74,12 +74,12 @@ def test_a_poisoned_test_file_is_an_error_not_a_score(store, tmp_path):
 
 
 @pytest.mark.parametrize("option", [
-    ("enroll", "--relevance", "nan"), ("enroll", "--relevance", "inf"),
+    ("enroll", "--relevance", "nan"), ("enroll", "--relevance", "inf"), ("enroll", "--relevance", "1e300"),
     ("train-ubm", "--fmin", "nan"), ("train-ubm", "--fmax", "nan"), ("train-ubm", "--hop-ms", "nan"),
     ("train-ubm", "--window-ms", "inf"), ("train-ubm", "--tol", "nan"), ("train-ubm", "--seed", "-1"),
     ("verify", "--threshold", "-inf"), ("verify", "--threshold", "nan"), ("verify", "--p-target", "nan"),
 ])
-def test_non_finite_or_negative_numbers_in_options_are_refused(store, synthetic_corpus, tmp_path, option):
+def test_non_finite_negative_or_absurd_numbers_in_options_are_refused(store, synthetic_corpus, tmp_path, option):
     command, name, value = option
     args = {
         "enroll": ["--ubm", store / "ubm.npz", "--models", tmp_path / "m", "--speaker", "z"],
@@ -102,14 +102,16 @@ def test_a_speaker_model_never_equals_its_ubm(store):
         check_adapted(ubm.gmm, ubm.gmm, empty)
 
 
-def test_nan_in_a_cached_feature_file_is_never_trained_on(synthetic_corpus, tmp_path, monkeypatch):
+# Finite values no audio gives (a cepstrum of 1e30) would overflow the statistics or the mixture like NaN does.
+@pytest.mark.parametrize("poison", [np.nan, 1e30, -1e12])
+def test_a_damaged_cached_feature_file_is_never_trained_on(synthetic_corpus, tmp_path, monkeypatch, poison):
     monkeypatch.setenv("SPKVER_CACHE_DIR", str(tmp_path / "cache"))
     files = sorted((synthetic_corpus / "background").rglob("*.wav"))[:8]
     args = ["train-ubm", "--components", 4, "--iterations", 2, "--workers", 1, *files]
     assert run(*args, "-o", tmp_path / "a.npz").exit_code == 0
     victim = sorted((tmp_path / "cache").rglob("*.npy"))[0]
     array = np.load(victim)
-    array[0, 0] = np.nan
+    array[:, 0] = poison
     np.save(victim, array)
     result = run(*args, "-o", tmp_path / "b.npz")  # the damaged entry is extracted again
     assert result.exit_code == 0, result.stderr
@@ -429,6 +431,33 @@ def test_a_subnormal_variance_is_refused_where_the_mixture_is_made(store, tmp_pa
     variances[0, 0] = 1e-320  # positive, but its inverse is infinite
     with pytest.raises(ValueError, match="too small to invert"):
         GMM(g.weights, g.means, variances)
+
+
+def test_a_ubm_too_large_to_evaluate_is_refused_where_it_is_read(store, synthetic_corpus, tmp_path):
+    # Finite means of 1e200 overflowed the float32 scoring (enroll then blamed the features), and variances of
+    # 1e-37 made verify accept with a score of 1e38. The mixture's guard refuses both, so load names the file.
+    from spkver.gmm.model import GMM
+
+    g = load_model(store / "ubm.npz").gmm
+    for means, variances in [(g.means * 1e200, g.variances), (g.means * 1e19, g.variances),
+                             (0 * g.means, np.full_like(g.variances, 1e-37))]:
+        with pytest.raises(ValueError, match="too large to evaluate"):
+            GMM(g.weights, means, variances)
+    GMM(g.weights, g.means * 1e12, g.variances * 1e30)  # absurd, but every frame scores finitely
+    GMM(g.weights, g.means, np.full_like(g.variances, 1e-10))  # the least variance MAP's floor gives
+    (tmp_path / "models").mkdir()
+    for name, change in [("means", lambda a: a * 1e200), ("variances", lambda a: np.full_like(a, 2e-38))]:
+        with np.load(store / "ubm.npz", allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        arrays[name] = change(arrays[name])
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # as a hostile tool would write it
+        absurd = tmp_path / f"absurd-{name}.npz"
+        absurd.write_bytes(buffer.getvalue())
+        for args in (["info", absurd], ["enroll", "--ubm", absurd, "--models", tmp_path / "models", "--speaker",
+                                        "alice", synthetic_corpus / "enroll" / "alice"]):
+            one_error_line(run(*args), absurd.name, "too large to evaluate")
+    assert not list((tmp_path / "models").iterdir())
 
 
 @pytest.mark.parametrize(("copies", "gain", "norm", "problem"), [

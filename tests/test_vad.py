@@ -8,37 +8,11 @@ from helpers import require_shared_data
 from spkver.features.config import FeatureConfig
 from spkver.features.frontend import extract
 from spkver.features.mfcc import spectra_blocks
-from spkver.features.vad import energy_speech_mask, spectral_speech_mask, speech_mask
-from spkver.synth import WORDS, Voice, synthesize
+from spkver.features.vad import energy_speech_mask, grown_regions, spectral_speech_mask, speech_mask
+from spkver.synth import Voice, speech_frames, synthesize, words_with_pauses
 
 RATE = 16000
 CONFIG = FeatureConfig(sample_rate=RATE)
-
-
-def words_with_pauses(seed, snr_db, noise="white", n_words=8, rate=RATE):
-    """Words of one synthetic voice separated by 0.2-1.5 s pauses, and which samples are speech.
-
-    With ``snr_db`` None the pauses are digital silence; otherwise noise runs under the
-    whole recording at that SNR (mean power of the words over the noise's): white, or
-    room-like (tilted towards low frequencies).
-    """
-    rng = np.random.default_rng(seed)
-    voice = Voice.random(rng)
-    pieces, truth = [], []
-    for i in range(2 * n_words + 1):
-        if i % 2:
-            piece = synthesize(voice, WORDS[rng.integers(len(WORDS))], rate, rng, pad_s=0.0, noise_db=-300.0)
-        else:
-            piece = np.zeros(int(rng.uniform(0.2, 1.5) * rate))
-        pieces.append(piece)
-        truth.append(np.full(len(piece), bool(i % 2)))
-    signal, truth = np.concatenate(pieces).astype(np.float64), np.concatenate(truth)
-    if snr_db is not None:
-        hiss = rng.standard_normal(len(signal))
-        if noise == "room":
-            hiss = np.convolve(hiss, np.exp(-np.arange(64) / 8.0), mode="same")
-        signal += hiss * np.sqrt(np.mean(signal[truth] ** 2) / 10 ** (snr_db / 10) / np.mean(hiss**2))
-    return signal.astype(np.float32), truth
 
 
 def detect(signal, config=CONFIG):
@@ -46,17 +20,11 @@ def detect(signal, config=CONFIG):
     return speech_mask(spectra_blocks([signal], config), config)
 
 
-def frame_truth(truth, config=CONFIG):
-    """A frame is speech when the sample at its centre is (frames are centred, as librosa's)."""
-    centres = np.minimum(np.arange(1 + len(truth) // config.hop_length) * config.hop_length, len(truth) - 1)
-    return truth[centres]
-
-
 def recall_precision(seeds, snr_db, noise):
     recalls, precisions = [], []
     for seed in seeds:
         signal, truth = words_with_pauses(seed, snr_db, noise)
-        found, speech = detect(signal), frame_truth(truth)
+        found, speech = detect(signal), speech_frames(truth, CONFIG.hop_length)
         hits = (found & speech).sum()
         recalls.append(hits / speech.sum())
         precisions.append(hits / max(found.sum(), 1))
@@ -65,24 +33,51 @@ def recall_precision(seeds, snr_db, noise):
 
 # Pauses of digital silence (None) have no noise colour, so they appear once.
 @pytest.mark.parametrize(("snr_db", "noise"), [(None, "white")] + [(snr, noise) for noise in ("white", "room")
-                                                                   for snr in (30, 20, 10)])
+                                                                   for snr in (30, 20, 10, 5)] + [(0, "room")])
 def test_spectral_vad_finds_speech_between_pauses_and_noise(snr_db, noise):
     recall, precision = recall_precision(range(8), snr_db, noise)
     assert recall >= 0.97 and precision >= 0.90, (recall, precision)
 
 
-@pytest.mark.parametrize(("snr_db", "noise", "min_recall"), [(5, "room", 0.97), (0, "room", 0.93),
-                                                           (5, "white", 0.93), (0, "white", 0.88)])
-def test_spectral_vad_in_heavy_noise(snr_db, noise, min_recall):
-    # At 0-5 dB the fricatives, 10 dB below the vowels, sink under white noise in their own bands:
-    # no detector working from the signal finds them without also keeping noise (README).
-    recall, precision = recall_precision(range(8), snr_db, noise)
-    assert recall >= min_recall and precision >= 0.90, (recall, precision)
+def test_spectral_vad_in_white_noise_at_0_db():
+    # Short of 97%: the frames missed are word-edge fricatives under the noise in their own bands, and a
+    # detector told where each missed run lies finds none of them at 1% false alarms
+    # (scripts/vad_detectability.py, README "Voice-activity detection").
+    recall, precision = recall_precision(range(8), 0, "white")
+    assert recall >= 0.92 and precision >= 0.90, (recall, precision)
+
+
+def noise_bands(n_frames, rng, n_bands=8, degrees=40):
+    """Log-mel levels of steady noise in bands wide enough to hold ``degrees`` periodogram bins each, dB."""
+    return 10 * np.log10(rng.gamma(degrees, 1.0 / degrees, (n_frames, n_bands)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_regions_grow_over_a_weak_edge_only_where_it_is(seed):
+    rng = np.random.default_rng(seed)
+    log_mel = noise_bands(400, rng)
+    log_mel[100:140] += 20.0  # a vowel
+    log_mel[140:148, 4:] += 2.0  # a weak fricative after it, in half the bands: no frame stands out alone
+    without = spectral_speech_mask(log_mel, min_pause_frames=0, grow_frames=0)
+    found = spectral_speech_mask(log_mel, min_pause_frames=0, grow_frames=10)
+    assert without[100:140].all() and not without[141:].any()
+    # Found, by a block of at most 10 frames (the longest that passes: it may take a frame or two of noise).
+    assert found[100:148].all() and not found[151:].any() and not found[:98].any()
+    alone = noise_bands(400, rng)
+    alone[100:140] += 20.0
+    alone[300:308, 4:] += 2.0  # the same fricative with no vowel beside it never starts a region
+    assert not spectral_speech_mask(alone, min_pause_frames=0, grow_frames=10)[200:].any()
+    mask = np.zeros(400, dtype=bool)
+    mask[100:140] = True
+    np.testing.assert_array_equal(grown_regions(mask, log_mel, max_frames=0), mask)
+    # 2 s of noise (200 frames at least 150 ms from speech) or nothing grows: here 50.
+    np.testing.assert_array_equal(grown_regions(mask[60:180], log_mel[60:180], max_frames=10), mask[60:180])
 
 
 def test_pauses_and_noise_are_dropped_but_words_kept_in_features():
     signal, truth = words_with_pauses(3, 30, "room")
-    n_speech, n_all = frame_truth(truth).sum(), len(frame_truth(truth))
+    speech = speech_frames(truth, CONFIG.hop_length)
+    n_speech, n_all = speech.sum(), len(speech)
     kept = len(extract(signal))
     assert 0.97 * n_speech <= kept <= n_speech / 0.9 < n_all
 
@@ -127,6 +122,9 @@ def test_models_before_the_spectral_vad_keep_their_rule():
     spectra = spectra_blocks([signal], old)
     assert spectra.vad_log_mel is None
     np.testing.assert_array_equal(speech_mask(spectra, old), energy_speech_mask(spectra.energy_db))
+    # Models of the spectral VAD from before its regions grew keep their frames too.
+    before_growth = FeatureConfig.from_dict({k: v for k, v in CONFIG.to_dict().items() if k != "vad_grow_ms"})
+    assert CONFIG.vad_grow_ms == 100.0 and before_growth.vad_grow_ms == 0.0
 
 
 @pytest.mark.integration

@@ -368,12 +368,12 @@ def write_output(output, data: bytes) -> str:
 
 def map_options(applies_to: str = ""):
     """``--relevance`` and ``--adapt``: how speaker models are MAP-adapted (``applies_to`` prefixes their help)."""
-    from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT
+    from spkver.gmm.map import ADAPT_MODES, DEFAULT_ADAPT, MAX_RELEVANCE
 
     def decorate(func):
         func = click.option("--adapt", type=click.Choice(ADAPT_MODES), default=DEFAULT_ADAPT, show_default=True,
                             help=f"{applies_to}adapt means (m), and weights (w) and/or variances (v).")(func)
-        return click.option("--relevance", type=Finite(min=0), default=16.0, show_default=True,
+        return click.option("--relevance", type=Finite(min=0, max=MAX_RELEVANCE), default=16.0, show_default=True,
                             help=f"{applies_to}MAP relevance factor: larger keeps models closer to the UBM "
                                  "(Reynolds 2000: 16).")(func)
 

@@ -12,7 +12,13 @@ from spkver.audio.decode import native_sample_rate
 from spkver.features.normalise import FEATURE_NORMS
 from spkver.fileio import sha256_hex
 
+# The largest feature value spkver accepts: float16's largest, since a UBM keeps its cohort frames as float16.
+# spkver makes none near it (cepstra of dB levels stay below 9000 even for audio at float32's limit with 512
+# bands), so a larger value is a damaged or forged store entry, and would overflow statistics as NaN does.
+MAX_FEATURE_MAGNITUDE = 65504.0
 VAD_METHODS = ("spectral", "energy", "none")
+# The spectral VAD's growth, in hops: one second at the default 10 ms.
+MAX_VAD_GROW_HOPS = 100
 # Default band width of the mel filterbank, in HTK mels: 64 bands from 20 Hz to 8 kHz, 48 to 4 kHz.
 MEL_BAND_WIDTH = 44.0
 DEFAULT_CEPSTRA = 40
@@ -44,7 +50,8 @@ _SETTING_BOUNDS = {
     "n_mels": (int, 512), "fmin": (float, 192_000), "fmax": (float, 192_000), "n_ceps": (int, 512),
     "log_energy": (bool, None), "preemphasis": (float, 1), "top_db": (float, 1000), "deltas": (int, 2),
     "delta_window": (int, 50), "vad": (str, None), "vad_threshold": (float, 1e6), "vad_min_pause_ms": (float, 600_000),
-    "vad_bands": (int, 512), "vad_range_db": (float, 1000), "vad_floor_db": (float, 1000), "norm": (str, None),
+    "vad_grow_ms": (float, 1000), "vad_bands": (int, 512), "vad_range_db": (float, 1000), "vad_floor_db": (float, 1000),
+    "norm": (str, None),
     "warp_window_s": (float, 3600), "pitch": (bool, None),
 }
 
@@ -123,6 +130,11 @@ class FeatureConfig:
         region (2.0); a region extends while it stays above half of it.
     vad_min_pause_ms : float
         Spectral VAD: shorter pauses are kept as part of speech (200 ms).
+    vad_grow_ms : float
+        Spectral VAD: how far a speech region may grow outward over frames
+        that, taken together, stand out from the noise (100 ms, about a
+        fricative; :func:`~spkver.features.vad.grown_regions`). Models from
+        before it read as 0.
     vad_bands : int or None
         Spectral VAD: its own mel bands, wide enough that a band's noise power
         is steady from frame to frame; None (default) takes one per 200 Hz of
@@ -168,6 +180,7 @@ class FeatureConfig:
     vad: str = "spectral"
     vad_threshold: float = 2.0
     vad_min_pause_ms: float = 200.0
+    vad_grow_ms: float = 100.0
     vad_bands: int | None = None
     vad_range_db: float = 30.0
     vad_floor_db: float = -65.0
@@ -205,8 +218,11 @@ class FeatureConfig:
             problems.append(f"vad must be one of {', '.join(VAD_METHODS)}")
         if self.vad_bands is None or self.vad_bands < 1:
             problems.append("vad_bands must be at least 1")
-        if self.vad_threshold <= 0 or self.vad_min_pause_ms < 0 or self.warp_window_s <= 0:
-            problems.append("VAD threshold and warping window must be positive, the minimum pause not negative")
+        if self.vad_threshold <= 0 or self.vad_min_pause_ms < 0 or self.vad_grow_ms < 0 or self.warp_window_s <= 0:
+            problems.append("VAD threshold and warping window must be positive, the minimum pause and growth not "
+                            "negative")
+        if self.vad_grow_ms > MAX_VAD_GROW_HOPS * self.hop_ms:  # each hop of growth is a pass over the edges
+            problems.append(f"vad_grow_ms may be at most {MAX_VAD_GROW_HOPS} hops")
         if self.fmin < 0 or self.fmin >= self.nyquist_fmax:
             problems.append("need 0 <= fmin < fmax <= sample_rate / 2")
         if self.fft_size < self.win_length:
@@ -264,6 +280,7 @@ class FeatureConfig:
         values = dict(values)
         if isinstance(values.get("vad"), bool):  # before 0.3: on/off, and "on" was the energy rule
             values["vad"] = "energy" if values["vad"] else "none"
+        values.setdefault("vad_grow_ms", 0.0)  # files from before the spectral VAD grew its regions
         values.setdefault("pitch", False)  # files from before pitch features were computed without them
         values.setdefault("norm", "cmn")  # and before two systems, with the cepstral mean
         return cls(**values)

@@ -9,12 +9,20 @@ import numpy as np
 from spkver.audio.decode import iter_item_blocks, open_recording
 from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError
-from spkver.features.config import MIN_SAMPLE_RATE, FeatureConfig
+from spkver.features.config import MAX_FEATURE_MAGNITUDE, MIN_SAMPLE_RATE, FeatureConfig
 from spkver.features.frontend import extract_blocks
 from spkver.run import RunOptions, default_workers, init_worker_process, process_context
 
 # Below this many files, worker start-up costs more than it saves.
 MIN_FILES_FOR_WORKERS = 24
+
+
+def plausible_features(frames) -> bool:
+    """Whether every value of ``frames`` is finite and within :data:`MAX_FEATURE_MAGNITUDE`: the check where
+    features enter, made from audio or read from a feature store."""
+    frames = np.asarray(frames)
+    # NaN fails both comparisons, and so does infinity.
+    return frames.size == 0 or bool(frames.max() <= MAX_FEATURE_MAGNITUDE and frames.min() >= -MAX_FEATURE_MAGNITUDE)
 
 
 def features_of(item: AudioItem, config: FeatureConfig, info: dict | None = None, recording=None) -> np.ndarray:
@@ -29,8 +37,8 @@ def features_of(item: AudioItem, config: FeatureConfig, info: dict | None = None
     frames = extract_blocks(iter_item_blocks(item, config.sample_rate, recording=recording, info=info), config)
     if len(frames) == 0:
         raise SpkverError("no speech found (the recording is silent or too quiet)", item.where)
-    if not np.isfinite(frames).all():  # the guard on features, where they are made
-        raise SpkverError("features are not finite (the audio is damaged)", item.where)
+    if not plausible_features(frames):  # the guard on features, where they are made
+        raise SpkverError("features are not finite or out of range (the audio is damaged)", item.where)
     return frames
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from spkver.audio.sources import AudioItem
 from spkver.errors import SpkverError, printable
 from spkver.features.config import FeatureConfig
-from spkver.features.extraction import usable_features
+from spkver.features.extraction import plausible_features, usable_features
 from spkver.fileio import (
     NPY_HEADER_ERRORS,
     content_hash,
@@ -204,7 +204,7 @@ class FeatureStore:
         """The memory-mapped array of entry ``key``, or None when missing or damaged.
 
         This is where stored features enter: the shape must be the index's, the
-        dtype float32, and every value finite (read a block at a time).
+        dtype float32, and every value finite and plausible (read a block at a time).
         """
         try:
             array = np.load(self.file(key), mmap_mode="r", allow_pickle=False)
@@ -214,7 +214,7 @@ class FeatureStore:
         if array.dtype != np.float32 or array.ndim != 2 or array.shape != (entry.get("frames"), self.config.dim):
             return None
         for start in range(0, len(array), 1 << 16):
-            if not np.isfinite(array[start : start + (1 << 16)]).all():
+            if not plausible_features(array[start : start + (1 << 16)]):
                 return None
         return array
 

@@ -13,6 +13,9 @@ ADAPT_MODES = ("m", "mw", "mv", "mwv")
 # Means and weights: better than means alone on every protocol, short clips and long recordings
 # alike; adapting variances too overfits long enrollments (README, "Defaults and where they come from").
 DEFAULT_ADAPT = "mw"
+# The largest relevance the commands take: 10^6 frames (nearly three hours of speech) to move a component
+# halfway. Far beyond it α = n / (n + r) rounds the model back to its UBM, which check_adapted refuses.
+MAX_RELEVANCE = 1e6
 
 
 def map_adapt(ubm: GMM, stats: Statistics, relevance: float = 16.0, adapt: str = DEFAULT_ADAPT,
@@ -64,7 +67,11 @@ def map_adapt(ubm: GMM, stats: Statistics, relevance: float = 16.0, adapt: str =
         expected_x2 = np.where(seen[:, None], stats.second / safe, ubm.variances + ubm.means**2)
         variances = a * expected_x2 + (1 - a) * (ubm.variances + ubm.means**2) - means**2
         variances = np.maximum(variances, variance_floor)
-    return GMM(weights, means, variances)
+    try:
+        return GMM(weights, means, variances)
+    except ValueError as exc:  # the mixture's guard: a UBM at the edge of float32, or audio beyond the features' range
+        raise SpkverError(f"the adapted model cannot be evaluated ({exc}): the UBM's variances are too small or "
+                          "its means too large for this audio") from None
 
 
 def check_adapted(ubm: GMM, adapted: GMM, stats) -> GMM:

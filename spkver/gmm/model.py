@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spkver.features.config import MAX_FEATURE_MAGNITUDE
 from spkver.gmm.chunks import iter_chunks
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -14,6 +15,28 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 # The least variance a mixture may hold: the smallest normal float32, whose inverse is still finite.
 SMALLEST_VARIANCE = float(np.finfo(np.float32).tiny)
+# The largest log-density a mixture may reach in magnitude on any frame spkver accepts: a 1024th of float32's
+# largest, room for the float32 products' partial sums and for MAP adaptation, which moves means at most across
+# the features' range.
+MAX_LOG_DENSITY = float(np.finfo(np.float32).max) / 1024
+
+
+def log_density_bound(weights, means, variances) -> np.ndarray:
+    """A bound on ``|log w_k + log N(x; μ_k, σ²_k)|`` over frames with every ``|x_d| ≤ MAX_FEATURE_MAGNITUDE``.
+
+    It also bounds every partial sum of the product ``[x², x, 1] @ P`` that
+    computes it (the sum of the terms' magnitudes is at most
+    ``½ Σ_d (|x_d| + |μ_kd|)² / σ²_kd`` plus the normaliser's).
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,), float64; inf where it overflows float64
+    """
+    with np.errstate(over="ignore"):
+        quadratic = 0.5 * ((MAX_FEATURE_MAGNITUDE + np.abs(means)) ** 2 / variances).sum(axis=1)
+    normaliser = (np.abs(np.log(np.maximum(weights, 1e-300)))
+                  + 0.5 * (means.shape[1] * LOG_2PI + np.abs(np.log(variances)).sum(axis=1)))
+    return quadratic + normaliser
 
 
 @dataclass
@@ -48,6 +71,10 @@ class GMM:
         # Variances are inverted in float32 too (the E-step's projection): a subnormal one would give inf.
         if (self.variances < SMALLEST_VARIANCE).any() or (self.weights < 0).any():
             raise ValueError("mixture has negative weights, or variances not positive or too small to invert")
+        # Frames are scored in float32: finite parameters that overflow it there (means of 1e200, variances of
+        # 1e-37) would make scores NaN or absurd, and the fault would surface far from the mixture that holds it.
+        if not (log_density_bound(self.weights, self.means, self.variances) <= MAX_LOG_DENSITY).all():
+            raise ValueError("mixture parameters are too large to evaluate in float32")
 
     @property
     def n_components(self) -> int:
