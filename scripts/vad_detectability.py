@@ -12,9 +12,10 @@ missed frames that three reference detectors find at the given rate of false
 alarms on noise. Each is told something no real detector knows:
 
 - **told where**: the extent of each run of missed frames (they lie at word
-  edges), not what it sounds like. Statistic: the sum over the VAD's mel bands
-  of ``γ − 1 − ln γ`` (``γ`` the run's mean band power over the noise's, floored
-  at 1), the generalised likelihood ratio of an unknown spectrum; its null is
+  edges), not what it sounds like. Statistic: the VAD's own evidence
+  (``spkver.features.vad.evidence_of_ratios``: the mean over its mel bands of
+  ``γ − 1 − ln γ``, ``γ`` the run's mean band power over the noise's), the
+  generalised likelihood ratio of an unknown spectrum; its null is
   blocks of the same length of pause frames more than 4 frames from any word.
 - **told what, per frame**: each frame's clean power spectrum ``S`` and the
   noise's ``N``, so the Neyman-Pearson statistic of a Gaussian signal in
@@ -37,7 +38,7 @@ import numpy as np
 
 from spkver.features.config import FeatureConfig
 from spkver.features.mfcc import analysis_window, frame_signal, spectra_blocks
-from spkver.features.vad import speech_mask
+from spkver.features.vad import evidence_of_ratios, runs, speech_mask
 from spkver.synth import speech_frames, words_with_pauses
 
 CONFIG = FeatureConfig(sample_rate=16000)
@@ -50,12 +51,6 @@ def power_spectra(signal) -> np.ndarray:
     frames = frame_signal(signal, CONFIG.fft_size, CONFIG.hop_length) * analysis_window(CONFIG.win_length,
                                                                                           CONFIG.fft_size)
     return np.abs(np.fft.rfft(frames.astype(np.float64), axis=1)) ** 2
-
-
-def band_glrt(powers, noise) -> float:
-    """Evidence that mean band ``powers`` (m, bands) hold something besides ``noise`` (bands,) of unknown spectrum."""
-    gamma = np.maximum(powers.mean(axis=0) / noise, 1.0)
-    return float((gamma - 1.0 - np.log(gamma)).sum())
 
 
 def known_spectrum_llr(periodogram, clean, noise):
@@ -94,15 +89,15 @@ def condition(snr_db, noise, seeds, false_alarms, config, rng):
         noisy_power = power_spectra(noisy)
         noise_power = power_spectra(noisy.astype(np.float64) - clean.astype(np.float64)).mean(axis=0)
 
-        missed = np.flatnonzero(np.diff(np.concatenate([[0], speech & ~found, [0]]).astype(int)))
-        for start, stop in zip(missed[::2], missed[1::2]):
+        starts, stops, missed = runs(speech & ~found)
+        for start, stop in zip(starts[missed], stops[missed]):
             length = stop - start
             missed_total += length
             candidates = pause_blocks(near_words, length)
             if len(candidates):  # else no pause is as long: counted as not found
                 picks = rng.choice(candidates, size=min(NULL_DRAWS, len(candidates)), replace=False)
-                null = [band_glrt(bands[p:p + length], band_noise) for p in picks]
-                if band_glrt(bands[start:stop], band_noise) > np.quantile(null, quantile):
+                null = [evidence_of_ratios(bands[p:p + length].mean(axis=0) / band_noise) for p in picks]
+                if evidence_of_ratios(bands[start:stop].mean(axis=0) / band_noise) > np.quantile(null, quantile):
                     found_where += length
             run_llr, run_null = 0.0, np.zeros(NULL_DRAWS)
             for i in range(start, stop):

@@ -65,12 +65,18 @@ def speech_evidence(log_mel, floor_db):
     numpy.ndarray, shape (n_frames,), float64
     """
     excess = np.maximum(np.asarray(log_mel, dtype=np.float64) - floor_db, 0.0)
-    gamma = 10.0 ** (excess / 10.0)
-    return (gamma - 1.0 - np.log(gamma)).mean(axis=1)
+    return evidence_of_ratios(10.0 ** (excess / 10.0))
 
 
-def _runs(mask):
-    """Start and stop indices and values of the runs of equal values in a boolean array."""
+def evidence_of_ratios(ratios):
+    """:func:`speech_evidence` of band powers given over the noise's, (..., n_bands): the mean of ``γ − 1 − ln γ``
+    with ``γ`` the ratio floored at 1."""
+    gamma = np.maximum(ratios, 1.0)
+    return (gamma - 1.0 - np.log(gamma)).mean(axis=-1)
+
+
+def runs(mask):
+    """Start and stop indices and values of the runs of equal values in a boolean array (not empty)."""
     change = np.flatnonzero(mask[1:] != mask[:-1]) + 1
     starts = np.concatenate([[0], change])
     stops = np.concatenate([change, [len(mask)]])
@@ -97,10 +103,11 @@ def grown_regions(mask, log_mel, max_frames):
     not stand out frame by frame, but a block of its frames does. The noise
     is the frames at least :data:`GROW_GUARD_FRAMES` from speech. For each
     length L up to ``max_frames``, the L frames beyond a region's edge pass
-    when the :func:`speech_evidence` of their mean power against the noise's
-    mean exceeds the ``1 −`` :data:`GROW_FALSE_ALARMS` quantile of the same
-    statistic over the noise's own blocks of L frames, and the longest passing
-    block is taken (so a region can overshoot a weak edge by a frame or two).
+    when the evidence of their mean power over the noise's mean
+    (:func:`evidence_of_ratios`, as :func:`speech_evidence`) exceeds the
+    ``1 −`` :data:`GROW_FALSE_ALARMS` quantile of the same statistic over the
+    noise's own blocks of L frames, and the longest passing block is taken
+    (so a region can overshoot a weak edge by a frame or two).
     Growth stops at the next region, and nothing grows with fewer than
     ``1 / GROW_FALSE_ALARMS`` noise frames.
 
@@ -131,11 +138,11 @@ def grown_regions(mask, log_mel, max_frames):
 
     noise_total = sum(power(noise_starts[i:i + _POWER_CHUNK]).sum(axis=0)
                       for i in range(0, len(noise_starts), _POWER_CHUNK))
-    noise_db = 10.0 * np.log10(noise_total / len(noise_starts))
+    noise_power = noise_total / len(noise_starts)
     noise_starts = noise_starts[np.linspace(0, len(noise_starts) - 1, min(len(noise_starts), GROW_NOISE_BLOCKS),
                                             dtype=int)]
     quiet_count = np.concatenate([[0], np.cumsum(quiet)])
-    starts, stops, speech = _runs(mask)
+    starts, stops, speech = runs(mask)
     starts, stops = starts[speech], stops[speech]
     edges = {-1: starts, 1: stops}  # where each region ends on either side (its first frame, one past its last)
     room = {-1: np.minimum(starts - np.concatenate([[0], stops[:-1]]), max_frames),
@@ -149,15 +156,14 @@ def grown_regions(mask, log_mel, max_frames):
         if len(noise_starts) < 1 / GROW_FALSE_ALARMS:
             break  # too few to set a threshold, and longer blocks are fewer still
         noise_sums += power(noise_starts + length - 1)
-        threshold = np.quantile(speech_evidence(10.0 * np.log10(noise_sums / length), noise_db),
-                                1 - GROW_FALSE_ALARMS)
+        threshold = np.quantile(evidence_of_ratios(noise_sums / (length * noise_power)), 1 - GROW_FALSE_ALARMS)
         for side, first in edges.items():
             fits = np.flatnonzero(room[side] >= length)
             if not len(fits):
                 continue
             frame = first[fits] - length if side < 0 else first[fits] + length - 1
             sums[side][fits] += power(frame)
-            passing = speech_evidence(10.0 * np.log10(sums[side][fits] / length), noise_db) > threshold
+            passing = evidence_of_ratios(sums[side][fits] / (length * noise_power)) > threshold
             grow[side][fits[passing]] = length
     grown = mask.copy()
     for start, stop, before, after in zip(starts, stops, grow[-1], grow[1]):
@@ -193,7 +199,7 @@ def spectral_speech_mask(log_mel, threshold=2.0, min_pause_frames=20, grow_frame
     if n >= 3:
         padded = np.concatenate([evidence[:1], evidence, evidence[-1:]])
         evidence = (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
-    starts, stops, above = _runs(evidence > threshold / 2)
+    starts, stops, above = runs(evidence > threshold / 2)
     mask = np.zeros(n, dtype=bool)
     strong = np.concatenate([[0], np.cumsum(evidence > threshold)])
     for start, stop, value in zip(starts, stops, above):
@@ -201,7 +207,7 @@ def spectral_speech_mask(log_mel, threshold=2.0, min_pause_frames=20, grow_frame
             mask[start:stop] = True
     mask = grown_regions(mask, log_mel, grow_frames)
     if mask.any():
-        starts, stops, speech = _runs(mask)
+        starts, stops, speech = runs(mask)
         for start, stop, value in zip(starts, stops, speech):
             if not value and stop - start < min_pause_frames:
                 mask[start:stop] = True
